@@ -1,0 +1,17 @@
+"""The single place that knows whether the compiled library `fastgat._C` loaded, and why not."""
+import torch
+
+try:
+    from . import _C  # noqa: F401  (importing registers torch.ops.fastgat.fused_*)
+    LOAD_ERROR = None
+except ImportError as error:  # a pure-Python install: the fallbacks still work
+    LOAD_ERROR = f"fastgat._C is not built or failed to load ({error})"
+
+
+def kernel_status(dispatch_key: str) -> str:
+    """'' if the compiled kernels exist for dispatch_key ('CPU' or 'CUDA'), else why not."""
+    if LOAD_ERROR is not None:
+        return LOAD_ERROR
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("fastgat::fused_forward", dispatch_key):
+        return f"fastgat._C was built without {dispatch_key} kernels"
+    return ""

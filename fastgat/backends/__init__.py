@@ -1,0 +1,67 @@
+"""Which implementation of the op runs where, chosen up front and reported, never silently.
+
+    torch   scatter ops in plain torch (any device; the float64 reference)
+    triton  fused Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)
+    cuda    fused CUDA C++ kernels from fastgat._C
+    cpu     fused C++ CPU kernels from fastgat._C
+"""
+import importlib
+import importlib.util
+import os
+from typing import Dict
+
+import torch
+
+from .._extension import kernel_status
+
+NAMES = ("torch", "triton", "cuda", "cpu")
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+_MODULES = {"torch": "torch_ref", "triton": "triton_kernels", "cuda": "compiled", "cpu": "compiled"}
+
+
+def _triton_status(device_type: str) -> str:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if device_type == "cuda":
+        return ""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return ""
+    return "Triton kernels run on CUDA tensors, or on CPU tensors only with TRITON_INTERPRET=1"
+
+
+def unavailable_reason(name: str, device_type: str) -> str:
+    """'' if backend `name` can run on tensors of `device_type`, else the reason it cannot."""
+    if name not in NAMES:
+        raise ValueError(f"unknown backend {name!r}; choose 'auto' or one of {NAMES}")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device is available"
+    if name == "torch":
+        return ""
+    if name == "triton":
+        return _triton_status(device_type)
+    if name != device_type:
+        return f"the {name!r} backend runs on {name.upper()} tensors, not {device_type.upper()}"
+    return kernel_status(name.upper())
+
+
+def backends(device_type: str = "cuda" if torch.cuda.is_available() else "cpu") -> Dict[str, str]:
+    """Every backend with 'available' or the reason it is not, for tensors on `device_type`."""
+    return {name: unavailable_reason(name, device_type) or "available" for name in NAMES}
+
+
+def resolve(name: str, device_type: str) -> str:
+    """The concrete backend for `name` ('auto' or one of NAMES) on `device_type`, or an error."""
+    if name == "auto":
+        for candidate in _AUTO_ORDER.get(device_type, ("torch",)):
+            if not unavailable_reason(candidate, device_type):
+                return candidate
+        name = "torch"
+    reason = unavailable_reason(name, device_type)
+    if reason:
+        raise RuntimeError(f"backend {name!r} is unavailable on {device_type}: {reason}")
+    return name
+
+
+def implementation(name: str):
+    """The module implementing gat_forward / gat_backward for a resolved backend name."""
+    return importlib.import_module(f".{_MODULES[name]}", __name__)

@@ -1,0 +1,18 @@
+"""backend='cpu' and backend='cuda': the fused C++/CUDA kernels of fastgat._C.
+
+Both are one op each, `torch.ops.fastgat.fused_forward` / `fused_backward`; the dispatcher picks
+the CPU or CUDA kernel from the tensors' device.
+"""
+import torch
+
+
+def gat_forward(h, s, d, t, t_loop, rowptr, col, num_loops, negative_slope, dropout, seed):
+    return torch.ops.fastgat.fused_forward(h, s, d, t, t_loop, rowptr, col, num_loops,
+                                           negative_slope, dropout, seed)
+
+
+def gat_backward(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid,
+                 num_loops, negative_slope, dropout, seed):
+    return torch.ops.fastgat.fused_backward(dout, out, lse, h, s, d, t, t_loop, rowptr, col,
+                                            colptr, csc_row, csc_eid, num_loops, negative_slope,
+                                            dropout, seed)

@@ -1,0 +1,106 @@
+"""The op in plain torch scatter ops: the CPU fallback and the float64 reference.
+
+Differentiating `gat_forward` with autograd gives the reference gradients; `gat_backward` is the
+explicit formula of DESIGN §2 that the fused kernels implement. Both see the same edge list:
+the CSR slots (dead slots, i.e. dropped self loops past rowptr[-1], go to a dummy row N_dst)
+followed by the implicit self loops i -> i for i < num_loops, whose dropout slot is E + i.
+Materialises E x H x C gathers: fine for a reference, which is why the kernels exist.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..dropout import keep_scale
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _edge_list(rowptr: Tensor, col: Tensor, num_loops: int):
+    """(src, dst, slot) over CSR slots then self loops; dead slots get dst = N_dst."""
+    num_slots = col.numel()
+    slots = torch.arange(num_slots, device=col.device)
+    dst = torch.searchsorted(rowptr.long(), slots, right=True) - 1
+    loops = torch.arange(num_loops, device=col.device)
+    src = torch.cat([col.long(), loops])
+    dst = torch.cat([dst, loops])
+    slot = torch.cat([slots, loops + num_slots])
+    return src, dst, slot
+
+
+def _scores(s, d, t, t_loop, src, dst, num_loops, acc):
+    heads = s.size(1)
+    d_ext = torch.cat([d.to(acc), d.new_zeros(1, heads, dtype=acc)])
+    z = s.to(acc)[src] + d_ext[dst]
+    if t is not None:
+        loop_scores = t_loop.to(acc) if t_loop is not None else z.new_zeros(num_loops, heads)
+        z = z + torch.cat([t.to(acc), loop_scores])
+    elif t_loop is not None:
+        z = z + torch.cat([z.new_zeros(z.size(0) - num_loops, heads), t_loop.to(acc)])
+    return z
+
+
+def _keep(seed, slot, heads, dropout, like):
+    if dropout == 0.0:
+        return None
+    return keep_scale(seed, slot, heads, dropout, like.dtype)
+
+
+def gat_forward(
+    h: Tensor, s: Tensor, d: Tensor, t: Optional[Tensor], t_loop: Optional[Tensor],
+    rowptr: Tensor, col: Tensor, num_loops: int, negative_slope: float, dropout: float,
+    seed: Optional[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    num_dst, heads, acc = d.size(0), h.size(1), accumulation_dtype(h.dtype)
+    src, dst, slot = _edge_list(rowptr, col, num_loops)
+    x = torch.nn.functional.leaky_relu(_scores(s, d, t, t_loop, src, dst, num_loops, acc),
+                                       negative_slope)
+    index = dst.unsqueeze(1).expand_as(x)
+    m = x.new_full((num_dst + 1, heads), float("-inf"))
+    m = m.scatter_reduce(0, index, x, "amax", include_self=True).detach()
+    l = x.new_zeros(num_dst + 1, heads).scatter_add(0, index, torch.exp(x - m[dst]))
+    lse = m + torch.log(l)
+    alpha = torch.exp(x - lse[dst])
+    keep = _keep(seed, slot, heads, dropout, alpha)
+    if keep is not None:
+        alpha = alpha * keep
+    out = h.new_zeros(num_dst + 1, heads, h.size(2), dtype=acc)
+    out = out.index_add(0, dst, alpha.unsqueeze(-1) * h.to(acc)[src])
+    return out[:num_dst].to(h.dtype), lse[:num_dst]
+
+
+def gat_backward(
+    dout: Tensor, out: Tensor, lse: Tensor, h: Tensor, s: Tensor, d: Tensor,
+    t: Optional[Tensor], t_loop: Optional[Tensor], rowptr: Tensor, col: Tensor,
+    colptr: Tensor, csc_row: Tensor, csc_eid: Tensor, num_loops: int, negative_slope: float,
+    dropout: float, seed: Optional[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # The scatter formulation needs no transposed graph: colptr, csc_row, csc_eid are unused.
+    num_src, num_dst, heads = h.size(0), d.size(0), h.size(1)
+    acc = accumulation_dtype(h.dtype)
+    src, dst, slot = _edge_list(rowptr, col, num_loops)
+    z = _scores(s, d, t, t_loop, src, dst, num_loops, acc)
+    x = torch.nn.functional.leaky_relu(z, negative_slope)
+    # Dead slots land on the dummy row, whose lse of +inf makes their alpha exactly 0.
+    lse_ext = torch.cat([lse.to(acc), lse.new_full((1, heads), float("inf"), dtype=acc)])
+    alpha = torch.exp(x - lse_ext[dst])
+    keep = _keep(seed, slot, heads, dropout, alpha)
+    dout_acc = torch.cat([dout.to(acc), dout.new_zeros(1, heads, dout.size(2), dtype=acc)])
+    D = (dout_acc[:num_dst] * out.to(acc)).sum(-1)
+    D = torch.cat([D, D.new_zeros(1, heads)])
+    dalpha = (dout_acc[dst] * h.to(acc)[src]).sum(-1)
+    weight = alpha if keep is None else alpha * keep
+    if keep is not None:
+        dalpha = dalpha * keep
+    dx = alpha * (dalpha - D[dst])
+    dz = torch.where(z > 0, dx, dx * negative_slope)
+    dd = dz.new_zeros(num_dst + 1, heads).index_add(0, dst, dz)[:num_dst]
+    ds = dz.new_zeros(num_src, heads).index_add(0, src, dz)
+    dh = dz.new_zeros(num_src, heads, h.size(2)).index_add(
+        0, src, weight.unsqueeze(-1) * dout_acc[dst])
+    num_slots = col.numel()
+    dt = dz[:num_slots].to(t.dtype, copy=True) if t is not None else dz.new_empty(0)
+    dt_loop = dz[num_slots:].to(t_loop.dtype, copy=True) if t_loop is not None else dz.new_empty(0)
+    return dh.to(h.dtype), ds.to(s.dtype), dd.to(d.dtype), dt, dt_loop

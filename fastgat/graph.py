@@ -1,0 +1,158 @@
+"""Graph preparation: any PyG edge form -> CSR by destination + CSC by source, cached.
+
+A `Graph` holds the five index tensors of the op contract (fastgat/ops.py) plus what
+FastGATConv needs to map results back to the caller's edge order. Building one sorts the
+edges once; `prepare` caches Graphs so a graph passed again is not re-sorted.
+
+Cache key and invalidation: the edge object's identity (checked through a weak reference, so
+an id reused by a new object never hits) together with its autograd version counter (bumped
+by every in-place write, so a graph edited in place is rebuilt), the node counts and the
+self-loop settings. An entry dies with its edge object. Writes that bypass the version counter
+(through `.data`, NumPy or DLPack aliases) are not seen: build a `Graph` yourself for those.
+"""
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+try:  # torch_sparse is optional; PyG exposes a placeholder class when it is absent
+    from torch_geometric.typing import SparseTensor
+except ImportError:  # pragma: no cover
+    SparseTensor = ()
+
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Edges sorted for the fused op. Slot k of the CSR holds input edge `perm[k]`; dropped
+    self loops sit in dead slots past rowptr[-1]; nodes i < num_loops get implicit self loops."""
+    rowptr: Tensor
+    col: Tensor
+    colptr: Tensor
+    csc_row: Tensor
+    csc_eid: Tensor
+    perm: Tensor          # (E,) input edge id of each CSR slot
+    src: Tensor           # (E,) input order, int64
+    dst: Tensor           # (E,) input order, int64
+    num_src: int
+    num_dst: int
+    num_loops: int
+    dropped_self_loops: bool
+
+    @property
+    def num_edges(self) -> int:
+        return self.col.numel()
+
+    def loop_bins(self) -> Tensor:
+        """Per input edge, the self loop whose fill value it feeds, or num_loops for none."""
+        feeds = (self.dst < self.num_loops) & (self.src != self.dst)
+        return torch.where(feeds, self.dst, self.num_loops)
+
+    @classmethod
+    def from_coo(cls, src: Tensor, dst: Tensor, num_src: int, num_dst: int, *,
+                 drop_self_loops: bool, num_loops: int = 0, validate: bool = True) -> "Graph":
+        """Sort edges (src[e] -> dst[e]) for the op. `validate` checks index ranges once,
+        at the cost of one host sync; skip it only for edges already known to be valid."""
+        if src.shape != dst.shape or src.dim() != 1:
+            raise ValueError("src and dst must be 1-D tensors of equal length")
+        if not 0 <= num_loops <= min(num_src, num_dst):
+            raise ValueError(f"num_loops={num_loops} must lie in [0, min(num_src, num_dst)]")
+        src, dst = src.long(), dst.long()
+        if validate and src.numel() > 0:
+            _check_range(src, num_src, "source")
+            _check_range(dst, num_dst, "destination")
+        dead = src == dst if drop_self_loops else torch.zeros_like(src, dtype=torch.bool)
+        dst_key = torch.where(dead, num_dst, dst)
+        perm = torch.argsort(dst_key * num_src + src, stable=True)
+        row = dst_key[perm]
+        col = src[perm]
+        rowptr = _pointer(row, num_dst)
+        src_key = torch.where(dead[perm], num_src, col)
+        csc_eid = torch.argsort(src_key * (num_dst + 1) + row, stable=True)
+        colptr = _pointer(src_key[csc_eid], num_src)
+        csc_row = dst[perm][csc_eid]
+        index_dtype = (torch.int32 if max(num_src, num_dst, src.numel()) <= _INT32_MAX
+                       else torch.int64)
+        to_index = lambda x: x.to(index_dtype).contiguous()  # noqa: E731
+        return cls(to_index(rowptr), to_index(col), to_index(colptr), to_index(csc_row),
+                   to_index(csc_eid), perm, src, dst, num_src, num_dst, num_loops,
+                   drop_self_loops)
+
+    def op_args(self) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return self.rowptr, self.col, self.colptr, self.csc_row, self.csc_eid
+
+    def edge_slots(self) -> Tensor:
+        """(E,) the CSR slot of each input edge (the inverse of perm)."""
+        return torch.empty_like(self.perm).scatter_(
+            0, self.perm, torch.arange(self.perm.numel(), device=self.perm.device))
+
+
+def _pointer(sorted_key: Tensor, num_rows: int) -> Tensor:
+    """rowptr from a sorted key whose entries equal to num_rows are dead (left past the end)."""
+    counts = torch.zeros(num_rows + 1, dtype=torch.long, device=sorted_key.device)
+    counts.scatter_add_(0, sorted_key, torch.ones_like(sorted_key))
+    return torch.cat([counts.new_zeros(1), counts[:num_rows].cumsum(0)])
+
+
+def _check_range(index: Tensor, bound: int, what: str) -> None:
+    low, high = int(index.min()), int(index.max())
+    if low < 0 or high >= bound:
+        bad = low if low < 0 else high
+        raise IndexError(f"edge_index holds {what} node index {bad}, outside [0, {bound - 1}] "
+                         f"({bound} {what} nodes)")
+
+
+def coo_of(edge_index) -> Tuple[Tensor, Tensor]:
+    """(src, dst) in the caller's edge order for every edge form FastGATConv accepts."""
+    if isinstance(SparseTensor, type) and isinstance(edge_index, SparseTensor):
+        dst, src, _ = edge_index.coo()  # adj_t: rows are destinations
+        return src, dst
+    if isinstance(edge_index, Tensor) and edge_index.layout != torch.strided:
+        from torch_geometric.utils import to_edge_index
+        (dst, src), _ = to_edge_index(edge_index)  # adj_t: rows are destinations
+        return src, dst
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(f"edge_index must be a Tensor, EdgeIndex, SparseTensor or torch.sparse "
+                        f"tensor, got {type(edge_index).__name__}")
+    if edge_index.is_floating_point() or edge_index.is_complex() or edge_index.dtype == torch.bool:
+        raise TypeError(f"edge_index must hold integers, got dtype {edge_index.dtype}")
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f"edge_index must have shape (2, num_edges), got {tuple(edge_index.shape)}")
+    if hasattr(edge_index, "as_tensor"):  # PyG EdgeIndex
+        edge_index = edge_index.as_tensor()
+    return edge_index[0], edge_index[1]
+
+
+_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
+_CACHE_SIZE = 16
+
+
+def _version(edge_index) -> Optional[int]:
+    return edge_index._version if isinstance(edge_index, Tensor) else None
+
+
+def prepare(edge_index, num_src: int, num_dst: int, *, drop_self_loops: bool,
+            num_loops: int) -> Graph:
+    """The Graph of `edge_index`, built once per edge object and settings (see module doc)."""
+    if isinstance(edge_index, Graph):
+        return edge_index
+    key = (id(edge_index), num_src, num_dst, drop_self_loops, num_loops)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0]() is edge_index and hit[1] == _version(edge_index):
+        _CACHE.move_to_end(key)
+        return hit[2]
+    src, dst = coo_of(edge_index)
+    graph = Graph.from_coo(src, dst, num_src, num_dst, drop_self_loops=drop_self_loops,
+                           num_loops=num_loops)
+    try:
+        ref = weakref.ref(edge_index, lambda _, key=key: _CACHE.pop(key, None))
+    except TypeError:  # not weak-referenceable: never cached
+        return graph
+    _CACHE[key] = (ref, _version(edge_index), graph)
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return graph

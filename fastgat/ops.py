@@ -1,0 +1,85 @@
+"""The fused GAT edge stage as autograd-aware custom ops (DESIGN §2).
+
+    fastgat::gat_attention(h, s, d, t?, t_loop?, graph..., num_loops, negative_slope,
+                           dropout, seed?, backend) -> (out, lse)
+    fastgat::gat_attention_backward(dout, out, lse, <same inputs>) -> (dh, ds, dd, dt, dt_loop)
+
+Contract every backend implements (inputs are validated by the caller: FastGATConv / Graph):
+  h (N_src, H, C), s (N_src, H), d (N_dst, H), t (E, H) or None, t_loop (num_loops, H) or None,
+  all contiguous and of one floating dtype. rowptr (N_dst + 1), col (E): CSR by destination;
+  colptr (N_src + 1), csc_row (E), csc_eid (E): the same edges by source, csc_eid giving each
+  one's CSR slot. Index tensors share one dtype, int32 or int64. Slots past rowptr[-1] are dead.
+  Node i < num_loops also has an implicit in-edge from source i, scored with t_loop[i].
+  out (N_dst, H, C) has h's dtype; lse (N_dst, H) is float32 (float64 for float64 h); a node
+  without in-edges gets out = 0 and lse = -inf. Dropout (p > 0 needs a 1-element int64 seed on
+  h's device) follows fastgat.dropout. lse carries no gradient: it is saved for the backward.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .backends import implementation
+
+
+@torch.library.custom_op("fastgat::gat_attention", mutates_args=())
+def gat_attention(
+    h: Tensor, s: Tensor, d: Tensor, t: Optional[Tensor], t_loop: Optional[Tensor],
+    rowptr: Tensor, col: Tensor, colptr: Tensor, csc_row: Tensor, csc_eid: Tensor,
+    num_loops: int, negative_slope: float, dropout: float, seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor]:
+    impl = implementation(backend)
+    return impl.gat_forward(h, s, d, t, t_loop, rowptr, col, num_loops, negative_slope,
+                            dropout, seed)
+
+
+@gat_attention.register_fake
+def _(h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops, negative_slope,
+      dropout, seed, backend):
+    num_dst = rowptr.size(0) - 1
+    lse_dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
+    return h.new_empty(num_dst, h.size(1), h.size(2)), h.new_empty(num_dst, h.size(1),
+                                                                   dtype=lse_dtype)
+
+
+@torch.library.custom_op("fastgat::gat_attention_backward", mutates_args=())
+def gat_attention_backward(
+    dout: Tensor, out: Tensor, lse: Tensor, h: Tensor, s: Tensor, d: Tensor,
+    t: Optional[Tensor], t_loop: Optional[Tensor], rowptr: Tensor, col: Tensor, colptr: Tensor,
+    csc_row: Tensor, csc_eid: Tensor, num_loops: int, negative_slope: float, dropout: float,
+    seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    impl = implementation(backend)
+    return impl.gat_backward(dout.contiguous(), out, lse, h, s, d, t, t_loop, rowptr, col,
+                             colptr, csc_row, csc_eid, num_loops, negative_slope, dropout, seed)
+
+
+@gat_attention_backward.register_fake
+def _(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops,
+      negative_slope, dropout, seed, backend):
+    dt = torch.empty_like(t) if t is not None else h.new_empty(0)
+    dt_loop = torch.empty_like(t_loop) if t_loop is not None else h.new_empty(0)
+    return torch.empty_like(h), torch.empty_like(s), torch.empty_like(d), dt, dt_loop
+
+
+def _setup_context(ctx, inputs, output):
+    (h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops, negative_slope,
+     dropout, seed, backend) = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, seed,
+                          out, lse)
+    ctx.attrs = (num_loops, negative_slope, dropout, backend)
+
+
+def _backward(ctx, dout, _dlse):
+    h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, seed, out, lse = ctx.saved_tensors
+    num_loops, negative_slope, dropout, backend = ctx.attrs
+    dh, ds, dd, dt, dt_loop = gat_attention_backward(
+        dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops,
+        negative_slope, dropout, seed, backend)
+    return (dh, ds, dd, dt if t is not None else None, dt_loop if t_loop is not None else None,
+            None, None, None, None, None, None, None, None, None, None)
+
+
+gat_attention.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,41 @@
+"""Builds fastgat._C: C++ CPU kernels always, CUDA kernels when a CUDA toolkit and a CUDA build
+of torch are present (or FORCE_CUDA=1). Environment knobs, read here and nowhere else:
+  FORCE_CUDA=1            build the CUDA kernels even if torch sees no GPU (wheels, CI)
+  FASTGAT_CPU_ONLY=1      never build the CUDA kernels
+  TORCH_CUDA_ARCH_LIST    GPU targets, default "8.0;9.0+PTX" (A100, H100, PTX for newer)
+  MAX_JOBS                parallel compile jobs (ninja)
+"""
+import glob
+import os
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+
+def build_cuda() -> bool:
+    if os.environ.get("FASTGAT_CPU_ONLY") == "1":
+        return False
+    if os.environ.get("FORCE_CUDA") == "1":
+        return True
+    return CUDA_HOME is not None and torch.version.cuda is not None
+
+
+def extension():
+    sources = ["csrc/fastgat.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
+    kwargs = dict(extra_link_args=["-fopenmp"], py_limited_api=True)
+    if not build_cuda():
+        return CppExtension("fastgat._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    nvcc = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]
+    return CUDAExtension("fastgat._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
+                         extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc},
+                         **kwargs)
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)
