@@ -1,0 +1,19 @@
+import os
+
+import pytest
+import torch
+
+# Without a GPU the Triton kernels run under the interpreter on CPU tensors; Triton reads this
+# when kernels are defined, so it must be set before fastgat's Triton module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+GPU_REASON = "needs a CUDA device; runs on the device machine (scripts/gpu_check.sh)"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=GPU_REASON))

@@ -1,0 +1,189 @@
+"""Every backend of the fused op against the float64 reference, on fresh awkward graphs."""
+import pytest
+import torch
+
+from fastgat.backends import NAMES, torch_ref, unavailable_reason
+from fastgat.dropout import keep_scale
+from fastgat.graph import Graph
+from fastgat.ops import gat_attention
+from graphs import KINDS, random_graph
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+BACKENDS = [pytest.param(name, device, id=f"{name}-{device}")
+            for device in DEVICES for name in NAMES if not unavailable_reason(name, device)]
+GPU_BACKENDS = [pytest.param(name, "cuda", id=f"{name}-cuda", marks=pytest.mark.gpu)
+                for name in ("triton", "cuda")]
+# ||x - ref|| / ||ref|| bounds: accumulation is float32 (float64 for float64 inputs).
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+HEADS, CHANNELS = 3, 5  # C not a power of two
+
+
+def make_inputs(kind, seed, device, dtype=torch.float64, edge_scores=True, loops=True,
+                heads=HEADS, channels=CHANNELS):
+    src, dst, num_src, num_dst = random_graph(kind, seed)
+    num_loops = min(num_src, num_dst) if loops else 0
+    graph = Graph.from_coo(src.to(device), dst.to(device), num_src, num_dst,
+                           drop_self_loops=loops, num_loops=num_loops)
+    g = torch.Generator().manual_seed(seed + 1)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(device, dtype)  # noqa: E731
+    h, s, d = rand(num_src, heads, channels), rand(num_src, heads), rand(num_dst, heads)
+    t = rand(graph.num_edges, heads) if edge_scores else None
+    t_loop = rand(num_loops, heads) if edge_scores and loops else None
+    return (h, s, d, t, t_loop), graph
+
+
+def run_op(inputs, graph, backend, dropout=0.0, seed=None, slope=0.2):
+    return gat_attention(*inputs, *graph.op_args(), graph.num_loops, slope, dropout, seed,
+                         backend)
+
+
+def reference(inputs, graph, dropout=0.0, seed=None, slope=0.2):
+    inputs64 = [x.double().cpu() if x is not None else None for x in inputs]
+    return torch_ref.gat_forward(*inputs64, graph.rowptr.cpu(), graph.col.cpu(),
+                                 graph.num_loops, slope, dropout, seed.cpu() if seed is not None
+                                 else None)
+
+
+def rel_error(x, ref):
+    x, ref = x.double().cpu(), ref.double().cpu()
+    return ((x - ref).norm() / ref.norm().clamp_min(1.0)).item()  # absolute near 0
+
+
+def grads(fn, inputs, dout):
+    leaves = [x.detach().clone().requires_grad_() if x is not None else None for x in inputs]
+    out = fn(leaves)[0]
+    live = [x for x in leaves if x is not None]
+    return torch.autograd.grad(out, live, dout.to(out.dtype).to(out.device))
+
+
+def assert_close(actual, expected, dtype):
+    assert torch.isfinite(actual.double()).all()
+    if expected.numel():
+        assert rel_error(actual, expected) < TOLERANCE[dtype], rel_error(actual, expected)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("edge_scores,loops,dropout", [(True, True, 0.0), (False, False, 0.0),
+                                                       (True, True, 0.3)])
+def test_forward_and_gradients_match_reference(backend, device, kind, edge_scores, loops, dropout):
+    seed_value = hash((kind, edge_scores, loops)) % 1000
+    inputs, graph = make_inputs(kind, seed_value, device, edge_scores=edge_scores, loops=loops)
+    seed = torch.tensor([seed_value * 7919 + 13], device=device) if dropout else None
+    out, lse = run_op(inputs, graph, backend, dropout, seed)
+    ref_out, ref_lse = reference(inputs, graph, dropout, seed)
+    assert out.shape == ref_out.shape and out.dtype == torch.float64
+    assert_close(out, ref_out, torch.float64)
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse.cpu()), empty)  # rows without in-edges: lse = -inf
+    assert_close(lse.cpu()[~empty], ref_lse[~empty], torch.float64)
+    assert (out.cpu()[empty.all(1)] == 0).all()
+
+    dout = torch.randn(out.shape, dtype=torch.float64)
+    got = grads(lambda x: run_op(x, graph, backend, dropout, seed), inputs, dout)
+    want = grads(lambda x: reference(x, graph, dropout, seed), inputs, dout)
+    for g_got, g_want in zip(got, want):
+        assert_close(g_got, g_want, torch.float64)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS + GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_low_precision_against_float64(backend, device, dtype):
+    if unavailable_reason(backend, device):
+        pytest.skip(unavailable_reason(backend, device))
+    if backend == "cpu" and dtype == torch.float16:
+        pytest.skip("the C++ CPU kernel stores bfloat16, not float16")
+    inputs, graph = make_inputs("hub", 11, device, dtype=dtype)
+    out, _ = run_op(inputs, graph, backend)
+    ref_out, _ = reference(inputs, graph)
+    assert out.dtype == dtype
+    assert_close(out, ref_out, dtype)
+    dout = torch.randn(out.shape, dtype=torch.float64)
+    got = grads(lambda x: run_op(x, graph, backend), inputs, dout)
+    want = grads(lambda x: reference(x, graph), inputs, dout)
+    for g_got, g_want in zip(got, want):
+        assert_close(g_got, g_want, dtype)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_gradcheck_float64(backend, device):
+    inputs, graph = make_inputs("self_loops", 3, device)
+    seed = torch.tensor([99], device=device)
+    leaves = tuple(x.detach().clone().requires_grad_() for x in inputs)
+    for dropout in (0.0, 0.4):  # a fixed seed fixes the mask: backward must match forward
+        fn = lambda *x: run_op(x, graph, backend, dropout, seed)[0]  # noqa: E731
+        assert torch.autograd.gradcheck(fn, leaves, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_opcheck(backend, device):
+    inputs, graph = make_inputs("duplicates", 5, device, dtype=torch.float32)
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    args = (*leaves, *graph.op_args(), graph.num_loops, 0.2, 0.0, None, backend)
+    torch.library.opcheck(gat_attention, args)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_backward_is_bitwise_deterministic(backend, device):
+    inputs, graph = make_inputs("hub", 21, device, dtype=torch.float32)
+    seed = torch.tensor([5], device=device)
+    dout = torch.randn(graph.num_dst, HEADS, CHANNELS)
+    first = grads(lambda x: run_op(x, graph, backend, 0.2, seed), inputs, dout)
+    second = grads(lambda x: run_op(x, graph, backend, 0.2, seed), inputs, dout)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_dropout_mask_is_shared_by_backends(backend, device):
+    inputs, graph = make_inputs("random", 8, device)
+    seed = torch.tensor([2**40 + 12345], device=device)
+    out, _ = run_op(inputs, graph, backend, 0.5, seed)
+    ref_out, _ = run_op([x.cpu() for x in inputs], graph_on_cpu(graph), "torch", 0.5, seed.cpu())
+    assert_close(out, ref_out, torch.float64)
+    other_seed, _ = run_op(inputs, graph, backend, 0.5, seed + 1)
+    assert rel_error(other_seed, ref_out) > 1e-3  # the seed matters
+
+
+def graph_on_cpu(graph: Graph) -> Graph:
+    return Graph.from_coo(graph.src.cpu(), graph.dst.cpu(), graph.num_src, graph.num_dst,
+                          drop_self_loops=graph.dropped_self_loops, num_loops=graph.num_loops)
+
+
+def test_dropout_keep_rate_within_statistical_bounds():
+    slots = torch.arange(200_000)
+    for p in (0.1, 0.5, 0.9):
+        kept = (keep_scale(torch.tensor([7]), slots, 1, p, torch.float64) > 0).double().mean()
+        sigma = (p * (1 - p) / slots.numel()) ** 0.5
+        assert abs(kept.item() - (1 - p)) < 5 * sigma
+        scale = keep_scale(torch.tensor([7]), slots[:10], 1, p, torch.float64).max().item()
+        assert scale == pytest.approx(1 / (1 - p))
+
+
+def test_philox_matches_triton_randint():
+    triton_random = pytest.importorskip("triton.language.random")
+    import numpy as np
+    from fastgat.dropout import philox_word0
+    seed, idx = 2**40 + 99, torch.tensor([0, 1, 2**32 + 5, 12345678901])
+    c0 = (idx & 0xFFFFFFFF).numpy().astype(np.uint32)
+    c1 = (idx >> 32).numpy().astype(np.uint32)
+    k0, k1 = np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32)
+    ref = _numpy_philox(c0, c1, k0, k1)
+    assert torch.equal(philox_word0(torch.tensor([seed]), idx), torch.from_numpy(ref.astype(np.int64)))
+    assert triton_random.N_ROUNDS_DEFAULT == 10
+
+
+def _numpy_philox(c0, c1, k0, k1):
+    """Philox4x32-10 word 0 written independently in uint64 NumPy arithmetic."""
+    import numpy as np
+    c0, c1 = c0.astype(np.uint64), c1.astype(np.uint64)
+    c2 = np.zeros_like(c0)
+    c3 = np.zeros_like(c0)
+    k0, k1 = np.uint64(k0), np.uint64(k1)
+    mask = np.uint64(0xFFFFFFFF)
+    for _ in range(10):
+        p0, p2 = c0 * np.uint64(0xD2511F53), c2 * np.uint64(0xCD9E8D57)
+        c0, c1, c2, c3 = ((p2 >> np.uint64(32)) ^ c1 ^ k0, p2 & mask,
+                          (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & mask)
+        k0, k1 = (k0 + np.uint64(0x9E3779B9)) & mask, (k1 + np.uint64(0xBB67AE85)) & mask
+    return c0
