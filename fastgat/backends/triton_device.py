@@ -1,0 +1,324 @@
+"""The Triton programs of the fused GAT edge stage (DESIGN §2, §4); launched by triton_kernels.
+
+A program owns one work item: a chunk of at most CHUNK in-edges of one destination row (forward,
+CSR backward) or out-edges of one source row (CSC backward), all heads at once as
+[BLOCK_E, H_P2, C_P2] tiles gathered coalesced over C. A row longer than CHUNK is split over
+several programs that write partial states; a merge program per split row combines them in
+chunk order, so results are bitwise deterministic (no atomics). Chunk 0 of a row also takes
+its implicit self loop. Item and split tables come from triton_kernels.plan.
+
+Programs assume valid input (validated by FastGATConv / Graph) and never read dead slots.
+ACC is the accumulation dtype (float64 for float64 data, else float32); WIDE switches offsets
+to int64 when N*H*C or (E+N)*H can exceed 2^31. Scalars that must stay exact in float64
+(negative slope, 1/(1-p)) arrive as the int64 bits of a float64.
+"""
+import os
+
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _f64(bits):
+    return tl.cast(tl.cast(bits, tl.int64), tl.float64, bitcast=True)
+
+
+@triton.jit
+def _keep(seed, idx, threshold, scale):
+    """fastgat.dropout: keep iff (philox word0 >> 1) >= threshold; kept weights scaled."""
+    r = tl.randint(seed, idx)
+    return tl.where((r >> 1).to(tl.int32) >= threshold, scale, 0.0)
+
+
+@triton.jit
+def _item(item_row, item_ptr, ptr, pid, num_rows, CHUNK: tl.constexpr, WIDE: tl.constexpr):
+    """(row, chunk, start, end, split) of work item pid; row == num_rows marks an idle item."""
+    row = tl.load(item_row + pid)
+    if WIDE:
+        row = row.to(tl.int64)
+    row_start = tl.load(ptr + row, mask=row < num_rows, other=0)
+    row_end = tl.load(ptr + row + 1, mask=row < num_rows, other=0)
+    chunk = pid - tl.load(item_ptr + row)
+    start = row_start + chunk * CHUNK
+    end = tl.minimum(row_end, start + CHUNK)
+    return row, chunk, start, end, row_end - row_start > CHUNK
+
+
+@triton.jit
+def forward_kernel(h, s, d, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l, ws_acc,
+                   item_row, item_ptr, split_ptr, num_dst, num_slots, num_loops, slope_bits,
+                   threshold, scale_bits, H: tl.constexpr, C: tl.constexpr,
+                   H_P2: tl.constexpr, C_P2: tl.constexpr, CHUNK: tl.constexpr,
+                   BLOCK_E: tl.constexpr, HAS_T: tl.constexpr, HAS_T_LOOP: tl.constexpr,
+                   DROPOUT: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr):
+    """Online softmax (m, l, acc) over one chunk of destination row i's in-edges."""
+    row, chunk, start, end, split = _item(item_row, item_ptr, ptr, tl.program_id(0), num_dst,
+                                          CHUNK, WIDE)
+    if row < num_dst:
+        slope = _f64(slope_bits).to(ACC)
+        scale = _f64(scale_bits).to(ACC)
+        seed = tl.load(seed_ptr) if DROPOUT else 0
+        heads = tl.arange(0, H_P2)
+        hmask = heads < H
+        hc = heads[:, None] * C + tl.arange(0, C_P2)[None, :]
+        hcmask = hmask[:, None] & (tl.arange(0, C_P2) < C)[None, :]
+        # Padded heads see finite zeros, so their (unused) state never turns to NaN.
+        d_i = tl.load(d + row * H + heads, mask=hmask, other=0.0).to(ACC)
+        m = tl.full([H_P2], float("-inf"), ACC)
+        l = tl.zeros([H_P2], ACC)
+        acc = tl.zeros([H_P2, C_P2], ACC)
+        if (chunk == 0) & (row < num_loops):
+            z = tl.load(s + row * H + heads, mask=hmask, other=0.0).to(ACC) + d_i
+            if HAS_T_LOOP:
+                z += tl.load(t_loop + row * H + heads, mask=hmask, other=0.0).to(ACC)
+            m = tl.where(z > 0, z, z * slope)
+            l = tl.full([H_P2], 1.0, ACC)
+            acc = tl.load(h + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+            if DROPOUT:
+                acc *= _keep(seed, (num_slots + row) * H + heads, threshold, scale)[:, None]
+        for e0 in range(start, end, BLOCK_E):
+            k = e0 + tl.arange(0, BLOCK_E)
+            emask = k < end
+            j = tl.load(col + k, mask=emask, other=0)
+            if WIDE:
+                j = j.to(tl.int64)
+            ehmask = emask[:, None] & hmask[None, :]
+            z = tl.load(s + j[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
+            z += d_i[None, :]
+            if HAS_T:
+                z += tl.load(t + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
+            x = tl.where(emask[:, None], tl.where(z > 0, z, z * slope), float("-inf"))
+            m_new = tl.maximum(m, tl.max(x, 0))
+            rescale = tl.exp(m - m_new)
+            p = tl.exp(x - m_new[None, :])
+            l = l * rescale + tl.sum(p, 0)
+            if DROPOUT:
+                p *= _keep(seed, k[:, None] * H + heads[None, :], threshold, scale)
+            h_j = tl.load(h + j[:, None, None] * (H * C) + hc[None, :, :],
+                          mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
+            acc = acc * rescale[:, None] + tl.sum(p[:, :, None] * h_j, 0)
+            m = m_new
+        if split:
+            part = tl.load(split_ptr + row) + chunk
+            tl.store(ws_m + part * H + heads, m, mask=hmask)
+            tl.store(ws_l + part * H + heads, l, mask=hmask)
+            tl.store(ws_acc + part * (H * C) + hc, acc, mask=hcmask)
+        else:
+            _finish_softmax(out, lse, row, m, l, acc, heads, hmask, hc, hcmask, H, C)
+
+
+@triton.jit
+def _finish_softmax(out, lse, row, m, l, acc, heads, hmask, hc, hcmask, H: tl.constexpr,
+                    C: tl.constexpr):
+    """out = acc / l and lse = m + log l; a row without in-edges gets out = 0, lse = -inf."""
+    tl.store(lse + row * H + heads, m + tl.log(l), mask=hmask)
+    o = tl.where(l[:, None] > 0, acc / l[:, None], 0.0)
+    tl.store(out + row * (H * C) + hc, o.to(out.dtype.element_ty), mask=hcmask)
+
+
+@triton.jit
+def merge_softmax_kernel(ws_m, ws_l, ws_acc, split_rows, split_ptr, out, lse, num_dst,
+                         H: tl.constexpr, C: tl.constexpr, H_P2: tl.constexpr,
+                         C_P2: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr):
+    """Combine the partial (m, l, acc) of a split row in chunk order."""
+    row = tl.load(split_rows + tl.program_id(0))
+    if WIDE:
+        row = row.to(tl.int64)
+    if row < num_dst:
+        heads = tl.arange(0, H_P2)
+        hmask = heads < H
+        hc = heads[:, None] * C + tl.arange(0, C_P2)[None, :]
+        hcmask = hmask[:, None] & (tl.arange(0, C_P2) < C)[None, :]
+        m = tl.full([H_P2], float("-inf"), ACC)
+        l = tl.zeros([H_P2], ACC)
+        acc = tl.zeros([H_P2, C_P2], ACC)
+        for part in range(tl.load(split_ptr + row), tl.load(split_ptr + row + 1)):
+            # Every chunk holds an edge, so m_p is finite (padded heads read 0).
+            m_p = tl.load(ws_m + part * H + heads, mask=hmask, other=0.0)
+            m_new = tl.maximum(m, m_p)
+            a = tl.exp(m - m_new)
+            b = tl.exp(m_p - m_new)
+            l = l * a + tl.load(ws_l + part * H + heads, mask=hmask, other=0.0) * b
+            acc_p = tl.load(ws_acc + part * (H * C) + hc, mask=hcmask, other=0.0)
+            acc = acc * a[:, None] + acc_p * b[:, None]
+            m = m_new
+        _finish_softmax(out, lse, row, m, l, acc, heads, hmask, hc, hcmask, H, C)
+
+
+@triton.jit
+def _dz(z, alpha, dalpha, D, slope):
+    """dz = alpha (dalpha - D) LeakyReLU'(z), branching on the pre-activation z."""
+    dx = alpha * (dalpha - D)
+    return tl.where(z > 0, dx, dx * slope)
+
+
+@triton.jit
+def backward_csr_kernel(dout, out, lse, h, s, d, t, t_loop, ptr, col, seed_ptr, D_buf, dd,
+                        dt, dt_loop, ws_dd, item_row, item_ptr, split_ptr, num_dst, num_slots,
+                        num_loops, slope_bits, threshold, scale_bits, H: tl.constexpr,
+                        C: tl.constexpr, H_P2: tl.constexpr, C_P2: tl.constexpr,
+                        CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, HAS_T: tl.constexpr,
+                        HAS_T_LOOP: tl.constexpr, DROPOUT: tl.constexpr, WIDE: tl.constexpr,
+                        ACC: tl.constexpr):
+    """Per destination chunk: dt_ij = dz_ij per CSR slot and dd_i = sum_j dz_ij; chunk 0 also
+    stores D_i = <dout_i, out_i> for the CSC pass."""
+    row, chunk, start, end, split = _item(item_row, item_ptr, ptr, tl.program_id(0), num_dst,
+                                          CHUNK, WIDE)
+    if row < num_dst:
+        slope = _f64(slope_bits).to(ACC)
+        scale = _f64(scale_bits).to(ACC)
+        seed = tl.load(seed_ptr) if DROPOUT else 0
+        heads = tl.arange(0, H_P2)
+        hmask = heads < H
+        hc = heads[:, None] * C + tl.arange(0, C_P2)[None, :]
+        hcmask = hmask[:, None] & (tl.arange(0, C_P2) < C)[None, :]
+        dout_i = tl.load(dout + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+        D_i = tl.sum(dout_i * tl.load(out + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC),
+                     1)
+        d_i = tl.load(d + row * H + heads, mask=hmask, other=0.0).to(ACC)
+        lse_i = tl.load(lse + row * H + heads, mask=hmask, other=0.0).to(ACC)
+        dd_i = tl.zeros([H_P2], ACC)
+        if chunk == 0:
+            tl.store(D_buf + row * H + heads, D_i, mask=hmask)
+            if row < num_loops:
+                z = tl.load(s + row * H + heads, mask=hmask, other=0.0).to(ACC) + d_i
+                if HAS_T_LOOP:
+                    z += tl.load(t_loop + row * H + heads, mask=hmask, other=0.0).to(ACC)
+                alpha = tl.exp(tl.where(z > 0, z, z * slope) - lse_i)
+                h_i = tl.load(h + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+                dalpha = tl.sum(dout_i * h_i, 1)
+                if DROPOUT:
+                    dalpha *= _keep(seed, (num_slots + row) * H + heads, threshold, scale)
+                dd_i = _dz(z, alpha, dalpha, D_i, slope)
+                if HAS_T_LOOP:
+                    tl.store(dt_loop + row * H + heads, dd_i.to(dt_loop.dtype.element_ty),
+                             mask=hmask)
+        for e0 in range(start, end, BLOCK_E):
+            k = e0 + tl.arange(0, BLOCK_E)
+            emask = k < end
+            j = tl.load(col + k, mask=emask, other=0)
+            if WIDE:
+                j = j.to(tl.int64)
+            ehmask = emask[:, None] & hmask[None, :]
+            z = tl.load(s + j[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
+            z += d_i[None, :]
+            if HAS_T:
+                z += tl.load(t + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
+            alpha = tl.where(ehmask, tl.exp(tl.where(z > 0, z, z * slope) - lse_i[None, :]), 0.0)
+            h_j = tl.load(h + j[:, None, None] * (H * C) + hc[None, :, :],
+                          mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
+            dalpha = tl.sum(h_j * dout_i[None, :, :], 2)
+            if DROPOUT:
+                dalpha *= _keep(seed, k[:, None] * H + heads[None, :], threshold, scale)
+            dz = _dz(z, alpha, dalpha, D_i[None, :], slope)
+            dd_i += tl.sum(dz, 0)
+            if HAS_T:
+                tl.store(dt + k[:, None] * H + heads[None, :], dz.to(dt.dtype.element_ty),
+                         mask=ehmask)
+        if split:
+            tl.store(ws_dd + (tl.load(split_ptr + row) + chunk) * H + heads, dd_i, mask=hmask)
+        else:
+            tl.store(dd + row * H + heads, dd_i.to(dd.dtype.element_ty), mask=hmask)
+
+
+@triton.jit
+def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, seed_ptr, D_buf,
+                        dh, ds, ws_ds, ws_dh, item_row, item_ptr, split_ptr, num_src, num_slots,
+                        num_loops, slope_bits, threshold, scale_bits, H: tl.constexpr,
+                        C: tl.constexpr, H_P2: tl.constexpr, C_P2: tl.constexpr,
+                        CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, HAS_T: tl.constexpr,
+                        HAS_T_LOOP: tl.constexpr, DROPOUT: tl.constexpr, WIDE: tl.constexpr,
+                        ACC: tl.constexpr):
+    """Per source chunk: ds_j = sum_i dz_ij and dh_j = sum_i alpha_ij keep_ij dout_i over j's
+    out-edges (t and the dropout slot addressed by the CSR slot csc_eid)."""
+    row, chunk, start, end, split = _item(item_row, item_ptr, ptr, tl.program_id(0), num_src,
+                                          CHUNK, WIDE)
+    if row < num_src:
+        slope = _f64(slope_bits).to(ACC)
+        scale = _f64(scale_bits).to(ACC)
+        seed = tl.load(seed_ptr) if DROPOUT else 0
+        heads = tl.arange(0, H_P2)
+        hmask = heads < H
+        hc = heads[:, None] * C + tl.arange(0, C_P2)[None, :]
+        hcmask = hmask[:, None] & (tl.arange(0, C_P2) < C)[None, :]
+        h_j = tl.load(h + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+        s_j = tl.load(s + row * H + heads, mask=hmask, other=0.0).to(ACC)
+        ds_j = tl.zeros([H_P2], ACC)
+        dh_j = tl.zeros([H_P2, C_P2], ACC)
+        if (chunk == 0) & (row < num_loops):
+            z = s_j + tl.load(d + row * H + heads, mask=hmask, other=0.0).to(ACC)
+            if HAS_T_LOOP:
+                z += tl.load(t_loop + row * H + heads, mask=hmask, other=0.0).to(ACC)
+            lse_i = tl.load(lse + row * H + heads, mask=hmask, other=0.0).to(ACC)
+            alpha = tl.exp(tl.where(z > 0, z, z * slope) - lse_i)
+            dout_i = tl.load(dout + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+            dalpha = tl.sum(dout_i * h_j, 1)
+            weight = alpha
+            if DROPOUT:
+                keep = _keep(seed, (num_slots + row) * H + heads, threshold, scale)
+                dalpha *= keep
+                weight *= keep
+            D_i = tl.load(D_buf + row * H + heads, mask=hmask, other=0.0)
+            ds_j = _dz(z, alpha, dalpha, D_i, slope)
+            dh_j = weight[:, None] * dout_i
+        for e0 in range(start, end, BLOCK_E):
+            q = e0 + tl.arange(0, BLOCK_E)
+            emask = q < end
+            ehmask = emask[:, None] & hmask[None, :]
+            i = tl.load(csc_row + q, mask=emask, other=0)
+            k = tl.load(csc_eid + q, mask=emask, other=0)
+            if WIDE:
+                i = i.to(tl.int64)
+                k = k.to(tl.int64)
+            eh_i = i[:, None] * H + heads[None, :]
+            z = s_j[None, :] + tl.load(d + eh_i, mask=ehmask, other=0.0).to(ACC)
+            if HAS_T:
+                z += tl.load(t + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
+            lse_i = tl.load(lse + eh_i, mask=ehmask, other=0.0).to(ACC)
+            alpha = tl.where(ehmask, tl.exp(tl.where(z > 0, z, z * slope) - lse_i), 0.0)
+            dout_i = tl.load(dout + i[:, None, None] * (H * C) + hc[None, :, :],
+                             mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
+            dalpha = tl.sum(dout_i * h_j[None, :, :], 2)
+            weight = alpha
+            if DROPOUT:
+                keep = _keep(seed, k[:, None] * H + heads[None, :], threshold, scale)
+                dalpha *= keep
+                weight *= keep
+            D_i = tl.load(D_buf + eh_i, mask=ehmask, other=0.0)
+            ds_j += tl.sum(_dz(z, alpha, dalpha, D_i, slope), 0)
+            dh_j += tl.sum(weight[:, :, None] * dout_i, 0)
+        if split:
+            part = tl.load(split_ptr + row) + chunk
+            tl.store(ws_ds + part * H + heads, ds_j, mask=hmask)
+            tl.store(ws_dh + part * (H * C) + hc, dh_j, mask=hcmask)
+        else:
+            tl.store(ds + row * H + heads, ds_j.to(ds.dtype.element_ty), mask=hmask)
+            tl.store(dh + row * (H * C) + hc, dh_j.to(dh.dtype.element_ty), mask=hcmask)
+
+
+@triton.jit
+def merge_sum_kernel(ws_a, out_a, ws_b, out_b, split_rows, split_ptr, num_rows,
+                     WIDTH_A: tl.constexpr, WIDTH_B: tl.constexpr, BLOCK_A: tl.constexpr,
+                     BLOCK_B: tl.constexpr, HAS_B: tl.constexpr, WIDE: tl.constexpr,
+                     ACC: tl.constexpr):
+    """Sum a split row's partial gradients in chunk order: (dd) or (ds, dh)."""
+    row = tl.load(split_rows + tl.program_id(0))
+    if WIDE:
+        row = row.to(tl.int64)
+    if row < num_rows:
+        offs_a = tl.arange(0, BLOCK_A)
+        offs_b = tl.arange(0, BLOCK_B)
+        sum_a = tl.zeros([BLOCK_A], ACC)
+        sum_b = tl.zeros([BLOCK_B], ACC)
+        for part in range(tl.load(split_ptr + row), tl.load(split_ptr + row + 1)):
+            sum_a += tl.load(ws_a + part * WIDTH_A + offs_a, mask=offs_a < WIDTH_A, other=0.0)
+            if HAS_B:
+                sum_b += tl.load(ws_b + part * WIDTH_B + offs_b, mask=offs_b < WIDTH_B,
+                                 other=0.0)
+        tl.store(out_a + row * WIDTH_A + offs_a, sum_a.to(out_a.dtype.element_ty),
+                 mask=offs_a < WIDTH_A)
+        if HAS_B:
+            tl.store(out_b + row * WIDTH_B + offs_b, sum_b.to(out_b.dtype.element_ty),
+                     mask=offs_b < WIDTH_B)

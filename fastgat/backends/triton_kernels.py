@@ -1,0 +1,191 @@
+"""backend='triton': the fused edge stage as Triton programs (kernels in triton_device.py).
+
+CUDA tensors run compiled kernels, autotuned per (H, C, dtype); CPU tensors run under the
+Triton interpreter (TRITON_INTERPRET=1, read when this module is imported) with one fixed
+configuration. Launches per call: forward 1 (+1 merge when a row exceeds CHUNK in-edges),
+backward 2 (+ up to 2 merges). No host sync: every grid size comes from tensor shapes, and
+the item tables of a pointer array are built by torch ops on the device (`plan`).
+"""
+import contextlib
+import struct
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..dropout import threshold
+from . import triton_device as dev
+
+# Edges per work item: rows with more in-edges (sources with more out-edges) are split. Small
+# under the interpreter, where a program costs milliseconds and tests need hub rows to split.
+CHUNK = 64 if dev.INTERPRET else 256
+_BLOCK_E_INTERPRET = 64
+_TILE_LIMIT = 16384  # BLOCK_E * H_P2 * C_P2 elements per gathered tile (register budget)
+_INT32_LIMIT = 2**31
+
+
+class Plan(NamedTuple):
+    """Work items of one pointer array (rowptr or colptr) cut into chunks of CHUNK slots."""
+    item_row: Tensor    # (num_items,) row of each item; num_rows for the idle tail
+    item_ptr: Tensor    # (num_rows + 1,) first item of each row
+    split_rows: Tensor  # (num_split,) rows with more than CHUNK slots; num_rows for the tail
+    split_ptr: Tensor   # (num_rows + 1,) first partial-state slot of each split row
+    num_parts: int      # bound on partial states
+
+
+def plan(ptr: Tensor, num_slots: int) -> Plan:
+    """Device-side item tables with static sizes: a row of degree g takes max(1, ceil(g/CHUNK))
+    items, at most num_rows + num_slots // CHUNK in all; only rows with g > CHUNK (fewer than
+    num_slots // (CHUNK+1)) write partial states, at most 2 * (num_slots // CHUNK) of them."""
+    num_rows = ptr.numel() - 1
+    degree = (ptr[1:] - ptr[:-1]).long()
+    items = torch.clamp_min((degree + CHUNK - 1) // CHUNK, 1)
+    zero = degree.new_zeros(1)
+    item_ptr = torch.cat([zero, items.cumsum(0)])
+    num_items = num_rows + num_slots // CHUNK
+    item_row = torch.searchsorted(item_ptr[1:], torch.arange(num_items, device=ptr.device),
+                                  right=True)
+    split = degree > CHUNK
+    split_ptr = torch.cat([zero, torch.where(split, items, 0).cumsum(0)])
+    num_split = num_slots // (CHUNK + 1)
+    split_rows = torch.searchsorted(split.long().cumsum(0),
+                                    torch.arange(num_split, device=ptr.device), right=True)
+    index = lambda x: x.to(ptr.dtype)  # noqa: E731
+    return Plan(index(item_row), index(item_ptr), index(split_rows), index(split_ptr),
+                2 * (num_slots // CHUNK))
+
+
+def _configs():
+    return [triton.Config({"BLOCK_E": block_e}, num_warps=warps)
+            for block_e in (16, 32, 64) for warps in (2, 4, 8)]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep tiles that fit the register budget (at least the smallest)."""
+    args = {**named_args, **kwargs}
+    tile = args["H_P2"] * args["C_P2"]
+    fits = [c for c in configs if c.kwargs["BLOCK_E"] * tile <= _TILE_LIMIT]
+    return fits or configs[:3]
+
+
+def _tuned(kernel):
+    if dev.INTERPRET:
+        return kernel
+    return triton.autotune(_configs(), key=["H", "C", "HAS_T", "DROPOUT"],
+                           prune_configs_by={"early_config_prune": _prune})(kernel)
+
+
+_forward_kernel = _tuned(dev.forward_kernel)
+_backward_csr_kernel = _tuned(dev.backward_csr_kernel)
+_backward_csc_kernel = _tuned(dev.backward_csc_kernel)
+
+
+def _f64_bits(value: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", value))[0]
+
+
+def _acc_dtype(dtype: torch.dtype) -> Tuple[torch.dtype, "tl.dtype"]:
+    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _meta(h: Tensor, num_dst: int, num_slots: int, t, t_loop, negative_slope: float,
+          dropout: float, seed: Optional[Tensor]):
+    """Scalar and constexpr arguments shared by the forward and backward programs."""
+    num_src, heads, channels = h.shape
+    wide = max(max(num_src, num_dst, 2 * (num_slots // CHUNK)) * heads * channels,
+               (num_slots + num_dst) * heads) >= _INT32_LIMIT
+    meta = dict(H=heads, C=channels, H_P2=triton.next_power_of_2(heads),
+                C_P2=triton.next_power_of_2(channels), CHUNK=CHUNK, HAS_T=t is not None,
+                HAS_T_LOOP=t_loop is not None, DROPOUT=dropout > 0.0, WIDE=wide,
+                ACC=_acc_dtype(h.dtype)[1])
+    if dev.INTERPRET:
+        meta["BLOCK_E"] = _BLOCK_E_INTERPRET
+    scalars = dict(slope_bits=_f64_bits(negative_slope),
+                   threshold=threshold(dropout) if dropout > 0.0 else 0,
+                   scale_bits=_f64_bits(1.0 / (1.0 - dropout)))
+    return meta, scalars, seed if dropout > 0.0 else h
+
+
+def _on(device: torch.device):
+    """Launch on the tensors' GPU (Triton launches on the current CUDA device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _merge_meta(meta):
+    return {key: meta[key] for key in ("H", "C", "H_P2", "C_P2", "WIDE", "ACC")}
+
+
+def gat_forward(
+    h: Tensor, s: Tensor, d: Tensor, t: Optional[Tensor], t_loop: Optional[Tensor],
+    rowptr: Tensor, col: Tensor, num_loops: int, negative_slope: float, dropout: float,
+    seed: Optional[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    num_dst, heads, channels = d.size(0), h.size(1), h.size(2)
+    acc = _acc_dtype(h.dtype)[0]
+    out = h.new_empty(num_dst, heads, channels)
+    lse = h.new_empty(num_dst, heads, dtype=acc)
+    num_slots = col.numel()
+    work = plan(rowptr, num_slots)
+    if work.item_row.numel() == 0:
+        return out, lse
+    meta, scalars, seed_ptr = _meta(h, num_dst, num_slots, t, t_loop, negative_slope, dropout,
+                                    seed)
+    ws_m = h.new_empty(work.num_parts, heads, dtype=acc)
+    ws_l = torch.empty_like(ws_m)
+    ws_acc = h.new_empty(work.num_parts, heads, channels, dtype=acc)
+    with _on(h.device):
+        _forward_kernel[(work.item_row.numel(),)](
+            h, s, d, t, t_loop, rowptr, col, seed_ptr, out, lse, ws_m, ws_l, ws_acc,
+            work.item_row, work.item_ptr, work.split_ptr, num_dst, num_slots, num_loops,
+            **scalars, **meta)
+        if work.split_rows.numel():
+            dev.merge_softmax_kernel[(work.split_rows.numel(),)](
+                ws_m, ws_l, ws_acc, work.split_rows, work.split_ptr, out, lse, num_dst,
+                **_merge_meta(meta))
+    return out, lse
+
+
+def gat_backward(
+    dout: Tensor, out: Tensor, lse: Tensor, h: Tensor, s: Tensor, d: Tensor,
+    t: Optional[Tensor], t_loop: Optional[Tensor], rowptr: Tensor, col: Tensor,
+    colptr: Tensor, csc_row: Tensor, csc_eid: Tensor, num_loops: int, negative_slope: float,
+    dropout: float, seed: Optional[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    num_src, heads, channels = h.shape
+    num_dst, num_slots = d.size(0), col.numel()
+    acc = _acc_dtype(h.dtype)[0]
+    dh, ds, dd = torch.empty_like(h), torch.empty_like(s), torch.empty_like(d)
+    # Dead slots (dropped self loops) get no program; their dt stays 0 as in the reference.
+    dt = torch.zeros_like(t) if t is not None else h.new_empty(0)
+    dt_loop = torch.empty_like(t_loop) if t_loop is not None else h.new_empty(0)
+    meta, scalars, seed_ptr = _meta(h, num_dst, num_slots, t, t_loop, negative_slope, dropout,
+                                    seed)
+    D = h.new_empty(num_dst, heads, dtype=acc)
+    rows, cols = plan(rowptr, num_slots), plan(colptr, num_slots)
+    ws_dd = h.new_empty(rows.num_parts, heads, dtype=acc)
+    ws_ds = h.new_empty(cols.num_parts, heads, dtype=acc)
+    ws_dh = h.new_empty(cols.num_parts, heads, channels, dtype=acc)
+    sums = dict(WIDE=meta["WIDE"], ACC=meta["ACC"])
+    with _on(h.device):
+        if rows.item_row.numel():
+            _backward_csr_kernel[(rows.item_row.numel(),)](
+                dout, out, lse, h, s, d, t, t_loop, rowptr, col, seed_ptr, D, dd, dt, dt_loop,
+                ws_dd, rows.item_row, rows.item_ptr, rows.split_ptr, num_dst, num_slots,
+                num_loops, **scalars, **meta)
+        if rows.split_rows.numel():
+            dev.merge_sum_kernel[(rows.split_rows.numel(),)](
+                ws_dd, dd, ws_dd, dd, rows.split_rows, rows.split_ptr, num_dst,
+                WIDTH_A=heads, WIDTH_B=1, BLOCK_A=meta["H_P2"], BLOCK_B=1, HAS_B=False, **sums)
+        if cols.item_row.numel():
+            _backward_csc_kernel[(cols.item_row.numel(),)](
+                dout, lse, h, s, d, t, t_loop, colptr, csc_row, csc_eid, seed_ptr, D, dh, ds,
+                ws_ds, ws_dh, cols.item_row, cols.item_ptr, cols.split_ptr, num_src, num_slots,
+                num_loops, **scalars, **meta)
+        if cols.split_rows.numel():
+            dev.merge_sum_kernel[(cols.split_rows.numel(),)](
+                ws_ds, ds, ws_dh, dh, cols.split_rows, cols.split_ptr, num_src,
+                WIDTH_A=heads, WIDTH_B=heads * channels, BLOCK_A=meta["H_P2"],
+                BLOCK_B=triton.next_power_of_2(heads * channels), HAS_B=True, **sums)
+    return dh, ds, dd, dt, dt_loop
