@@ -197,8 +197,9 @@ class FastGATConv(GATConv):
         The E x H x C projection is never formed: att_edge is folded into lin_edge's weight.
         Self-loop attributes are reduced from the raw attributes first (fill_value), since
         max/min/mul do not commute with the linear map."""
-        if edge_attr is None or self.lin_edge is None:
-            return None, None
+        if edge_attr is None or self.lin_edge is None or (graph.num_edges == 0
+                                                          and graph.num_loops == 0):
+            return None, None  # as GATConv, which never reads lin_edge without edges
         if edge_attr.dim() == 1:
             edge_attr = edge_attr.view(-1, 1)
         if edge_attr.dim() != 2 or edge_attr.size(0) != graph.num_edges:

@@ -1,0 +1,278 @@
+"""FastGATConv against torch_geometric.nn.GATConv with copied weights, option by option."""
+import copy
+
+import pytest
+import torch
+from torch_geometric.nn import GATConv
+from torch_geometric.utils import to_torch_coo_tensor, to_torch_csr_tensor
+
+from fastgat import FastGATConv
+from fastgat.backends import NAMES, unavailable_reason
+from graphs import KINDS, random_graph
+
+CPU_BACKENDS = [b for b in NAMES if not unavailable_reason(b, "cpu")]
+# The Triton interpreter runs ~9 ms per program: it gets the smaller grid (all of it on a GPU).
+SLOW = {"triton"} if not torch.cuda.is_available() else set()
+
+CONFIGS = [
+    dict(heads=1),
+    dict(heads=3, concat=False),
+    dict(heads=2, negative_slope=-0.7),  # PyG allows any slope: branch on z, not on the output
+    dict(heads=2, add_self_loops=False),
+    dict(heads=2, edge_dim=3),
+    dict(heads=2, edge_dim=3, fill_value="add"),
+    dict(heads=2, edge_dim=3, fill_value="max"),
+    dict(heads=2, edge_dim=3, fill_value="min"),
+    dict(heads=2, edge_dim=3, fill_value="mul"),
+    dict(heads=2, edge_dim=3, fill_value=0.5),
+    dict(heads=2, edge_dim=3, fill_value=torch.tensor([1.0, -2.0, 0.5])),
+    dict(heads=2, edge_dim=3, add_self_loops=False),
+    dict(heads=2, bias=False, residual=True),
+    dict(heads=2, concat=False, residual=True, edge_dim=3),
+]
+BIPARTITE_CONFIGS = [dict(heads=2), dict(heads=2, edge_dim=3, residual=True),
+                     dict(heads=2, add_self_loops=False, concat=False)]
+IN_CHANNELS, OUT_CHANNELS = 6, 4
+
+
+def pair(config, in_channels=IN_CHANNELS, backend="torch", dtype=torch.float64):
+    torch.manual_seed(0)
+    pyg = GATConv(in_channels, OUT_CHANNELS, **config).to(dtype)
+    fast = FastGATConv(in_channels, OUT_CHANNELS, backend=backend, **config).to(dtype)
+    fast.load_state_dict(pyg.state_dict())
+    return pyg, fast
+
+
+def features(graph_seed, num_src, num_dst, num_edges, bipartite):
+    g = torch.Generator().manual_seed(graph_seed + 100)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    x = (rand(num_src, IN_CHANNELS), rand(num_dst, IN_CHANNELS + 1)) if bipartite else \
+        rand(num_src, IN_CHANNELS)
+    return x, rand(num_edges, 3)
+
+
+def run(conv, x, edge_index, edge_attr, **kwargs):
+    x = tuple(v.detach().clone().requires_grad_() for v in x) if isinstance(x, tuple) else \
+        x.detach().clone().requires_grad_()
+    out, (ei, alpha) = conv(x, edge_index, edge_attr, return_attention_weights=True, **kwargs)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    (out * dout).sum().backward()
+    x_grads = [v.grad for v in (x if isinstance(x, tuple) else (x,))]
+    return out, ei, alpha, x_grads, {n: p.grad for n, p in conv.named_parameters()}
+
+
+def assert_parity(pyg, fast, x, edge_index, edge_attr, tol=1e-10, **kwargs):
+    want, got = run(pyg, x, edge_index, edge_attr, **kwargs), run(fast, x, edge_index, edge_attr,
+                                                                  **kwargs)
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=tol, atol=tol)  # noqa: E731
+    close(got[0], want[0])
+    assert torch.equal(got[1], want[1])  # same edges, same order (self loops appended last)
+    close(got[2], want[2])
+    for a, b in zip(got[3], want[3]):
+        close(a, b)
+    assert got[4].keys() == want[4].keys()
+    for name in want[4]:
+        close(got[4][name], want[4][name])
+
+
+def grid(backend):
+    cases = [(c, k) for c in CONFIGS for k in KINDS if k != "bipartite"]
+    cases += [(c, "bipartite") for c in BIPARTITE_CONFIGS]
+    if backend in SLOW:  # a third of the grid, still every option and every graph kind
+        cases = cases[::3]
+    return [pytest.param(backend, c, k, id=f"{backend}-{i}-{k}") for i, (c, k) in enumerate(cases)]
+
+
+@pytest.mark.parametrize("backend,config,kind", [p for b in CPU_BACKENDS for p in grid(b)])
+def test_parity_with_pyg(backend, config, kind):
+    src, dst, num_src, num_dst = random_graph(kind, seed=len(str(config)) + len(kind))
+    bipartite = kind == "bipartite"
+    in_channels = (IN_CHANNELS, IN_CHANNELS + 1) if bipartite else IN_CHANNELS
+    pyg, fast = pair(config, in_channels, backend)
+    x, edge_attr = features(3, num_src, num_dst, src.numel(), bipartite)
+    edge_index = torch.stack([src, dst])
+    if config.get("edge_dim") is None:
+        edge_attr = None
+    assert_parity(pyg, fast, x, edge_index, edge_attr)
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b not in SLOW])
+def test_parity_on_a_hub_with_1e5_in_edges(backend):
+    g = torch.Generator().manual_seed(4)
+    num_nodes, hub_degree = 300, 100_000
+    src = torch.cat([torch.randint(0, num_nodes, (hub_degree,), generator=g),
+                     torch.randint(0, num_nodes, (2000,), generator=g)])
+    dst = torch.cat([torch.zeros(hub_degree, dtype=torch.long),
+                     torch.randint(0, num_nodes, (2000,), generator=g)])
+    pyg, fast = pair(dict(heads=2, edge_dim=3), backend=backend)
+    x, edge_attr = features(5, num_nodes, num_nodes, src.numel(), False)
+    assert_parity(pyg, fast, x, torch.stack([src, dst]), edge_attr)
+
+
+def test_size_argument_and_missing_destination_features():
+    src, dst, num_src, _ = random_graph("random", 9)
+    dst = dst % 10
+    pyg, fast = pair(dict(heads=2), (IN_CHANNELS, IN_CHANNELS))
+    x, _ = features(6, num_src, 10, src.numel(), False)
+    edge_index = torch.stack([src, dst])
+    for size in [(num_src, 10), None]:
+        num_dst = 10 if size else num_src
+        x_pair = (x, torch.randn(num_dst, IN_CHANNELS, dtype=torch.float64))
+        assert_parity(pyg, fast, x_pair, edge_index, None, size=size)
+    want = pyg((x, None), edge_index, size=(num_src, 10))
+    torch.testing.assert_close(fast((x, None), edge_index, size=(num_src, 10)), want)
+
+
+@pytest.mark.parametrize("layout", ["edge_index", "csr", "coo"])
+@pytest.mark.parametrize("config", [dict(heads=2), dict(heads=2, add_self_loops=False)])
+def test_input_forms_agree(layout, config):
+    src, dst, num_nodes, _ = random_graph("self_loops", 12)
+    keys = torch.unique(dst * num_nodes + src)  # sparse adjacencies hold no duplicates
+    src, dst = keys % num_nodes, keys // num_nodes
+    pyg, fast = pair(config)
+    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
+    if layout == "edge_index":
+        from torch_geometric import EdgeIndex
+        adj = EdgeIndex(torch.stack([src, dst]), sparse_size=(num_nodes, num_nodes))
+    else:
+        convert = to_torch_csr_tensor if layout == "csr" else to_torch_coo_tensor
+        adj = convert(torch.stack([dst, src]), size=(num_nodes, num_nodes))  # adj_t
+    want = pyg(x, adj, return_attention_weights=True)
+    got = fast(x, adj, return_attention_weights=True)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got[0], fast(x, torch.stack([src, dst])), rtol=1e-10, atol=1e-10)
+    if layout == "edge_index":
+        assert torch.equal(got[1][0], want[1][0])
+    else:
+        assert got[1][0].layout == want[1][0].layout
+        torch.testing.assert_close(got[1][0].to_dense(), want[1][0].to_dense())
+    torch.testing.assert_close(got[1][1], want[1][1], rtol=1e-10, atol=1e-10)
+
+
+def test_sparse_tensor_input():
+    torch_sparse = pytest.importorskip("torch_sparse", reason="torch_sparse is not installed "
+                                       "(no wheel for this torch): SparseTensor is untestable")
+    src, dst, num_nodes, _ = random_graph("random", 13)
+    adj = torch_sparse.SparseTensor(row=dst, col=src, sparse_sizes=(num_nodes, num_nodes))
+    pyg, fast = pair(dict(heads=2))
+    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
+    want, got = pyg(x, adj, return_attention_weights=True), fast(x, adj,
+                                                                return_attention_weights=True)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1].storage.value(), want[1].storage.value())
+
+
+def test_prepared_graph_is_reused_and_cache_sees_in_place_writes():
+    from fastgat import Graph, prepare
+    src, dst, num_nodes, _ = random_graph("random", 14)
+    edge_index = torch.stack([src, dst])
+    kwargs = dict(drop_self_loops=True, num_loops=num_nodes)
+    first = prepare(edge_index, num_nodes, num_nodes, **kwargs)
+    assert prepare(edge_index, num_nodes, num_nodes, **kwargs) is first
+    assert prepare(edge_index.clone(), num_nodes, num_nodes, **kwargs) is not first
+    edge_index[0, 0] = (edge_index[0, 0] + 1) % num_nodes  # bumps the version counter
+    rebuilt = prepare(edge_index, num_nodes, num_nodes, **kwargs)
+    assert rebuilt is not first and torch.equal(rebuilt.src, edge_index[0])
+
+    pyg, fast = pair(dict(heads=2))
+    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
+    graph = Graph.from_coo(edge_index[0], edge_index[1], num_nodes, num_nodes, **kwargs)
+    torch.testing.assert_close(fast(x, graph), pyg(x, edge_index))
+    with pytest.raises(ValueError, match="num_loops"):
+        FastGATConv(IN_CHANNELS, 4, add_self_loops=False).double()(x, graph)
+
+
+def test_checkpoint_state_dict_and_initialisation_match_pyg():
+    config = dict(heads=3, edge_dim=2, residual=True)
+    torch.manual_seed(42)
+    pyg = GATConv(IN_CHANNELS, OUT_CHANNELS, **config)
+    torch.manual_seed(42)
+    fast = FastGATConv(IN_CHANNELS, OUT_CHANNELS, **config)
+    assert list(fast.state_dict()) == list(pyg.state_dict())
+    for (name, a), (_, b) in zip(pyg.state_dict().items(), fast.state_dict().items()):
+        assert torch.equal(a, b), name  # reset_parameters: PyG's glorot / zeros, same draws
+    torch.manual_seed(1)
+    pyg.reset_parameters()
+    torch.manual_seed(1)
+    fast.reset_parameters()
+    assert all(torch.equal(a, b) for a, b in zip(pyg.parameters(), fast.parameters()))
+
+
+def test_usual_init_recipes_apply_to_plain_parameters():
+    fast = FastGATConv(IN_CHANNELS, OUT_CHANNELS, heads=2)
+    gain = torch.nn.init.calculate_gain("relu")
+    fast.apply(lambda m: torch.nn.init.xavier_uniform_(m.weight, gain=gain)
+               if hasattr(m, "weight") and isinstance(m.weight, torch.nn.Parameter) else None)
+    assert all(isinstance(p, torch.nn.Parameter) for p in fast.parameters())
+    assert dict(fast.named_parameters()).keys() == {"att_src", "att_dst", "bias", "lin.weight"}
+
+
+def test_lazy_input_sizes():
+    src, dst, num_nodes, _ = random_graph("random", 15)
+    torch.manual_seed(0)
+    pyg = GATConv(-1, OUT_CHANNELS, heads=2).double()
+    torch.manual_seed(0)
+    fast = FastGATConv(-1, OUT_CHANNELS, heads=2).double()
+    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
+    edge_index = torch.stack([src, dst])
+    want = pyg(x, edge_index)
+    fast(x, edge_index)  # materialises the lazy weight, then copy PyG's
+    fast.load_state_dict(pyg.state_dict())
+    torch.testing.assert_close(fast(x, edge_index), want)
+
+
+def test_attention_dropout_training_only_and_seeded():
+    src, dst, num_nodes, _ = random_graph("random", 16)
+    edge_index = torch.stack([src, dst])
+    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
+    fast = FastGATConv(IN_CHANNELS, OUT_CHANNELS, heads=2, dropout=0.5).double()
+    no_dropout = FastGATConv(IN_CHANNELS, OUT_CHANNELS, heads=2, dropout=0.0).double()
+    no_dropout.load_state_dict(fast.state_dict())
+    fast.eval()
+    evaluated = fast(x, edge_index)
+    torch.testing.assert_close(evaluated, no_dropout.train()(x, edge_index))  # p = 0 == eval
+    fast.train()
+    torch.manual_seed(3)
+    first, (_, alpha) = fast(x, edge_index, return_attention_weights=True)
+    torch.manual_seed(3)
+    assert torch.equal(fast(x, edge_index), first)  # torch.manual_seed reproduces the mask
+    assert not torch.allclose(first, evaluated)
+    dropped = (alpha == 0).double().mean().item()
+    assert 0.35 < dropped < 0.65
+    # The returned weights are the ones applied: re-aggregating them reproduces the output.
+    ei = fast.lin(x).view(-1, 2, OUT_CHANNELS)
+    loops = torch.arange(num_nodes)
+    keep = src != dst
+    full_src, full_dst = torch.cat([src[keep], loops]), torch.cat([dst[keep], loops])
+    manual = torch.zeros(num_nodes, 2, OUT_CHANNELS, dtype=torch.float64).index_add(
+        0, full_dst, alpha.unsqueeze(-1) * ei[full_src])
+    torch.testing.assert_close(manual.view(num_nodes, -1) + fast.bias, first)
+
+
+def test_explain_and_hooks_fall_back_to_pyg():
+    src, dst, num_nodes, _ = random_graph("random", 17)
+    edge_index = torch.stack([src, dst])
+    pyg, fast = pair(dict(heads=2))
+    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
+    seen = []
+    fast.register_message_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    torch.testing.assert_close(fast(x, edge_index), pyg(x, edge_index))
+    assert seen and seen[0][0] == src.numel() - int((src == dst).sum()) + num_nodes
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph_matches_eager(dynamic):
+    src, dst, num_nodes, _ = random_graph("self_loops", 18)
+    edge_index = torch.stack([src, dst])
+    x, edge_attr = features(2, num_nodes, num_nodes, src.numel(), False)
+    conv = FastGATConv(IN_CHANNELS, OUT_CHANNELS, heads=2, edge_dim=3, backend="torch").double()
+    compiled = torch.compile(copy.deepcopy(conv), fullgraph=True, dynamic=dynamic)
+    for scale in (1, 2):  # a second graph size: recompiles or reuses the dynamic graph
+        ei, xs, ea = edge_index.repeat(1, scale), x, edge_attr.repeat(scale, 1)
+        want = run(conv, xs, ei, ea)
+        out = compiled(xs.clone().requires_grad_(), ei, ea)
+        torch.testing.assert_close(out, want[0])
+        xg = xs.clone().requires_grad_()
+        dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+        (compiled(xg, ei, ea) * dout).sum().backward()
+        torch.testing.assert_close(xg.grad, want[3][0])
