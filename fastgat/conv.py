@@ -202,7 +202,8 @@ class FastGATConv(GATConv):
             return None, None  # as GATConv, which never reads lin_edge without edges
         if edge_attr.dim() == 1:
             edge_attr = edge_attr.view(-1, 1)
-        if edge_attr.dim() != 2 or edge_attr.size(0) != graph.num_edges:
+        if (edge_attr.dim() != 2 or edge_attr.size(0) != graph.num_edges
+                or edge_attr.size(1) != self.lin_edge.in_channels):
             raise ValueError(f"edge_attr must have shape ({graph.num_edges}, {self.edge_dim}) "
                              f"for {graph.num_edges} edges, got {tuple(edge_attr.shape)}")
         if edge_attr.device != graph.col.device:

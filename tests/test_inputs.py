@@ -1,0 +1,96 @@
+"""Bad input gets a clear Python exception naming the problem, never a crash or a wrong answer."""
+import pytest
+import torch
+
+import fastgat.graph
+from fastgat import FastGATConv, Graph
+
+N = 8
+
+
+def layer(**kwargs):
+    return FastGATConv(4, 3, **{"heads": 2, **kwargs})
+
+
+def good_inputs():
+    return torch.randn(N, 4), torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (torch.tensor([[0, 1], [1, N]]), IndexError, "destination node index 8"),
+    (torch.tensor([[0, -1], [1, 2]]), IndexError, "source node index -1"),
+    (torch.tensor([[0, 1, 2]]), ValueError, r"shape \(2, num_edges\)"),
+    (torch.tensor([[0.0, 1.0], [1.0, 2.0]]), TypeError, "integers"),
+    ([[0, 1], [1, 2]], TypeError, "edge_index must be"),
+])
+def test_bad_edge_index(bad, error, match):
+    x, _ = good_inputs()
+    with pytest.raises(error, match=match):
+        layer()(x, bad)
+
+
+@pytest.mark.parametrize("x,error,match", [
+    (torch.randn(N), ValueError, "must be 2-D"),
+    (torch.randn(N, 4, 1), ValueError, "must be 2-D"),
+    (torch.ones(N, 4, dtype=torch.long), TypeError, "floating point"),
+])
+def test_bad_features(x, error, match):
+    _, edge_index = good_inputs()
+    with pytest.raises(error, match=match):
+        layer()(x, edge_index)
+
+
+def test_size_mismatch_is_named():
+    x, edge_index = good_inputs()
+    with pytest.raises(ValueError, match="expected size 5"):
+        layer()(x, edge_index, size=(5, 5))
+
+
+@pytest.mark.parametrize("edge_attr", [torch.randn(3, 2), torch.randn(4, 5), torch.randn(4, 2, 2)])
+def test_mismatched_edge_attr(edge_attr):
+    x, edge_index = good_inputs()
+    with pytest.raises(ValueError, match="edge_attr must have shape"):
+        layer(edge_dim=2)(x, edge_index, edge_attr)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(heads=0), "heads"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(dropout=-0.1), "dropout"),
+    (dict(fill_value="median"), "fill_value"),
+    (dict(backend="fastest"), "unknown backend"),
+])
+def test_invalid_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        layer(**kwargs)
+
+
+@pytest.mark.parametrize("in_channels,out_channels", [(0, 3), ((4, 4, 4), 3), (4, 0), ("4", 3)])
+def test_invalid_channel_counts(in_channels, out_channels):
+    with pytest.raises(ValueError, match="channels"):
+        FastGATConv(in_channels, out_channels)
+
+
+def test_unavailable_backend_says_why():
+    x, edge_index = good_inputs()
+    with pytest.raises(RuntimeError, match="'cuda' is unavailable on cpu"):
+        layer(backend="cuda")(x, edge_index)
+
+
+def test_prepared_graph_is_validated_once_then_never(monkeypatch):
+    x, edge_index = good_inputs()
+    graph = Graph.from_coo(edge_index[0], edge_index[1], N, N, drop_self_loops=True, num_loops=N)
+    calls = []
+    monkeypatch.setattr(fastgat.graph, "_check_range", lambda *a: calls.append(a))
+    conv = layer()
+    conv(x, graph)
+    conv(x, graph)
+    assert calls == []  # no per-forward range check (a host sync on the GPU)
+    with pytest.raises(ValueError, match="expected size 8"):
+        conv(torch.randn(N + 1, 4), graph)
+
+
+def test_graph_rejects_bad_loop_count():
+    with pytest.raises(ValueError, match="num_loops"):
+        Graph.from_coo(torch.tensor([0]), torch.tensor([1]), 2, 3, drop_self_loops=True,
+                       num_loops=3)
