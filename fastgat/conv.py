@@ -100,6 +100,11 @@ class FastGATConv(GATConv):
         p = self.dropout if self.training else 0.0
         seed = draw_seed(x_src.device) if p > 0.0 else None
         backend = resolve(self.backend, x_src.device.type)
+        # The op takes one dtype: under autocast, h may be half precision while the
+        # attention parameters keep the scores in float32.
+        s, d = s.to(x_src.dtype), d.to(x_src.dtype)
+        t = t.to(x_src.dtype) if t is not None else None
+        t_loop = t_loop.to(x_src.dtype) if t_loop is not None else None
         out, _ = gat_attention(x_src.contiguous(), s.contiguous(), d.contiguous(), t, t_loop,
                                *graph.op_args(), num_loops, float(self.negative_slope), p, seed,
                                backend)

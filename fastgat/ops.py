@@ -28,9 +28,33 @@ def gat_attention(
     rowptr: Tensor, col: Tensor, colptr: Tensor, csc_row: Tensor, csc_eid: Tensor,
     num_loops: int, negative_slope: float, dropout: float, seed: Optional[Tensor], backend: str,
 ) -> Tuple[Tensor, Tensor]:
+    _check_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed)
     impl = implementation(backend)
     return impl.gat_forward(h, s, d, t, t_loop, rowptr, col, num_loops, negative_slope,
                             dropout, seed)
+
+
+def _check_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed) -> None:
+    """Shapes, dtypes and devices of the contract (metadata only: no pass over the data)."""
+    if h.dim() != 3 or not h.is_floating_point():
+        raise ValueError(f"h must be a floating (N_src, H, C) tensor, got {h.dtype} "
+                         f"{tuple(h.shape)}")
+    num_src, heads = h.shape[:2]
+    shapes = {"s": (s, (num_src, heads)), "d": (d, (rowptr.numel() - 1, heads)),
+              "t": (t, (col.numel(), heads)), "t_loop": (t_loop, (num_loops, heads))}
+    for name, (x, shape) in shapes.items():
+        if x is None:
+            continue
+        if tuple(x.shape) != shape or x.dtype != h.dtype or x.device != h.device:
+            raise ValueError(f"{name} must be a {h.dtype} tensor of shape {shape} on "
+                             f"{h.device}, got {x.dtype} {tuple(x.shape)} on {x.device}")
+    if rowptr.dtype not in (torch.int32, torch.int64) or col.dtype != rowptr.dtype:
+        raise ValueError(f"rowptr and col must share an int32 or int64 dtype, got "
+                         f"{rowptr.dtype} and {col.dtype}")
+    if not 0 <= num_loops <= min(num_src, rowptr.numel() - 1):
+        raise ValueError(f"num_loops={num_loops} must lie in [0, min(N_src, N_dst)]")
+    if dropout > 0.0 and (seed is None or seed.numel() != 1 or seed.dtype != torch.int64):
+        raise ValueError("dropout > 0 needs a 1-element int64 seed tensor")
 
 
 @gat_attention.register_fake

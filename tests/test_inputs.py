@@ -94,3 +94,17 @@ def test_graph_rejects_bad_loop_count():
     with pytest.raises(ValueError, match="num_loops"):
         Graph.from_coo(torch.tensor([0]), torch.tensor([1]), 2, 3, drop_self_loops=True,
                        num_loops=3)
+
+
+def test_op_checks_its_contract():
+    from fastgat.ops import gat_attention
+    graph = Graph.from_coo(torch.tensor([0, 1]), torch.tensor([1, 2]), 3, 3,
+                           drop_self_loops=True, num_loops=3)
+    h, s, d = torch.randn(3, 2, 4), torch.randn(3, 2), torch.randn(3, 2)
+    with pytest.raises(ValueError, match="d must be a torch.float32 tensor"):
+        gat_attention(h, s, d.double(), None, None, *graph.op_args(), 3, 0.2, 0.0, None, "torch")
+    with pytest.raises(ValueError, match=r"t must be .* of shape \(2, 2\)"):
+        gat_attention(h, s, d, torch.randn(5, 2), None, *graph.op_args(), 3, 0.2, 0.0, None,
+                      "torch")
+    with pytest.raises(ValueError, match="seed"):
+        gat_attention(h, s, d, None, None, *graph.op_args(), 3, 0.2, 0.5, None, "torch")
