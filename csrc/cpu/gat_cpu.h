@@ -1,0 +1,157 @@
+// Pieces shared by the fused CPU forward and backward (DESIGN §2, §4): vectorised channel loops
+// with float accumulation (double for float64), edge scores, dropout, and row partitioning by
+// edge count so that power-law degrees balance across threads.
+// Kernels assume inputs that passed csrc/common/checks.h and graph preparation (fastgat/graph.py).
+#pragma once
+#include <ATen/Dispatch.h>
+#include <ATen/Functions.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "../common/philox.h"
+
+namespace fastgat::cpu {
+
+template <typename scalar_t>
+using acc_t = at::opmath_type<scalar_t>;
+
+// Vectorized<acc_t>::size() channels of a row of scalar_t, widened to acc_t.
+template <typename scalar_t>
+inline at::vec::Vectorized<acc_t<scalar_t>> load_acc(const scalar_t* x) {
+  if constexpr (std::is_same_v<scalar_t, acc_t<scalar_t>>) {
+    return at::vec::Vectorized<scalar_t>::loadu(x);
+  } else {
+    at::vec::Vectorized<float> out;
+    at::vec::load_to_float<scalar_t>(x, out);
+    return out;
+  }
+}
+
+// acc[c] += w * x[c] for c < C.
+template <typename scalar_t>
+inline void axpy(acc_t<scalar_t>* acc, acc_t<scalar_t> w, const scalar_t* x, int64_t C) {
+  using Vec = at::vec::Vectorized<acc_t<scalar_t>>;
+  int64_t c = 0;
+  const Vec wv(w);
+  for (; c + Vec::size() <= C; c += Vec::size()) {
+    at::vec::fmadd(wv, load_acc(x + c), Vec::loadu(acc + c)).store(acc + c);
+  }
+  for (; c < C; ++c) acc[c] += w * static_cast<acc_t<scalar_t>>(x[c]);
+}
+
+// sum_c a[c] * b[c], in a fixed order (so the result does not depend on the thread count).
+template <typename scalar_t>
+inline acc_t<scalar_t> dot(const scalar_t* a, const scalar_t* b, int64_t C) {
+  using Vec = at::vec::Vectorized<acc_t<scalar_t>>;
+  int64_t c = 0;
+  Vec sum(0);
+  for (; c + Vec::size() <= C; c += Vec::size()) sum = at::vec::fmadd(load_acc(a + c), load_acc(b + c), sum);
+  acc_t<scalar_t> total = at::vec::vec_reduce_all<acc_t<scalar_t>>(
+      [](Vec x, Vec y) { return x + y; }, sum);
+  for (; c < C; ++c) total += static_cast<acc_t<scalar_t>>(a[c]) * static_cast<acc_t<scalar_t>>(b[c]);
+  return total;
+}
+
+// y[c] = x[c] for c < n, narrowing acc_t back to scalar_t.
+template <typename scalar_t>
+inline void store(scalar_t* y, const acc_t<scalar_t>* x, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) y[c] = static_cast<scalar_t>(x[c]);
+}
+
+// Everything the edge score z = s[j] + d[i] + t and its dropout draw need.
+template <typename scalar_t>
+struct Scores {
+  using acc = acc_t<scalar_t>;
+  const scalar_t* s;
+  const scalar_t* d;
+  const scalar_t* t;       // (E, H) or nullptr
+  const scalar_t* t_loop;  // (num_loops, H) or nullptr
+  int64_t heads;
+  int64_t num_slots;  // E: node i's self loop draws dropout at slot E + i
+  acc slope;
+  bool dropout;
+  uint64_t seed;
+  uint32_t threshold;
+  acc inv_keep;
+
+  // z of the edge j -> i in CSR slot k (self loop: j = i and slot = E + i), head h.
+  acc score(int64_t j, int64_t i, int64_t slot, int64_t h) const {
+    acc z = static_cast<acc>(s[j * heads + h]) + static_cast<acc>(d[i * heads + h]);
+    if (slot < num_slots) {
+      if (t != nullptr) z += static_cast<acc>(t[slot * heads + h]);
+    } else if (t_loop != nullptr) {
+      z += static_cast<acc>(t_loop[(slot - num_slots) * heads + h]);
+    }
+    return z;
+  }
+  acc leaky_relu(acc z) const { return z > 0 ? z : z * slope; }
+  acc slope_at(acc z) const { return z > 0 ? acc(1) : slope; }
+  acc keep(int64_t slot, int64_t h) const {
+    if (!dropout) return acc(1);
+    // The shared rule decides keep; the scale stays in acc (float64 keeps 1 / (1 - p) exact).
+    const uint64_t index = static_cast<uint64_t>(slot) * static_cast<uint64_t>(heads) + h;
+    return fastgat::dropout_scale(seed, index, threshold, 1.0f) != 0.0f ? inv_keep : acc(0);
+  }
+};
+
+template <typename scalar_t>
+Scores<scalar_t> make_scores(const at::Tensor& s, const at::Tensor& d,
+                             const c10::optional<at::Tensor>& t,
+                             const c10::optional<at::Tensor>& t_loop, int64_t num_slots,
+                             double negative_slope, double dropout,
+                             const c10::optional<at::Tensor>& seed) {
+  Scores<scalar_t> sc;
+  sc.s = s.const_data_ptr<scalar_t>();
+  sc.d = d.const_data_ptr<scalar_t>();
+  sc.t = t.has_value() ? t->const_data_ptr<scalar_t>() : nullptr;
+  sc.t_loop = t_loop.has_value() ? t_loop->const_data_ptr<scalar_t>() : nullptr;
+  sc.heads = s.size(1);
+  sc.num_slots = num_slots;
+  sc.slope = static_cast<acc_t<scalar_t>>(negative_slope);
+  sc.dropout = dropout > 0.0;
+  sc.seed = sc.dropout ? static_cast<uint64_t>(seed->item<int64_t>()) : 0;
+  sc.threshold = fastgat::dropout_threshold(dropout);
+  sc.inv_keep = static_cast<acc_t<scalar_t>>(1.0 / (1.0 - dropout));
+  return sc;
+}
+
+// Runs fn(begin, end) over row ranges of [0, n) in parallel, cutting where the cumulative cost
+// ptr[i] + i (edges plus one per row) crosses equal shares, so a few hub rows do not leave one
+// thread with most of the edges. Each row is handled whole by one call: results never depend on
+// the thread count.
+template <typename index_t, typename Fn>
+void parallel_rows(const index_t* ptr, int64_t n, const Fn& fn) {
+  if (n == 0) return;
+  const int64_t total = static_cast<int64_t>(ptr[n]) + n;
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunks =
+      std::clamp<int64_t>(total / 4096, 1, std::max<int64_t>(1, std::min(n, 8 * threads)));
+  std::vector<int64_t> bounds(chunks + 1, n);
+  bounds[0] = 0;
+  for (int64_t c = 1; c < chunks; ++c) {
+    const int64_t target = total * c / chunks;
+    int64_t lo = bounds[c - 1], hi = n;  // first row i with ptr[i] + i >= target
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (static_cast<int64_t>(ptr[mid]) + mid < target) lo = mid + 1; else hi = mid;
+    }
+    bounds[c] = lo;
+  }
+  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) {
+      if (bounds[c] < bounds[c + 1]) fn(bounds[c], bounds[c + 1]);
+    }
+  });
+}
+
+}  // namespace fastgat::cpu
