@@ -1,0 +1,363 @@
+// Fused GAT backward on CUDA (DESIGN §2): two passes, no atomics, bitwise deterministic.
+//
+//   CSR pass, a lane group per (destination i, head):
+//     D_i = <dout_i, out_i>; per in-edge dz = alpha (keep <dout_i, h_j> - D_i) * (z > 0 ? 1 : slope)
+//     writes dt (per CSR slot), dt_loop, dd_i = sum dz, and D_i for the CSC pass.
+//   CSC pass, a lane group per (source j, head, channel tile):
+//     recomputes dz of each out-edge from lse and D; ds_j = sum dz, dh_j = sum alpha keep dout_i.
+// alpha = exp(LeakyReLU(z) - lse_i) with z = s_j + d_i + t_ij; the self loop of node i < num_loops
+// is the last entry of row i (and of column i), with dropout slot E + i and score t_loop[i].
+// Each edge's <dout_i, h_j> spans all C channels: a group loops over the channel tiles, so for
+// C beyond one tile (32 vectors: 128 float, 256 half) the CSC pass repeats that dot per tile.
+// Long rows are not split here: a hub's row (or column) runs in one group.
+// Kernels assume valid input (fastgat/graph.py builds it; csrc/common/checks.h checks shapes).
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "../common/checks.h"
+#include "gat_cuda.cuh"
+
+namespace fastgat {
+namespace cuda {
+namespace {
+
+template <typename T, typename Index>
+struct BackwardArgs {
+  using A = at::opmath_type<T>;
+  const T* dout;
+  const T* out;
+  const A* lse;
+  const T* h;
+  const T* s;
+  const T* d;
+  const T* t;       // nullptr without edge scores
+  const T* t_loop;  // nullptr without loop scores
+  const Index* rowptr;
+  const Index* col;
+  const Index* colptr;
+  const Index* csc_row;
+  const Index* csc_eid;
+  A* D;  // (N_dst, H): written by the CSR pass, read by the CSC pass
+  T* dh;
+  T* ds;
+  T* dd;
+  T* dt;       // nullptr without edge scores
+  T* dt_loop;  // nullptr without loop scores
+  int64_t num_src, num_dst, num_slots, num_loops, channels, tiles;
+  int heads, group_size;
+  A slope;
+  Dropout dropout;
+};
+
+// sum over this lane's channels, all tiles, of x[c] * row[c]; x_first holds tile 0 of x.
+template <bool ALIGNED, int VEC, typename T, typename A>
+__device__ __forceinline__ A lane_dot(const A (&x_first)[VEC], const T* x, const T* row,
+                                      int64_t c0, int64_t stride, int64_t channels) {
+  A y[VEC];
+  load<ALIGNED>(row, c0, channels, y);
+  A dot = A(0);
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) dot += x_first[v] * y[v];
+  for (int64_t c = c0 + stride; c < channels; c += stride) {
+    A xs[VEC];
+    load<ALIGNED>(x, c, channels, xs);
+    load<ALIGNED>(row, c, channels, y);
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) dot += xs[v] * y[v];
+  }
+  return dot;
+}
+
+template <bool ALIGNED, typename T, typename Index>
+__global__ void __launch_bounds__(kBlock) csr_kernel(const BackwardArgs<T, Index> a) {
+  using A = at::opmath_type<T>;
+  constexpr int VEC = vec_width<T>();
+  const Group g(a.group_size);
+  const int64_t group = g.index();
+  if (group >= a.num_dst * a.heads) return;
+  const int heads = a.heads;
+  const int64_t i = group / heads, row_head = group;
+  const int head = static_cast<int>(group % heads);
+  const int64_t channels = a.channels, stride = static_cast<int64_t>(g.size) * VEC;
+  const int64_t c0 = static_cast<int64_t>(g.lane) * VEC;
+  const T* dout_i = a.dout + row_head * channels;
+
+  A dout_first[VEC], out_first[VEC];
+  load<ALIGNED>(dout_i, c0, channels, dout_first);
+  const A D = g.sum(lane_dot<ALIGNED>(dout_first, dout_i, a.out + row_head * channels, c0, stride,
+                                      channels));
+  if (g.lane == 0) a.D[row_head] = D;
+
+  const int64_t row_begin = a.rowptr[i];
+  const int64_t degree = static_cast<int64_t>(a.rowptr[i + 1]) - row_begin;
+  const int64_t entries = degree + (i < a.num_loops);
+  const A d_i = static_cast<A>(a.d[row_head]);
+  const A lse_i = entries > 0 ? a.lse[row_head] : A(0);
+  const uint64_t seed = a.dropout.seed_value();
+  A dd = A(0);
+  for (int64_t base = 0; base < entries; base += g.size) {
+    // Lane k scores entry base + k (q == degree: the self loop).
+    const int64_t q = base + g.lane;
+    const bool valid = q < entries;
+    Index j = 0;
+    int64_t slot = 0;
+    A t_q = A(0);
+    if (valid && q < degree) {
+      slot = row_begin + q;
+      j = a.col[slot];
+      if (a.t != nullptr) t_q = static_cast<A>(a.t[slot * heads + head]);
+    } else if (valid) {
+      slot = a.num_slots + i;
+      j = static_cast<Index>(i);
+      if (a.t_loop != nullptr) t_q = static_cast<A>(a.t_loop[row_head]);
+    }
+    const A z = valid ? static_cast<A>(a.s[static_cast<int64_t>(j) * heads + head]) + d_i + t_q
+                      : A(0);
+    const A alpha = valid ? exp_(leaky_relu(z, a.slope) - lse_i) : A(0);
+    const A keep = valid ? a.dropout.template keep<A>(seed, slot, heads, head) : A(0);
+
+    // <dout_i, h_j> for the chunk's entries, four in flight; lane k keeps entry k's.
+    const int n = static_cast<int>(std::min<int64_t>(g.size, entries - base));
+    A my_dot = A(0);
+    for (int e = 0; e < n; e += 4) {
+      A part[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const Index src = g.broadcast(j, (e + u) & (g.size - 1));
+        part[u] = e + u < n ? lane_dot<ALIGNED>(dout_first, dout_i,
+                                                a.h + (static_cast<int64_t>(src) * heads + head) * channels,
+                                                c0, stride, channels)
+                            : A(0);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const A dot = g.sum(part[u]);
+        if (g.lane == e + u) my_dot = dot;
+      }
+    }
+    const A dz = alpha * (keep * my_dot - D) * (z > A(0) ? A(1) : a.slope);
+    if (valid && q < degree && a.dt != nullptr) a.dt[slot * heads + head] = static_cast<T>(dz);
+    if (valid && q == degree && a.dt_loop != nullptr) a.dt_loop[row_head] = static_cast<T>(dz);
+    dd += g.sum(dz);
+  }
+  if (g.lane == 0) a.dd[row_head] = static_cast<T>(dd);
+}
+
+template <bool ALIGNED, typename T, typename Index>
+__global__ void __launch_bounds__(kBlock) csc_kernel(const BackwardArgs<T, Index> a) {
+  using A = at::opmath_type<T>;
+  constexpr int VEC = vec_width<T>();
+  const Group g(a.group_size);
+  const int64_t group = g.index();
+  const int64_t per_col = a.heads * a.tiles;
+  if (group >= a.num_src * per_col) return;
+  const int heads = a.heads;
+  const int64_t j = group / per_col, tile = group % a.tiles;
+  const int head = static_cast<int>(group % per_col / a.tiles);
+  const int64_t col_head = j * heads + head;
+  const int64_t channels = a.channels, stride = static_cast<int64_t>(g.size) * VEC;
+  const int64_t c_own = tile * stride + static_cast<int64_t>(g.lane) * VEC;  // this group's tile
+  const int64_t c0 = static_cast<int64_t>(g.lane) * VEC;                     // tile 0
+  const T* h_j = a.h + col_head * channels;
+
+  A h_first[VEC];
+  load<ALIGNED>(h_j, c0, channels, h_first);
+  const int64_t col_begin = a.colptr[j];
+  const int64_t degree = static_cast<int64_t>(a.colptr[j + 1]) - col_begin;
+  const int64_t entries = degree + (j < a.num_loops);
+  const A s_j = static_cast<A>(a.s[col_head]);
+  const uint64_t seed = a.dropout.seed_value();
+  A dh[VEC], ds = A(0);
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) dh[v] = A(0);
+  for (int64_t base = 0; base < entries; base += g.size) {
+    // Lane k scores out-edge base + k (q == degree: the self loop j -> j).
+    const int64_t q = base + g.lane;
+    const bool valid = q < entries;
+    Index i = 0;
+    int64_t slot = 0;
+    A t_q = A(0), z = A(0), alpha = A(0), keep = A(0), D = A(0);
+    if (valid && q < degree) {
+      i = a.csc_row[col_begin + q];
+      slot = a.csc_eid[col_begin + q];
+      if (a.t != nullptr) t_q = static_cast<A>(a.t[slot * heads + head]);
+    } else if (valid) {
+      i = static_cast<Index>(j);
+      slot = a.num_slots + j;
+      if (a.t_loop != nullptr) t_q = static_cast<A>(a.t_loop[col_head]);
+    }
+    if (valid) {
+      const int64_t row_head = static_cast<int64_t>(i) * heads + head;
+      z = s_j + static_cast<A>(a.d[row_head]) + t_q;
+      alpha = exp_(leaky_relu(z, a.slope) - a.lse[row_head]);
+      keep = a.dropout.template keep<A>(seed, slot, heads, head);
+      D = a.D[row_head];
+    }
+    const A w = alpha * keep;
+
+    // Per out-edge: <dout_i, h_j> over all channels, and dh_j += w dout_i on this group's tile.
+    const int n = static_cast<int>(std::min<int64_t>(g.size, entries - base));
+    A my_dot = A(0);
+    for (int e = 0; e < n; e += 4) {
+      A part[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const Index dst = g.broadcast(i, (e + u) & (g.size - 1));
+        const A weight = g.broadcast(w, (e + u) & (g.size - 1));
+        part[u] = A(0);
+        if (e + u < n) {
+          const T* dout_i = a.dout + (static_cast<int64_t>(dst) * heads + head) * channels;
+          part[u] = lane_dot<ALIGNED>(h_first, h_j, dout_i, c0, stride, channels);
+          A x[VEC];
+          load<ALIGNED>(dout_i, c_own, channels, x);
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) dh[v] += weight * x[v];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const A dot = g.sum(part[u]);
+        if (g.lane == e + u) my_dot = dot;
+      }
+    }
+    ds += g.sum(alpha * (keep * my_dot - D) * (z > A(0) ? A(1) : a.slope));
+  }
+  store<ALIGNED>(a.dh + col_head * channels, c_own, channels, dh, A(1));
+  if (tile == 0 && g.lane == 0) a.ds[col_head] = static_cast<T>(ds);
+}
+
+// Dead CSR slots (dropped self loops, past rowptr[-1]) get dt = 0: read on the device, so a
+// fixed grid strides over the tail without a host sync.
+template <typename T, typename Index>
+__global__ void zero_dead_slots_kernel(const Index* __restrict__ rowptr, int64_t num_dst,
+                                       int64_t num_slots, int heads, T* __restrict__ dt) {
+  const int64_t first = static_cast<int64_t>(rowptr[num_dst]) * heads;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = first + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       k < num_slots * heads; k += stride)
+    dt[k] = T(0);
+}
+
+int64_t blocks_for(int64_t groups, int group_size) {
+  const int64_t per_block = kBlock / group_size;
+  const int64_t blocks = (groups + per_block - 1) / per_block;
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "fastgat: graph too large for one "
+              "launch (", blocks, " blocks)");
+  return blocks;
+}
+
+template <typename T, typename Index>
+void launch_backward(const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse,
+                     const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
+                     const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
+                     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& colptr,
+                     const at::Tensor& csc_row, const at::Tensor& csc_eid, int64_t num_loops,
+                     double negative_slope, double dropout, const c10::optional<at::Tensor>& seed,
+                     at::Tensor& dh, at::Tensor& ds, at::Tensor& dd, at::Tensor& dt,
+                     at::Tensor& dt_loop) {
+  using A = at::opmath_type<T>;
+  constexpr int VEC = vec_width<T>();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor D = at::empty({d.size(0), d.size(1)}, lse.options());
+  BackwardArgs<T, Index> a{};
+  a.dout = dout.data_ptr<T>();
+  a.out = out.data_ptr<T>();
+  a.lse = lse.data_ptr<A>();
+  a.h = h.data_ptr<T>();
+  a.s = s.data_ptr<T>();
+  a.d = d.data_ptr<T>();
+  a.t = t.has_value() ? t->data_ptr<T>() : nullptr;
+  a.t_loop = t_loop.has_value() ? t_loop->data_ptr<T>() : nullptr;
+  a.rowptr = rowptr.data_ptr<Index>();
+  a.col = col.data_ptr<Index>();
+  a.colptr = colptr.data_ptr<Index>();
+  a.csc_row = csc_row.data_ptr<Index>();
+  a.csc_eid = csc_eid.data_ptr<Index>();
+  a.D = D.data_ptr<A>();
+  a.dh = dh.data_ptr<T>();
+  a.ds = ds.data_ptr<T>();
+  a.dd = dd.data_ptr<T>();
+  a.dt = t.has_value() ? dt.data_ptr<T>() : nullptr;
+  a.dt_loop = t_loop.has_value() ? dt_loop.data_ptr<T>() : nullptr;
+  a.num_src = h.size(0);
+  a.num_dst = d.size(0);
+  a.num_slots = col.numel();
+  a.num_loops = num_loops;
+  a.channels = h.size(2);
+  a.heads = static_cast<int>(h.size(1));
+  a.group_size = group_size(a.channels, VEC);
+  a.tiles = channel_tiles(a.channels, a.group_size, VEC);
+  a.slope = static_cast<A>(negative_slope);
+  a.dropout = Dropout{dropout > 0.0 ? seed->data_ptr<int64_t>() : nullptr,
+                      dropout_threshold(dropout), 1.0 / (1.0 - dropout), dropout > 0.0};
+
+  const auto is_aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool aligned = a.channels % VEC == 0 && is_aligned(a.dout) && is_aligned(a.out) &&
+                       is_aligned(a.h) && is_aligned(a.dh);
+
+  if (a.num_dst > 0) {  // CSR pass: D, dd, dt, dt_loop
+    const int64_t blocks = blocks_for(a.num_dst * a.heads, a.group_size);
+    if (aligned) {
+      csr_kernel<true><<<blocks, kBlock, 0, stream>>>(a);
+    } else {
+      csr_kernel<false><<<blocks, kBlock, 0, stream>>>(a);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (a.dt != nullptr && a.num_slots > 0) {
+    const int64_t blocks = std::min<int64_t>(blocks_for(a.num_slots * a.heads, 1), 1024);
+    zero_dead_slots_kernel<T, Index><<<blocks, kBlock, 0, stream>>>(
+        a.rowptr, a.num_dst, a.num_slots, a.heads, a.dt);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  if (a.num_src > 0) {  // CSC pass: dh, ds
+    const int64_t blocks = blocks_for(a.num_src * a.heads * a.tiles, a.group_size);
+    if (aligned) {
+      csc_kernel<true><<<blocks, kBlock, 0, stream>>>(a);
+    } else {
+      csc_kernel<false><<<blocks, kBlock, 0, stream>>>(a);
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_cuda(
+    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& h,
+    const at::Tensor& s, const at::Tensor& d, const c10::optional<at::Tensor>& t,
+    const c10::optional<at::Tensor>& t_loop, const at::Tensor& rowptr, const at::Tensor& col,
+    const at::Tensor& colptr, const at::Tensor& csc_row, const at::Tensor& csc_eid,
+    int64_t num_loops, double negative_slope, double dropout,
+    const c10::optional<at::Tensor>& seed) {
+  check_backward_inputs(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid,
+                        num_loops, dropout, seed);
+  const c10::cuda::CUDAGuard guard(h.device());
+  at::Tensor dh = at::empty_like(h), ds = at::empty_like(s), dd = at::empty_like(d);
+  at::Tensor dt = t.has_value() ? at::empty_like(*t) : at::empty({0}, h.options());
+  at::Tensor dt_loop = t_loop.has_value() ? at::empty_like(*t_loop) : at::empty({0}, h.options());
+  if (h.size(1) == 0) return {dh, ds, dd, dt, dt_loop};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "fastgat_backward", [&] {
+    AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_backward", [&] {
+      launch_backward<scalar_t, index_t>(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr,
+                                         csc_row, csc_eid, num_loops, negative_slope, dropout,
+                                         seed, dh, ds, dd, dt, dt_loop);
+    });
+  });
+  return {dh, ds, dd, dt, dt_loop};
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace fastgat
+
+TORCH_LIBRARY_IMPL(fastgat, CUDA, m) {
+  m.impl("fused_backward", &fastgat::cuda::fused_backward_cuda);
+}

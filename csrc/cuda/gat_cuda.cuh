@@ -1,0 +1,158 @@
+// Device helpers shared by the fused CUDA kernels (gat_forward.cu, gat_backward.cu).
+//
+// Work unit: a *lane group* of G = 1..32 lanes (a power of two, from C) owns one (row, head)
+// and spans a tile of G * VEC channels, each lane VEC consecutive channels read with one
+// 16-byte load. Several groups share a warp when H * C is small; groups never straddle a warp,
+// so shuffles name only the group's lanes. Accumulation is in A = at::opmath_type<T>
+// (float for half / bfloat16 / float, double for double).
+#pragma once
+#include <ATen/OpMathType.h>
+
+#include <cstdint>
+#include <limits>
+
+#include "../common/philox.h"
+
+namespace fastgat {
+namespace cuda {
+
+constexpr int kBlock = 256;  // threads per block, a multiple of 32
+
+// Elements per 16-byte vector.
+template <typename T>
+constexpr int vec_width() {
+  return static_cast<int>(16 / sizeof(T));
+}
+
+// Lanes per group for `channels` channels, `vec` per lane: the smallest power of two that
+// covers a row, at most a warp.
+inline int group_size(int64_t channels, int vec) {
+  int size = 1;
+  while (size < 32 && static_cast<int64_t>(size) * vec < channels) size *= 2;
+  return size;
+}
+
+// Channel tiles a row spans (at least one, so heads with C = 0 still get a group).
+inline int64_t channel_tiles(int64_t channels, int size, int vec) {
+  const int64_t tile = static_cast<int64_t>(size) * vec;
+  return channels == 0 ? 1 : (channels + tile - 1) / tile;
+}
+
+struct Group {
+  int size;       // lanes in the group
+  int lane;       // this lane's rank in it
+  unsigned mask;  // the group's lanes in the warp
+
+  __device__ explicit Group(int size_) : size(size_) {
+    const int warp_lane = static_cast<int>(threadIdx.x & 31);
+    lane = warp_lane & (size - 1);
+    mask = size == 32 ? 0xffffffffu : ((1u << size) - 1u) << (warp_lane - lane);
+  }
+
+  // Index of this lane's group in the grid (int64: N * H * tiles may pass 2^31).
+  __device__ int64_t index() const {
+    return static_cast<int64_t>(blockIdx.x) * (kBlock / size) + threadIdx.x / size;
+  }
+
+  template <typename V>
+  __device__ V sum(V v) const {
+    for (int offset = size >> 1; offset > 0; offset >>= 1)
+      v += __shfl_xor_sync(mask, v, offset, size);
+    return v;
+  }
+
+  template <typename V>
+  __device__ V max(V v) const {
+    for (int offset = size >> 1; offset > 0; offset >>= 1) {
+      const V other = __shfl_xor_sync(mask, v, offset, size);
+      v = other > v ? other : v;
+    }
+    return v;
+  }
+
+  template <typename V>
+  __device__ V broadcast(V v, int src) const {
+    return __shfl_sync(mask, v, src, size);
+  }
+};
+
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+// x[0..VEC) = row[c0 .. c0 + VEC) as A, zeros past C. ALIGNED: C % VEC == 0 and row is
+// 16-byte aligned, so a vector is wholly in range or wholly out and loads in one instruction.
+template <bool ALIGNED, int VEC, typename T, typename A>
+__device__ __forceinline__ void load(const T* __restrict__ row, int64_t c0, int64_t channels,
+                                     A (&x)[VEC]) {
+  if (ALIGNED) {
+    if (c0 < channels) {
+      const Pack<T, VEC> pack = *reinterpret_cast<const Pack<T, VEC>*>(row + c0);
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) x[v] = static_cast<A>(pack.v[v]);
+    } else {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) x[v] = A(0);
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) x[v] = c0 + v < channels ? static_cast<A>(row[c0 + v]) : A(0);
+  }
+}
+
+// row[c0 .. c0 + VEC) = x * scale, skipping channels past C.
+template <bool ALIGNED, int VEC, typename T, typename A>
+__device__ __forceinline__ void store(T* __restrict__ row, int64_t c0, int64_t channels,
+                                      const A (&x)[VEC], A scale) {
+  if (ALIGNED) {
+    if (c0 < channels) {
+      Pack<T, VEC> pack;
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) pack.v[v] = static_cast<T>(x[v] * scale);
+      *reinterpret_cast<Pack<T, VEC>*>(row + c0) = pack;
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v)
+      if (c0 + v < channels) row[c0 + v] = static_cast<T>(x[v] * scale);
+  }
+}
+
+__device__ __forceinline__ float exp_(float x) { return expf(x); }
+__device__ __forceinline__ double exp_(double x) { return exp(x); }
+__device__ __forceinline__ float log_(float x) { return logf(x); }
+__device__ __forceinline__ double log_(double x) { return log(x); }
+
+template <typename A>
+__device__ __forceinline__ A minus_infinity() {
+  return -std::numeric_limits<A>::infinity();
+}
+
+template <typename A>
+__device__ __forceinline__ A leaky_relu(A z, A slope) {
+  return z > A(0) ? z : z * slope;
+}
+
+// Dropout of fastgat/dropout.py: 0 or 1 / (1 - p) for weight `slot * H + head`; 1 without.
+struct Dropout {
+  const int64_t* seed;  // device tensor, read in the kernel: no host sync
+  uint32_t threshold;
+  double inv_keep;
+  bool enabled;
+
+  template <typename A>
+  __device__ __forceinline__ A keep(uint64_t seed_value, int64_t slot, int heads, int head) const {
+    if (!enabled) return A(1);
+    const uint64_t index = static_cast<uint64_t>(slot) * heads + head;
+    return static_cast<A>(dropout_scale(seed_value, index, threshold, 1.0f)) *
+           static_cast<A>(inv_keep);
+  }
+
+  __device__ __forceinline__ uint64_t seed_value() const {
+    return enabled ? static_cast<uint64_t>(*seed) : 0;
+  }
+};
+
+}  // namespace cuda
+}  // namespace fastgat
