@@ -4,7 +4,8 @@
 #   2. build venv: torch==2.14.1 (a CUDA 13.0 build, from this machine's disk), ninja, wheel,
 #      setuptools, nvidia-cuda-cuobjdump; nvcc from CUDA_HOME (default /usr/local/cuda);
 #   3. `pip wheel` with FORCE_CUDA=1 for sm_80 and sm_90 (TORCH_CUDA_ARCH_LIST="8.0;9.0");
-#   4. a fresh venv installs torch==2.14.1 and the wheel with its dependencies, then imports
+#   4. a fresh venv installs torch==2.14.1 (during the build) and then the wheel with its
+#      dependencies, then imports
 #      fastgat outside the source tree: the 'cpu' backend is available and the CUDA kernels of
 #      fastgat::fused_forward / fused_backward are registered (they load without a GPU);
 #   5. cuobjdump --list-elf: the library holds sm_80 and sm_90 code.
@@ -15,7 +16,9 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/fastgat-cuda-wheel.XXXXXX")
 step="setup"
-trap 'status=$?; [ $status -eq 0 ] || echo "cuda_wheel: FAIL ($step)"; rm -rf "$work"' EXIT
+fresh_pid=""
+trap 'status=$?; [ $status -eq 0 ] || echo "cuda_wheel: FAIL ($step)"
+      [ -z "$fresh_pid" ] || kill "$fresh_pid" 2> /dev/null; wait; rm -rf "$work"' EXIT
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 python=${PYTHON:-python3}
 start=$SECONDS
@@ -25,10 +28,16 @@ step="clone"
 git clone --quiet "$repo" "$work/src"
 log "cloned $(git -C "$work/src" rev-parse --short HEAD)"
 
+# The fresh venv's torch installs in the background while the wheel builds (I/O, not CPU).
+"$python" -m venv "$work/fresh"
+"$work/fresh/bin/pip" install -q torch==2.14.1 > "$work/fresh.log" 2>&1 &
+fresh_pid=$!
+
 step="build venv"
 "$python" -m venv "$work/build"
-"$work/build/bin/pip" install -q --upgrade pip
-"$work/build/bin/pip" install -q torch==2.14.1 ninja wheel setuptools nvidia-cuda-cuobjdump
+("$work/build/bin/pip" install -q --upgrade pip && "$work/build/bin/pip" install -q torch==2.14.1 \
+  ninja wheel setuptools nvidia-cuda-cuobjdump) > "$work/build-venv.log" 2>&1 \
+  || { tail -n 30 "$work/build-venv.log"; false; }
 cuda_include=$("$work/build/bin/python" -c \
   "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'include'))")
 test -f "$cuda_include/cusparse.h" -a -f "$cuda_include/cublas_v2.h"
@@ -54,10 +63,10 @@ grep -q "sm_80" <<< "$elves"
 grep -q "sm_90" <<< "$elves"
 
 step="fresh venv install"
-"$python" -m venv "$work/fresh"
-"$work/fresh/bin/pip" install -q --upgrade pip
-"$work/fresh/bin/pip" install -q torch==2.14.1
-"$work/fresh/bin/pip" install -q "$wheel"
+wait "$fresh_pid" || { tail -n 30 "$work/fresh.log"; false; }
+fresh_pid=""
+"$work/fresh/bin/pip" install -q "$wheel" > "$work/fresh.log" 2>&1 \
+  || { tail -n 30 "$work/fresh.log"; false; }
 log "wheel installed into a fresh venv"
 
 step="import check"
