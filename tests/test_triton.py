@@ -48,7 +48,10 @@ def skewed_graph(seed, num_nodes=24, num_edges=60, dst_hub=3 * CHUNK + 5, src_hu
 def random_inputs(graph, seed, heads, channels, dtype, device=DEVICE):
     """(h, s, d, t, t_loop, dout) rounded to dtype."""
     g = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(device, dtype)  # noqa: E731
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device, dtype)
+
     return (rand(graph.num_src, heads, channels), rand(graph.num_src, heads),
             rand(graph.num_dst, heads), rand(graph.num_edges, heads),
             rand(graph.num_loops, heads), rand(graph.num_dst, heads, channels))
@@ -119,7 +122,7 @@ def test_split_rows_merge_to_the_reference(dropout):
         assert torch.equal(a, b), name  # no atomics: bitwise deterministic
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_low_precision_against_float64(dtype):
     graph = skewed_graph(seed=3)
     inputs = random_inputs(graph, seed=4, heads=2, channels=8, dtype=dtype)
@@ -189,7 +192,7 @@ def power_law_graph(num_nodes, num_edges, seed, device):
 
 @pytest.mark.gpu
 @GPU_ONLY
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("heads,channels", [(4, 32), (3, 20), (8, 128)])
 def test_gpu_power_law_graph(dtype, heads, channels):
     graph = power_law_graph(20_000, 300_000, seed=heads, device="cuda")

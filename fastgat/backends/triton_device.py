@@ -112,9 +112,11 @@ def forward_kernel(h, s, d, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l,
 @triton.jit
 def _finish_softmax(out, lse, row, m, l, acc, heads, hmask, hc, hcmask, H: tl.constexpr,
                     C: tl.constexpr):
-    """out = acc / l and lse = m + log l; a row without in-edges gets out = 0, lse = -inf."""
-    tl.store(lse + row * H + heads, m + tl.log(l), mask=hmask)
-    o = tl.where(l[:, None] > 0, acc / l[:, None], 0.0)
+    """out = acc / l and lse = m + log l; a row without in-edges (l = 0, acc = 0) gets out = 0
+    and lse = -inf."""
+    l_safe = tl.where(l > 0, l, 1.0)
+    tl.store(lse + row * H + heads, tl.where(l > 0, m + tl.log(l_safe), m), mask=hmask)
+    o = acc / l_safe[:, None]
     tl.store(out + row * (H * C) + hc, o.to(out.dtype.element_ty), mask=hcmask)
 
 
