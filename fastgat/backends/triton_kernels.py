@@ -2,9 +2,10 @@
 
 CUDA tensors run compiled kernels, autotuned per (H, C, dtype); CPU tensors run under the
 Triton interpreter (TRITON_INTERPRET=1, read when this module is imported) with one fixed
-configuration. Launches per call: forward 1 (+1 merge when a row exceeds CHUNK in-edges),
-backward 2 (+ up to 2 merges). No host sync: every grid size comes from tensor shapes, and
-the item tables of a pointer array are built by torch ops on the device (`plan`).
+configuration. Launches per call: forward 1, backward 2, each followed by a merge launch once
+the graph holds more than CHUNK edges (its programs return at once for rows that were not
+split). No host sync: every grid size comes from tensor shapes, and the item tables of a
+pointer array are built by torch ops on the device (`plan`).
 """
 import contextlib
 import struct
