@@ -58,7 +58,8 @@ def test_cli_quick_writes_table_json_png(tmp_path):
     backends, skipped = fastgat_backends("cpu")
     impls = [FLOOR, *backends, PYG]
     report = json.loads((tmp_path / "bench-cpu-float32.json").read_text())
-    assert report["meta"]["skipped_backends"] == skipped
+    # the reason for triton may differ: this process runs under TRITON_INTERPRET=1
+    assert report["meta"]["skipped_backends"].keys() == skipped.keys()
     results = report["results"]
     assert [(r["case"], r["impl"]) for r in results] == [
         (case, impl) for case in ("cora-8x8", "pubmed-4x64") for impl in impls]
