@@ -91,8 +91,6 @@ def test_forward_and_gradients_match_reference(backend, device, kind, edge_score
 def test_low_precision_against_float64(backend, device, dtype):
     if unavailable_reason(backend, device):
         pytest.skip(unavailable_reason(backend, device))
-    if backend == "cpu" and dtype == torch.float16:
-        pytest.skip("the C++ CPU kernel stores bfloat16, not float16")
     inputs, graph = make_inputs("hub", 11, device, dtype=dtype)
     out, _ = run_op(inputs, graph, backend)
     ref_out, _ = reference(inputs, graph)
