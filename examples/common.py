@@ -4,6 +4,7 @@ The raw Planetoid files lie in the project's shared folder (`<repo>/../shared`, 
 PyG's `Planetoid` reads them without a network as long as its root is writable (it writes
 `processed/`), so they are copied once into a cache directory.
 """
+import importlib.util
 import os
 import shutil
 from functools import partial
@@ -56,6 +57,10 @@ def load_planetoid(name: str, root=None):
         for file in missing:  # copyfile keeps no read-only bits; the rename keeps no half copy
             shutil.copyfile(source / file, raw / f"{file}.part")
             os.replace(raw / f"{file}.part", raw / file)
+    processed = (root / name / "processed" / "data.pt").exists()
+    if not processed and importlib.util.find_spec("scipy") is None:
+        raise ImportError("PyG's Planetoid reader unpickles scipy sparse matrices: "
+                          "pip install scipy")
     return Planetoid(str(root), name, transform=T.NormalizeFeatures())[0]
 
 

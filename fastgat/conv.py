@@ -92,8 +92,10 @@ class FastGATConv(GATConv):
                             num_loops=num_loops)
             self._check_graph(graph, num_src, num_dst, num_loops, x_src.device)
 
-        s = (x_src * self.att_src).sum(dim=-1)
-        d = (x_dst * self.att_dst).sum(dim=-1) if x_dst is not None else s.new_zeros(num_dst, H)
+        # <h, att> per head as a batched product: no N x H x C temporary.
+        s = torch.einsum("nhc,hc->nh", x_src, self.att_src[0])
+        d = (torch.einsum("nhc,hc->nh", x_dst, self.att_dst[0]) if x_dst is not None
+             else s.new_zeros(num_dst, H))
         t_edges, t_loop = self._edge_scores(edge_attr, graph)
         t = t_edges[graph.perm] if t_edges is not None else None
 

@@ -91,8 +91,6 @@ def test_forward_and_gradients_match_reference(backend, device, kind, edge_score
 def test_low_precision_against_float64(backend, device, dtype):
     if unavailable_reason(backend, device):
         pytest.skip(unavailable_reason(backend, device))
-    if backend == "cpu" and dtype == torch.float16:
-        pytest.skip("the C++ CPU kernel stores bfloat16, not float16")
     inputs, graph = make_inputs("hub", 11, device, dtype=dtype)
     out, _ = run_op(inputs, graph, backend)
     ref_out, _ = reference(inputs, graph)
@@ -110,9 +108,12 @@ def test_gradcheck_float64(backend, device):
     inputs, graph = make_inputs("self_loops", 3, device)
     seed = torch.tensor([99], device=device)
     leaves = tuple(x.detach().clone().requires_grad_() for x in inputs)
+    # Under the Triton interpreter a forward costs seconds: check random projections of the
+    # Jacobian (fast mode) instead of all ~900 columns; compiled backends check every column.
+    fast_mode = backend == "triton" and device == "cpu"
     for dropout in (0.0, 0.4):  # a fixed seed fixes the mask: backward must match forward
         fn = lambda *x: run_op(x, graph, backend, dropout, seed)[0]  # noqa: E731
-        assert torch.autograd.gradcheck(fn, leaves, atol=1e-8, rtol=1e-6)
+        assert torch.autograd.gradcheck(fn, leaves, atol=1e-8, rtol=1e-6, fast_mode=fast_mode)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

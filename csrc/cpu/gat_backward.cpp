@@ -34,7 +34,7 @@ struct Backward {
   scalar_t* dh;
   scalar_t* ds;
 
-  void destinations(int64_t begin, int64_t end) const {
+  FASTGAT_CLONES void destinations(int64_t begin, int64_t end) const {
     const int64_t H = sc.heads, HC = H * channels, E = sc.num_slots;
     std::vector<acc> D(H), dd_i(H);
     for (int64_t i = begin; i < end; ++i) {
@@ -44,7 +44,10 @@ struct Backward {
         D[hd] = dot(dout_i + hd * channels, out + i * HC + hd * channels, channels);
       }
       std::fill(dd_i.begin(), dd_i.end(), acc(0));
-      auto edge_grad = [&](int64_t j, int64_t slot) {
+      // In-edges in CSR order, then the self loop (slot E + i); no lambda, so the loop body
+      // is compiled into each FASTGAT_CLONES version.
+      for (int64_t k = first; k < last + (i < num_loops); ++k) {
+        const int64_t j = k < last ? int64_t(col[k]) : i, slot = k < last ? k : E + i;
         const scalar_t* h_j = h + j * HC;
         for (int64_t hd = 0; hd < H; ++hd) {
           const acc z = sc.score(j, i, slot, hd);
@@ -63,14 +66,12 @@ struct Backward {
             dt_loop[i * H + hd] = static_cast<scalar_t>(dz);
           }
         }
-      };
-      for (int64_t k = first; k < last; ++k) edge_grad(col[k], k);
-      if (i < num_loops) edge_grad(i, E + i);
+      }
       store(dd + i * H, dd_i.data(), H);
     }
   }
 
-  void sources(int64_t begin, int64_t end) const {
+  FASTGAT_CLONES void sources(int64_t begin, int64_t end) const {
     constexpr bool direct = std::is_same_v<scalar_t, acc>;  // accumulate in dh itself
     const int64_t H = sc.heads, HC = H * channels, E = sc.num_slots;
     std::vector<acc> ds_j(H), row_acc(direct ? 0 : HC);
@@ -79,17 +80,18 @@ struct Backward {
       if constexpr (direct) dh_j = dh + j * HC;
       std::fill(dh_j, dh_j + HC, acc(0));
       std::fill(ds_j.begin(), ds_j.end(), acc(0));
-      auto gather = [&](int64_t i, int64_t slot) {
-        const acc* g = edge + slot * 2 * H;
+      // Out-edges in CSC order, then the self loop (slot E + j).
+      const int64_t first = colptr[j], last = colptr[j + 1];
+      for (int64_t e = first; e < last + (j < num_loops); ++e) {
+        const int64_t i = e < last ? int64_t(csc_row[e]) : j;
+        const acc* g = edge + (e < last ? int64_t(csc_eid[e]) : E + j) * 2 * H;
         const scalar_t* dout_i = dout + i * HC;
         for (int64_t hd = 0; hd < H; ++hd) {
           ds_j[hd] += g[hd];
           const acc w = g[H + hd];
           if (w != acc(0)) axpy(dh_j + hd * channels, w, dout_i + hd * channels, channels);
         }
-      };
-      for (int64_t e = colptr[j]; e < colptr[j + 1]; ++e) gather(csc_row[e], csc_eid[e]);
-      if (j < num_loops) gather(j, E + j);
+      }
       if constexpr (!direct) store(dh + j * HC, dh_j, HC);
       store(ds + j * H, ds_j.data(), H);
     }

@@ -10,7 +10,7 @@ namespace fastgat::cpu {
 namespace {
 
 template <typename scalar_t, typename index_t>
-void forward_rows(const scalar_t* h, const index_t* rowptr, const index_t* col,
+FASTGAT_CLONES void forward_rows(const scalar_t* h, const index_t* rowptr, const index_t* col,
                   const Scores<scalar_t>& sc, int64_t num_loops, int64_t channels,
                   scalar_t* out, acc_t<scalar_t>* lse, int64_t begin, int64_t end) {
   using acc = acc_t<scalar_t>;
@@ -30,15 +30,15 @@ void forward_rows(const scalar_t* h, const index_t* rowptr, const index_t* col,
       std::fill(lse + i * H, lse + (i + 1) * H, -std::numeric_limits<acc>::infinity());
       continue;
     }
-    // Edge e < n of row i: source j and dropout slot (the self loop comes last).
-    auto source = [&](int64_t e) { return e < last - first ? int64_t(col[first + e]) : i; };
-    auto slot = [&](int64_t e) { return e < last - first ? first + e : sc.num_slots + i; };
+    // Edge e < n of row i is CSR slot k = first + e, or the self loop (slot E + i) last.
+    // Written out in each loop, not as lambdas, so FASTGAT_CLONES compiles them in.
     x.resize(n * H);
     std::fill(m.begin(), m.end(), -std::numeric_limits<acc>::infinity());
     std::fill(l.begin(), l.end(), acc(0));
-    for (int64_t e = 0; e < n; ++e) {
+    for (int64_t e = 0, k = first; e < n; ++e, ++k) {
+      const int64_t j = k < last ? int64_t(col[k]) : i, slot = k < last ? k : sc.num_slots + i;
       for (int64_t hd = 0; hd < H; ++hd) {
-        const acc v = sc.leaky_relu(sc.score(source(e), i, slot(e), hd));
+        const acc v = sc.leaky_relu(sc.score(j, i, slot, hd));
         x[e * H + hd] = v;
         m[hd] = std::max(m[hd], v);
       }
@@ -54,10 +54,11 @@ void forward_rows(const scalar_t* h, const index_t* rowptr, const index_t* col,
       lse[i * H + hd] = m[hd] + std::log(l[hd]);
       l[hd] = acc(1) / l[hd];
     }
-    for (int64_t e = 0; e < n; ++e) {
-      const scalar_t* h_j = h + source(e) * HC;
+    for (int64_t e = 0, k = first; e < n; ++e, ++k) {
+      const int64_t j = k < last ? int64_t(col[k]) : i, slot = k < last ? k : sc.num_slots + i;
+      const scalar_t* h_j = h + j * HC;
       for (int64_t hd = 0; hd < H; ++hd) {
-        const acc w = x[e * H + hd] * l[hd] * sc.keep(slot(e), hd);
+        const acc w = x[e * H + hd] * l[hd] * sc.keep(slot, hd);
         if (w != acc(0)) axpy(acc_row + hd * channels, w, h_j + hd * channels, channels);
       }
     }

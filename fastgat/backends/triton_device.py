@@ -18,6 +18,8 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Graph sizes and scalars change from call to call: one compiled kernel serves them all.
+_SCALARS = ["num_slots", "num_loops", "slope_bits", "threshold", "scale_bits"]
 
 
 @triton.jit
@@ -46,7 +48,7 @@ def _item(item_row, item_ptr, ptr, pid, num_rows, CHUNK: tl.constexpr, WIDE: tl.
     return row, chunk, start, end, row_end - row_start > CHUNK
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_dst"] + _SCALARS)
 def forward_kernel(h, s, d, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l, ws_acc,
                    item_row, item_ptr, split_ptr, num_dst, num_slots, num_loops, slope_bits,
                    threshold, scale_bits, H: tl.constexpr, C: tl.constexpr,
@@ -112,13 +114,15 @@ def forward_kernel(h, s, d, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l,
 @triton.jit
 def _finish_softmax(out, lse, row, m, l, acc, heads, hmask, hc, hcmask, H: tl.constexpr,
                     C: tl.constexpr):
-    """out = acc / l and lse = m + log l; a row without in-edges gets out = 0, lse = -inf."""
-    tl.store(lse + row * H + heads, m + tl.log(l), mask=hmask)
-    o = tl.where(l[:, None] > 0, acc / l[:, None], 0.0)
+    """out = acc / l and lse = m + log l; a row without in-edges (l = 0, acc = 0) gets out = 0
+    and lse = -inf."""
+    l_safe = tl.where(l > 0, l, 1.0)
+    tl.store(lse + row * H + heads, tl.where(l > 0, m + tl.log(l_safe), m), mask=hmask)
+    o = acc / l_safe[:, None]
     tl.store(out + row * (H * C) + hc, o.to(out.dtype.element_ty), mask=hcmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_dst"])
 def merge_softmax_kernel(ws_m, ws_l, ws_acc, split_rows, split_ptr, out, lse, num_dst,
                          H: tl.constexpr, C: tl.constexpr, H_P2: tl.constexpr,
                          C_P2: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr):
@@ -154,7 +158,7 @@ def _dz(z, alpha, dalpha, D, slope):
     return tl.where(z > 0, dx, dx * slope)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_dst"] + _SCALARS)
 def backward_csr_kernel(dout, out, lse, h, s, d, t, t_loop, ptr, col, seed_ptr, D_buf, dd,
                         dt, dt_loop, ws_dd, item_row, item_ptr, split_ptr, num_dst, num_slots,
                         num_loops, slope_bits, threshold, scale_bits, H: tl.constexpr,
@@ -223,7 +227,7 @@ def backward_csr_kernel(dout, out, lse, h, s, d, t, t_loop, ptr, col, seed_ptr, 
             tl.store(dd + row * H + heads, dd_i.to(dd.dtype.element_ty), mask=hmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_src"] + _SCALARS)
 def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, seed_ptr, D_buf,
                         dh, ds, ws_ds, ws_dh, item_row, item_ptr, split_ptr, num_src, num_slots,
                         num_loops, slope_bits, threshold, scale_bits, H: tl.constexpr,
@@ -298,7 +302,7 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
             tl.store(dh + row * (H * C) + hc, dh_j.to(dh.dtype.element_ty), mask=hcmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_rows"])
 def merge_sum_kernel(ws_a, out_a, ws_b, out_b, split_rows, split_ptr, num_rows,
                      WIDTH_A: tl.constexpr, WIDTH_B: tl.constexpr, BLOCK_A: tl.constexpr,
                      BLOCK_B: tl.constexpr, HAS_B: tl.constexpr, WIDE: tl.constexpr,

@@ -2,9 +2,10 @@
 
 CUDA tensors run compiled kernels, autotuned per (H, C, dtype); CPU tensors run under the
 Triton interpreter (TRITON_INTERPRET=1, read when this module is imported) with one fixed
-configuration. Launches per call: forward 1 (+1 merge when a row exceeds CHUNK in-edges),
-backward 2 (+ up to 2 merges). No host sync: every grid size comes from tensor shapes, and
-the item tables of a pointer array are built by torch ops on the device (`plan`).
+configuration. Launches per call: forward 1, backward 2, each followed by a merge launch once
+the graph holds more than CHUNK edges (its programs return at once for rows that were not
+split). No host sync: every grid size comes from tensor shapes, and the item tables of a
+pointer array are built by torch ops on the device (`plan`).
 """
 import contextlib
 import struct
@@ -37,7 +38,7 @@ class Plan(NamedTuple):
 
 def plan(ptr: Tensor, num_slots: int) -> Plan:
     """Device-side item tables with static sizes: a row of degree g takes max(1, ceil(g/CHUNK))
-    items, at most num_rows + num_slots // CHUNK in all; only rows with g > CHUNK (fewer than
+    items, at most num_rows + num_slots // CHUNK in all; only rows with g > CHUNK (at most
     num_slots // (CHUNK+1)) write partial states, at most 2 * (num_slots // CHUNK) of them."""
     num_rows = ptr.numel() - 1
     degree = (ptr[1:] - ptr[:-1]).long()
@@ -59,15 +60,17 @@ def plan(ptr: Tensor, num_slots: int) -> Plan:
 
 def _configs():
     return [triton.Config({"BLOCK_E": block_e}, num_warps=warps)
-            for block_e in (16, 32, 64) for warps in (2, 4, 8)]
+            for block_e in (8, 16, 32, 64) for warps in (4, 8)]
 
 
 def _prune(configs, named_args, **kwargs):
-    """Keep tiles that fit the register budget (at least the smallest)."""
+    """The two largest edge blocks whose tile fits the register budget (the smallest if none)."""
     args = {**named_args, **kwargs}
     tile = args["H_P2"] * args["C_P2"]
-    fits = [c for c in configs if c.kwargs["BLOCK_E"] * tile <= _TILE_LIMIT]
-    return fits or configs[:3]
+    blocks = sorted({c.kwargs["BLOCK_E"] for c in configs
+                     if c.kwargs["BLOCK_E"] * tile <= _TILE_LIMIT})
+    keep = blocks[-2:] or [min(c.kwargs["BLOCK_E"] for c in configs)]
+    return [c for c in configs if c.kwargs["BLOCK_E"] in keep]
 
 
 def _tuned(kernel):

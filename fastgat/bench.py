@@ -1,0 +1,509 @@
+"""python -m fastgat.bench: PyG GATConv vs FastGATConv (every available backend) vs the SpMM floor.
+
+    python -m fastgat.bench [--quick] [--device cpu|cuda] [--dtype float32|bfloat16]
+                            [--workloads cora,arxiv,reddit:8x64,...] [--out DIR]
+
+Per layer (a workload of fastgat.workloads and a heads x channels shape) and implementation it
+measures the forward (under no_grad), the training step (forward + backward of a fixed dout into
+the parameters) and the step's peak memory, then prints a table and writes it with a JSON and a
+PNG of the speedups into --out.
+
+Implementations: `pyg` (torch_geometric.nn.GATConv), one FastGATConv per backend that
+fastgat.backends() reports available on the device (the rest are listed as skipped, with the
+reason), and `spmm`, the floor: the same layer with the attention replaced by fixed weights
+1/in-degree, i.e. x·W then torch.sparse.mm of the same graph (self loops added, multi-edges
+kept) as CSR at width heads·channels. "vs floor" is a forward time divided by the floor's.
+
+Timing: medians over repeats after warm-up (at least `min_repeats`, more while the time budget
+per measurement lasts); on CUDA each repeat is bracketed by CUDA events after a synchronize.
+
+Peak memory is the extra memory of one training step after warm-up, above what the inputs,
+the module and fastgat's cached graph already hold:
+  cuda  torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory_allocated.
+  cpu   the process's peak resident set: the kernel's high-water mark VmHWM (/proc/self/status)
+        is reset to the current RSS by writing 5 to /proc/self/clear_refs, and the step's peak is
+        VmHWM minus that baseline. Each layer runs in a fresh worker process with glibc's mmap
+        threshold fixed at 1 MiB (MALLOC_MMAP_THRESHOLD_), so a freed tensor leaves the resident
+        set at once and one implementation's freed memory cannot hide the next one's peak.
+Out of memory is recorded as such, not a crash: on CUDA torch.OutOfMemoryError; on the CPU each
+worker's address space is capped (--cpu-mem-limit) so an oversized case fails its allocation
+instead of waking the kernel's OOM killer.
+"""
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from .workloads import (CPU_MAX_EDGES, CPU_MAX_NODES, WORKLOADS, Case, Workload, make_graph,
+                        parse_cases)
+
+PYG, FLOOR = "pyg", "spmm"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+QUICK_WORKLOADS = "cora,pubmed:8x32,arxiv:4x64"
+QUICK_MAX_NODES, QUICK_MAX_EDGES = 20_000, 100_000
+_RESULT = "@@fastgat-bench "   # prefix of the worker's result lines on its stdout
+
+
+# -- what is measured -------------------------------------------------------------------------
+def fastgat_backends(device: str) -> Tuple[List[str], Dict[str, str]]:
+    """(backends to measure on `device`, {skipped backend: reason}) from fastgat.backends()."""
+    from . import backends
+    run, skipped = [], {}
+    for name, status in backends(device).items():
+        if status != "available":
+            skipped[name] = status
+        elif name == "triton" and device == "cpu":
+            skipped[name] = "runs on CPU only under the Triton interpreter, a correctness tool"
+        else:
+            run.append(name)
+    return run, skipped
+
+
+def is_oom(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's refusal (its message is all it has)."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate memory"
+        in str(error))
+
+
+def floor_adjacency(edge_index: torch.Tensor, num_nodes: int, dtype) -> torch.Tensor:
+    """CSR by destination of GATConv's edge set (self loops replaced by one per node, duplicates
+    kept), weighted 1/in-degree: the matrix a fixed-weight mean aggregation multiplies by."""
+    src, dst = edge_index
+    keep = src != dst
+    loops = torch.arange(num_nodes, device=src.device)
+    src, dst = torch.cat([src[keep], loops]), torch.cat([dst[keep], loops])
+    order = torch.argsort(dst * num_nodes + src)
+    src, dst = src[order], dst[order]
+    counts = torch.bincount(dst, minlength=num_nodes)
+    rowptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    values = (1.0 / counts[dst].to(torch.float32)).to(dtype)
+    with warnings.catch_warnings():  # torch's notice that sparse CSR is a beta feature
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(rowptr, src, values, (num_nodes, num_nodes))
+
+
+class Layer:
+    """One implementation of one case, ready to run: `forward()` and `step()` (fwd + bwd)."""
+
+    def __init__(self, case: Case, impl: str, x: torch.Tensor, edge_index: torch.Tensor,
+                 seed: int):
+        from torch_geometric.nn import GATConv
+
+        from .conv import FastGATConv
+        w, heads, channels = case.workload, case.heads, case.out_channels
+        torch.manual_seed(seed)  # every implementation starts from the same parameters
+        if impl == FLOOR:
+            self.module = torch.nn.Linear(w.in_channels, heads * channels)
+            self.adj = floor_adjacency(edge_index, w.num_nodes, x.dtype)
+            self.run = lambda: torch.sparse.mm(self.adj, self.module(x))
+        else:
+            if impl == PYG:
+                self.module = GATConv(w.in_channels, channels, heads=heads)
+            else:
+                self.module = FastGATConv(w.in_channels, channels, heads=heads, backend=impl)
+            self.run = lambda: self.module(x, edge_index)
+        self.module.to(device=x.device, dtype=x.dtype)
+        generator = torch.Generator(device=x.device).manual_seed(seed + 2)
+        self.dout = torch.randn(w.num_nodes, heads * channels, generator=generator,
+                                device=x.device, dtype=x.dtype)
+
+    def forward(self) -> None:
+        with torch.no_grad():
+            self.run()
+
+    def step(self) -> None:
+        self.module.zero_grad(set_to_none=True)
+        self.run().backward(self.dout)
+
+
+# -- timing and memory ------------------------------------------------------------------------
+def time_ms(fn: Callable[[], None], device: str, warmup: int, min_repeats: int,
+            max_repeats: int, budget_s: float) -> Tuple[float, int]:
+    """(median milliseconds, repeats) of fn after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats
+                                        or time.perf_counter() - start < budget_s):
+        if device == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end))
+        else:
+            tic = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - tic) * 1e3)
+    return statistics.median(times), len(times)
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_mib(fn: Callable[[], None], device: str) -> float:
+    """Extra peak memory of one call of fn (see the module docstring for how)."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # reset VmHWM to the current resident set
+    base = _proc_status_kib("VmRSS")
+    fn()
+    # RSS counters are batched per thread (~0.25 MiB): a step that allocates nothing may
+    # read a hair below its baseline; that is 0.
+    return max(0.0, (_proc_status_kib("VmHWM") - base) / 1024)
+
+
+# -- the worker: one case, several implementations, in a fresh process ------------------------
+def measure(spec: dict) -> None:
+    """Runs in the worker process; prints one result line per implementation."""
+    device, dtype = spec["device"], DTYPES[spec["dtype"]]
+    case = Case(Workload(**spec["workload"]), spec["heads"], spec["out_channels"])
+    if device == "cpu" and spec["cpu_mem_limit_mib"]:
+        limit = _proc_status_kib("VmSize") * 1024 + spec["cpu_mem_limit_mib"] * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    x, edge_index = make_graph(case.workload, spec["seed"], device, dtype)
+    for impl in spec["impls"]:
+        result = {"impl": impl, "status": "ok"}
+        layer = None
+        try:
+            layer = Layer(case, impl, x, edge_index, spec["seed"])
+            timing = dict(device=device, warmup=spec["warmup"], min_repeats=spec["min_repeats"],
+                          max_repeats=spec["max_repeats"], budget_s=spec["budget_s"])
+            result["fwd_ms"], result["fwd_repeats"] = time_ms(layer.forward, **timing)
+            layer.step()  # warm-up of the step before its peak is taken
+            result["peak_mib"] = peak_mib(layer.step, device)
+            result["fwd_bwd_ms"], result["fwd_bwd_repeats"] = time_ms(layer.step, **timing)
+        except Exception as error:  # noqa: BLE001  (recorded in the table, never hidden)
+            if is_oom(error):
+                name = "PyG GATConv" if impl == PYG else impl
+                result = {"impl": impl, "status": "oom", "reason": f"{name} OOM"}
+            else:
+                traceback.print_exc()
+                result = {"impl": impl, "status": "error",
+                          "reason": f"{type(error).__name__}: {error}".splitlines()[0]}
+        del layer
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        print(_RESULT + json.dumps(result), flush=True)
+
+
+def run_worker(spec: dict, timeout: Optional[float], on_result: Callable[[dict], None]) -> None:
+    """Runs `measure(spec)` in a fresh interpreter, killed after `timeout` seconds; the
+    implementations it never reported come back as errors carrying its last words."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2**20))
+    env.pop("TRITON_INTERPRET", None)  # the interpreter is never benchmarked
+    reported = set()
+    with tempfile.TemporaryFile("w+") as stderr:
+        worker = subprocess.Popen([sys.executable, "-m", "fastgat.bench", "--worker",
+                                   json.dumps(spec)], stdout=subprocess.PIPE, stderr=stderr,
+                                  text=True, env=env)
+        timer = threading.Timer(timeout, worker.kill) if timeout is not None else None
+        if timer is not None:
+            timer.start()
+        for line in worker.stdout:
+            if line.startswith(_RESULT):
+                result = json.loads(line[len(_RESULT):])
+                reported.add(result["impl"])
+                on_result(result)
+        worker.wait()
+        timed_out = timer is not None and not timer.is_alive() and worker.returncode < 0
+        if timer is not None:
+            timer.cancel()
+        reason = ("timed out: the time budget ended during this layer" if timed_out
+                  else _exit_reason(worker.returncode, stderr))
+    for impl in spec["impls"]:
+        if impl not in reported:
+            on_result({"impl": impl, "status": "error", "reason": reason})
+
+
+def _exit_reason(returncode: int, stderr) -> str:
+    if returncode < 0:
+        return f"worker killed by signal {-returncode}" + (" (out of memory?)"
+                                                           if returncode == -9 else "")
+    stderr.seek(0)
+    lines = [line.strip() for line in stderr if line.strip()]
+    return lines[-1] if lines else f"worker exited with status {returncode}"
+
+
+# -- the report -------------------------------------------------------------------------------
+def add_ratios(results: List[dict]) -> None:
+    """Speedup vs PyG (forward, step) and forward / floor, per case, where both were measured."""
+    by_case: Dict[str, Dict[str, dict]] = {}
+    for r in results:
+        by_case.setdefault(r["case"], {})[r["impl"]] = r
+    for r in results:
+        if r["status"] != "ok" or r["impl"] == PYG:
+            continue
+        pyg, floor = by_case[r["case"]].get(PYG), by_case[r["case"]].get(FLOOR)
+        if pyg is not None and pyg["status"] == "ok":
+            r["speedup_fwd"] = pyg["fwd_ms"] / r["fwd_ms"]
+            r["speedup_fwd_bwd"] = pyg["fwd_bwd_ms"] / r["fwd_bwd_ms"]
+        if floor is not None and floor["status"] == "ok" and r["impl"] != FLOOR:
+            r["floor_ratio"] = r["fwd_ms"] / floor["fwd_ms"]
+
+
+def _fmt(value: Optional[float], suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}{suffix}" if value < 100 else f"{value:.0f}{suffix}"
+
+
+def table(results: List[dict]) -> str:
+    """A Markdown table, one row per case and implementation."""
+    head = ["layer", "nodes", "edges", "impl", "fwd ms", "fwd+bwd ms", "peak MiB",
+            "vs PyG fwd", "vs PyG fwd+bwd", "fwd / floor"]
+    rows = []
+    for r in results:
+        if r["status"] == "ok":
+            cells = [_fmt(r["fwd_ms"]), _fmt(r["fwd_bwd_ms"]), _fmt(r["peak_mib"]),
+                     _fmt(r.get("speedup_fwd"), "x"), _fmt(r.get("speedup_fwd_bwd"), "x"),
+                     _fmt(r.get("floor_ratio"), "x")]
+        else:
+            cells = [r["status"].upper() + ": " + r["reason"]] + ["-"] * 5
+        rows.append([r["case"], f"{r['num_nodes']:,}", f"{r['num_edges']:,}", r["impl"]] + cells)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot(results: List[dict], meta: dict, path: Path) -> None:
+    """Bars of the speedup over PyG per layer and implementation, forward and step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys(r["case"] for r in results))
+    impls = list(dict.fromkeys(r["impl"] for r in results if r["impl"] != PYG))
+    by_key = {(r["case"], r["impl"]): r for r in results}
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(cases) + 4), 4.5), sharey=True)
+    width = 0.8 / max(1, len(impls))
+    for ax, key, title in zip(axes, ("speedup_fwd", "speedup_fwd_bwd"),
+                              ("forward", "forward + backward")):
+        for k, impl in enumerate(impls):
+            xs, ys = [], []
+            for i, case in enumerate(cases):
+                value = by_key.get((case, impl), {}).get(key)
+                if value is not None:
+                    xs.append(i + (k - (len(impls) - 1) / 2) * width)
+                    ys.append(value)
+            label = "SpMM floor" if impl == FLOOR else f"FastGATConv {impl}"
+            ax.bar(xs, ys, width, label=label, hatch="//" if impl == FLOOR else None,
+                   color="0.75" if impl == FLOOR else None)
+        for i, case in enumerate(cases):
+            pyg = by_key.get((case, PYG))
+            if pyg is not None and pyg["status"] != "ok":
+                ax.text(i, 1.0, "PyG " + pyg["status"].upper(), ha="center", va="bottom",
+                        rotation=90, fontsize=8)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(cases)), cases, rotation=30, ha="right")
+        ax.set_title(title)
+    axes[0].set_ylabel("speedup over PyG GATConv (x)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"{meta['device_name']}, {meta['dtype']}, torch {meta['torch']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- the machine and the files --------------------------------------------------------------
+def machine(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "fastgat", "csrc"], capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return rev + (" + uncommitted changes" if dirty.strip() else "")
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def _meminfo_available_mib() -> int:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    raise RuntimeError("/proc/meminfo has no MemAvailable")
+
+
+def report(results: List[dict], meta: dict, out: Path) -> None:
+    """Prints the table with its header and writes it, the JSON and the PNG into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"bench-{meta['device']}-{meta['dtype']}"
+    load = " -> ".join(", ".join(f"{x:.1f}" for x in loads) for loads in meta["load_average"])
+    header = (f"{meta['device_name']} | {meta['dtype']} | torch {meta['torch']}, "
+              f"PyG {meta['torch_geometric']}, triton {meta['triton']} | fastgat "
+              f"{meta['fastgat_commit']} | {meta['date']} | {meta['wall_s']} s | "
+              f"load average (1, 5, 15 min) at start -> end: {load}")
+    skipped = "; ".join(f"{name}: {why}" for name, why in meta["skipped_backends"].items())
+    text = "\n\n".join([f"`{meta['command']}`", header, table(results),
+                        f"Backends not measured: {skipped or 'none'}."])
+    print(text)
+    stem.with_suffix(".md").write_text(text + "\n")
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results},
+                                                    indent=1) + "\n")
+    plot(results, meta, stem.with_suffix(".png"))
+    print(f"\nwrote {stem}.md, .json and .png")
+
+
+# -- the command ------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fastgat.bench", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small graphs ({QUICK_WORKLOADS}, at most {QUICK_MAX_NODES:,} "
+                             f"nodes / {QUICK_MAX_EDGES:,} edges), few repeats: ~1-2 minutes")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument("--workloads", default=None,
+                        help=f"comma list of {', '.join(WORKLOADS)}; NAME:HxC picks one layer "
+                             f"shape (default: all, each with its shapes)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="shrink every graph by this factor (default: full size on CUDA; "
+                             "on the CPU each graph fitted under --max-nodes / --max-edges)")
+    parser.add_argument("--max-nodes", type=int, default=None)
+    parser.add_argument("--max-edges", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="most timed repeats per measurement (default 20, --quick 5)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds for the whole run: layers not started by then are "
+                             "skipped, the one running then is stopped")
+    parser.add_argument("--cpu-mem-limit", type=int, default=None,
+                        help="MiB of address space per CPU worker (default: 60%% of the "
+                             "available memory)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def plan(args: argparse.Namespace) -> Tuple[List[Case], dict, Dict[str, str]]:
+    """(cases, the worker spec shared by all of them, {skipped backend: reason})."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    cpu = args.device == "cpu"
+    caps = ((QUICK_MAX_NODES, QUICK_MAX_EDGES) if args.quick else
+            (CPU_MAX_NODES, CPU_MAX_EDGES) if cpu else (10**12, 10**12))
+    cases = parse_cases(args.workloads or (QUICK_WORKLOADS if args.quick else ",".join(WORKLOADS)),
+                        args.scale, args.max_nodes or caps[0], args.max_edges or caps[1])
+    backends, skipped = fastgat_backends(args.device)
+    mem_limit = args.cpu_mem_limit
+    if cpu and mem_limit is None:
+        mem_limit = int(0.6 * _meminfo_available_mib())
+    spec = dict(device=args.device, dtype=args.dtype, seed=args.seed,
+                impls=[FLOOR, *backends, PYG],  # PyG last: its OOM costs no other result
+                warmup=1, min_repeats=3, max_repeats=args.repeats or (5 if args.quick else 20),
+                budget_s=0.5 if args.quick else 2.0, cpu_mem_limit_mib=mem_limit or 0)
+    return cases, spec, skipped
+
+
+def run(cases: List[Case], spec: dict, time_budget: Optional[float]) -> List[dict]:
+    """One worker per case, under a tqdm bar; returns the result rows."""
+    from tqdm import tqdm
+    results: List[dict] = []
+    start = time.monotonic()
+    with tqdm(total=len(cases) * len(spec["impls"]), desc="fastgat.bench", unit="run") as bar:
+        for case in cases:
+            info = dict(case=case.label, workload=case.workload.name,
+                        num_nodes=case.workload.num_nodes, num_edges=case.workload.num_edges,
+                        in_channels=case.workload.in_channels, heads=case.heads,
+                        out_channels=case.out_channels)
+
+            def record(result, info=info):
+                results.append({**info, **result})
+                bar.update(1)
+
+            left = None if time_budget is None else time_budget - (time.monotonic() - start)
+            if left is not None and left <= 0:
+                for impl in spec["impls"]:
+                    record({"impl": impl, "status": "skipped", "reason": "time budget spent"})
+                continue
+            bar.set_postfix_str(case.label)
+            run_worker(dict(spec, workload=asdict(case.workload), heads=case.heads,
+                            out_channels=case.out_channels), left, record)
+    return results
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        measure(json.loads(args.worker))
+        return 0
+    cases, spec, skipped = plan(args)
+    meta = dict(device=args.device, device_name=machine(args.device), dtype=args.dtype,
+                torch=torch.__version__, torch_geometric=_version("torch_geometric"),
+                triton=_version("triton"), python=platform.python_version(),
+                fastgat_commit=commit(),
+                date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                command=" ".join(["python -m fastgat.bench",
+                                  *(sys.argv[1:] if argv is None else argv)]),
+                skipped_backends=skipped,
+                timing={k: spec[k] for k in ("warmup", "min_repeats", "max_repeats", "budget_s")},
+                cpu_mem_limit_mib=spec["cpu_mem_limit_mib"] or None)
+    load_start, start = os.getloadavg(), time.monotonic()
+    results = run(cases, spec, args.time_budget)
+    meta["wall_s"] = round(time.monotonic() - start, 1)
+    meta["load_average"] = [load_start, os.getloadavg()]
+    add_ratios(results)
+    report(results, meta, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The benchmark CLI end to end on tiny graphs, and the workload generators it shares."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastgat.bench import FLOOR, PYG, fastgat_backends
+from fastgat.workloads import CPU_MAX_EDGES, CPU_MAX_NODES, WORKLOADS, make_graph, parse_cases
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_workload_counts_and_seed(name):
+    workload = WORKLOADS[name]
+    small = workload.scaled(workload.fit(4_000, 20_000))
+    x, edge_index = make_graph(small, seed=3)
+    assert x.shape == (small.num_nodes, workload.in_channels)
+    assert edge_index.shape == (2, small.num_edges) and edge_index.dtype == torch.int64
+    assert 0 <= int(edge_index.min()) and int(edge_index.max()) < small.num_nodes
+    assert small.num_nodes / small.num_edges == pytest.approx(
+        workload.num_nodes / workload.num_edges, rel=0.01)  # the average degree is kept
+    again = make_graph(small, seed=3)
+    assert torch.equal(again[1], edge_index) and torch.equal(again[0], x)
+    assert not torch.equal(make_graph(small, seed=4)[1], edge_index)
+
+
+def test_in_degree_is_skewed():
+    workload = WORKLOADS["arxiv"].scaled(0.1)
+    _, edge_index = make_graph(workload, seed=0)
+    degree = torch.bincount(edge_index[1], minlength=workload.num_nodes).sort(descending=True)[0]
+    top = degree[: workload.num_nodes // 100].sum() / workload.num_edges
+    assert top > 0.1  # the top 1% of nodes receive over 10% of the edges (uniform: 1%)
+    assert degree[0] > 50 * degree.float().mean()
+
+
+def test_default_cpu_cases_fit_the_caps():
+    cases = parse_cases(",".join(WORKLOADS), None, CPU_MAX_NODES, CPU_MAX_EDGES)
+    assert {c.workload.name for c in cases} == set(WORKLOADS)
+    assert all(c.workload.num_nodes <= CPU_MAX_NODES and c.workload.num_edges <= CPU_MAX_EDGES
+               for c in cases)
+    assert [c.label for c in parse_cases("reddit:8x64", 0.01, 1, 1)] == ["reddit-8x64"]
+    with pytest.raises(ValueError, match="unknown workload"):
+        parse_cases("citeseer", None, 1, 1)
+    with pytest.raises(ValueError, match="HEADSxCHANNELS"):
+        parse_cases("cora:8by8", None, 1, 1)
+
+
+def test_cli_quick_writes_table_json_png(tmp_path):
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, "-m", "fastgat.bench", "--quick", "--workloads", "cora,pubmed:4x64",
+           "--scale", "0.05", "--repeats", "3", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    backends, skipped = fastgat_backends("cpu")
+    impls = [FLOOR, *backends, PYG]
+    report = json.loads((tmp_path / "bench-cpu-float32.json").read_text())
+    # the reason for triton may differ: this process runs under TRITON_INTERPRET=1
+    assert report["meta"]["skipped_backends"].keys() == skipped.keys()
+    results = report["results"]
+    assert [(r["case"], r["impl"]) for r in results] == [
+        (case, impl) for case in ("cora-8x8", "pubmed-4x64") for impl in impls]
+    for r in results:
+        assert r["status"] == "ok", r
+        assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["peak_mib"] >= 0
+        if r["impl"] != PYG:
+            assert r["speedup_fwd"] > 0 and r["speedup_fwd_bwd"] > 0
+        if r["impl"] not in (PYG, FLOOR):
+            assert r["floor_ratio"] > 0
+    pyg = next(r for r in results if r["impl"] == PYG and r["case"] == "pubmed-4x64")
+    assert pyg["peak_mib"] > 0  # PyG materialises E x H x C messages: the RSS method sees it
+
+    table = (tmp_path / "bench-cpu-float32.md").read_text()
+    assert table in done.stdout + "\n"
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0].startswith("| layer | nodes | edges | impl | fwd ms | fwd+bwd ms | peak MiB")
+    assert len(rows) == 1 + len(results)
+    assert all(row.count("|") == rows[0].count("|") for row in rows)
+
+    import matplotlib.image
+    png = tmp_path / "bench-cpu-float32.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = matplotlib.image.imread(png).shape
+    assert height > 200 and width > 400
