@@ -23,12 +23,13 @@ def build_cuda() -> bool:
 
 def extension():
     sources = ["csrc/fastgat.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-DPy_LIMITED_API=0x03090000"]
+    # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 for 2.14).
+    cxx = ["-O3", "-fopenmp"]
     kwargs = dict(extra_link_args=["-fopenmp"], py_limited_api=True)
     if not build_cuda():
         return CppExtension("fastgat._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
-    nvcc = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
     return CUDAExtension("fastgat._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
                          extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc},
                          **kwargs)
