@@ -12,7 +12,7 @@ Implementations: `pyg` (torch_geometric.nn.GATConv), one FastGATConv per backend
 fastgat.backends() reports available on the device (the rest are listed as skipped, with the
 reason), and `spmm`, the floor: the same layer with the attention replaced by fixed weights
 1/in-degree, i.e. x·W then torch.sparse.mm of the same graph (self loops added, multi-edges
-kept) as CSR at width heads·channels. "vs floor" is a forward time divided by the floor's.
+kept) as CSR at width heads·channels. "fwd / floor" is a forward time over the floor's.
 
 Timing: medians over repeats after warm-up (at least `min_repeats`, more while the time budget
 per measurement lasts); on CUDA each repeat is bracketed by CUDA events after a synchronize.
@@ -428,7 +428,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "skipped, the one running then is stopped")
     parser.add_argument("--cpu-mem-limit", type=int, default=None,
                         help="MiB of address space per CPU worker (default: 60%% of the "
-                             "available memory)")
+                             "available memory); far below a case's needs, some libraries "
+                             "crash on the refused allocation instead of raising")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
