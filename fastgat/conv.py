@@ -15,7 +15,7 @@ from torch_geometric.utils.sparse import set_sparse_value
 
 from .backends import NAMES as BACKEND_NAMES, resolve
 from .dropout import draw_seed, keep_scale
-from .graph import Graph, SparseTensor, coo_of, prepare
+from .graph import Graph, SparseTensor, assert_in_range_async, coo_of, prepare
 from .ops import gat_attention
 
 _FILL_REDUCTIONS = ("add", "sum", "mean", "min", "max", "mul")
@@ -73,18 +73,25 @@ class FastGATConv(GATConv):
 
     def forward(self, x, edge_index, edge_attr: Optional[Tensor] = None, size=None,
                 return_attention_weights: Optional[bool] = None):
-        if self._explain or self.decomposed_layers > 1 or any(
-                len(getattr(self, name)) for name in _HOOKS):
+        if self._needs_messages():
             if isinstance(edge_index, Graph):
-                raise ValueError("explain mode and message hooks need an edge_index tensor, "
+                raise ValueError("explain mode, message hooks and aggr/flow other than "
+                                 "'add'/'source_to_target' need an edge_index tensor, "
                                  "not a prepared fastgat.Graph")
             return super().forward(x, edge_index, edge_attr, size, return_attention_weights)
+        if self.add_self_loops and _is_torch_sparse(edge_index) and \
+                edge_index.layout == torch.sparse_coo:
+            # GATConv's self-loop step merges duplicate entries. Rebuilt first, because PyG
+            # marks COO inputs coalesced without coalescing them, so the flag cannot be trusted.
+            edge_index = torch.sparse_coo_tensor(edge_index._indices(), edge_index._values(),
+                                                 edge_index.shape).coalesce()
         H, C = self.heads, self.out_channels
         x_src, x_dst, res = self._transform(x)
         num_src, num_dst = self._sizes(edge_index, x_src, x_dst, size)
         num_loops = self._num_loops(edge_index, x_src, x_dst, size, num_src, num_dst)
         if torch.compiler.is_compiling() and not isinstance(edge_index, Graph):
             src, dst = coo_of(edge_index)  # traced into the graph: no cache, no host sync
+            assert_in_range_async(src, dst, num_src, num_dst)
             graph = Graph.from_coo(src, dst, num_src, num_dst, drop_self_loops=self.add_self_loops,
                                    num_loops=num_loops, validate=False)
         else:
@@ -118,6 +125,13 @@ class FastGATConv(GATConv):
         if return_attention_weights:
             return out, self._attention_weights(edge_index, graph, s, d, t_edges, t_loop, seed, p)
         return out
+
+    def _needs_messages(self) -> bool:
+        """Whether PyG's own forward must run: explain mode, message-passing hooks and other
+        aggregations or flows observe or change the per-edge messages the fused op never forms."""
+        return (self._explain or self.decomposed_layers > 1 or self.aggr != "add"
+                or self.flow != "source_to_target"
+                or any(len(getattr(self, name)) for name in _HOOKS))
 
     # -- the steps of forward, each mirroring GATConv ------------------------------------
     def _transform(self, x):
@@ -209,6 +223,8 @@ class FastGATConv(GATConv):
             return None, None  # as GATConv, which never reads lin_edge without edges
         if edge_attr.dim() == 1:
             edge_attr = edge_attr.view(-1, 1)
+        if self.lin_edge.in_channels == -1 and edge_attr.dim() == 2:
+            self.lin_edge(edge_attr[:0])  # materialises a lazy edge_dim=-1 weight, as PyG's
         if (edge_attr.dim() != 2 or edge_attr.size(0) != graph.num_edges
                 or edge_attr.size(1) != self.lin_edge.in_channels):
             raise ValueError(f"edge_attr must have shape ({graph.num_edges}, {self.edge_dim}) "
@@ -237,8 +253,8 @@ class FastGATConv(GATConv):
         else:
             kept = torch.arange(graph.num_edges, device=graph.src.device)
         loops = torch.arange(graph.num_loops, device=kept.device)
-        src = torch.cat([graph.src[kept], loops])
-        dst = torch.cat([graph.dst[kept], loops])
+        src = torch.cat([graph.src.long()[kept], loops])
+        dst = torch.cat([graph.dst.long()[kept], loops])
         slots = torch.cat([graph.edge_slots()[kept], loops + graph.num_edges])
         scores = s[src] + d[dst]
         if t_edges is not None:

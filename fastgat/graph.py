@@ -7,8 +7,10 @@ edges once; `prepare` caches Graphs so a graph passed again is not re-sorted.
 Cache key and invalidation: the edge object's identity (checked through a weak reference, so
 an id reused by a new object never hits) together with its autograd version counter (bumped
 by every in-place write, so a graph edited in place is rebuilt), the node counts and the
-self-loop settings. An entry dies with its edge object. Writes that bypass the version counter
-(through `.data`, NumPy or DLPack aliases) are not seen: build a `Graph` yourself for those.
+self-loop settings. An entry dies with its edge object (a Graph holds copies, never views of
+it), and at most 16 are kept. Writes that bypass the version counter (through `.data`, NumPy
+or DLPack aliases) are not seen: build a `Graph` yourself for those. Inference-mode tensors
+have no version counter and are never cached.
 """
 import weakref
 from collections import OrderedDict
@@ -36,8 +38,8 @@ class Graph:
     csc_row: Tensor
     csc_eid: Tensor
     perm: Tensor          # (E,) input edge id of each CSR slot
-    src: Tensor           # (E,) input order, int64
-    dst: Tensor           # (E,) input order, int64
+    src: Tensor           # (E,) input order; a copy, never a view of the caller's tensor
+    dst: Tensor           # (E,) input order; a copy, never a view of the caller's tensor
     num_src: int
     num_dst: int
     num_loops: int
@@ -50,13 +52,14 @@ class Graph:
     def loop_bins(self) -> Tensor:
         """Per input edge, the self loop whose fill value it feeds, or num_loops for none."""
         feeds = (self.dst < self.num_loops) & (self.src != self.dst)
-        return torch.where(feeds, self.dst, self.num_loops)
+        return torch.where(feeds, self.dst.long(), self.num_loops)
 
     @classmethod
     def from_coo(cls, src: Tensor, dst: Tensor, num_src: int, num_dst: int, *,
                  drop_self_loops: bool, num_loops: int = 0, validate: bool = True) -> "Graph":
         """Sort edges (src[e] -> dst[e]) for the op. `validate` checks index ranges once,
-        at the cost of one host sync; skip it only for edges already known to be valid."""
+        at the cost of one host sync; skip it only for edges already known to be valid
+        (out-of-range indices then make the kernels read out of bounds)."""
         if src.shape != dst.shape or src.dim() != 1:
             raise ValueError("src and dst must be 1-D tensors of equal length")
         if not 0 <= num_loops <= min(num_src, num_dst):
@@ -77,10 +80,11 @@ class Graph:
         csc_row = dst[perm][csc_eid]
         index_dtype = (torch.int32 if max(num_src, num_dst, src.numel()) <= _INT32_MAX
                        else torch.int64)
-        to_index = lambda x: x.to(index_dtype).contiguous()  # noqa: E731
+        # Copies, so a Graph neither aliases nor keeps alive the caller's edge tensor.
+        to_index = lambda x: x.to(index_dtype, copy=True).contiguous()  # noqa: E731
         return cls(to_index(rowptr), to_index(col), to_index(colptr), to_index(csc_row),
-                   to_index(csc_eid), perm, src, dst, num_src, num_dst, num_loops,
-                   drop_self_loops)
+                   to_index(csc_eid), perm, to_index(src), to_index(dst), num_src, num_dst,
+                   num_loops, drop_self_loops)
 
     def op_args(self) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         return self.rowptr, self.col, self.colptr, self.csc_row, self.csc_eid
@@ -96,6 +100,13 @@ def _pointer(sorted_key: Tensor, num_rows: int) -> Tensor:
     counts = torch.zeros(num_rows + 1, dtype=torch.long, device=sorted_key.device)
     counts.scatter_add_(0, sorted_key, torch.ones_like(sorted_key))
     return torch.cat([counts.new_zeros(1), counts[:num_rows].cumsum(0)])
+
+
+def assert_in_range_async(src: Tensor, dst: Tensor, num_src: int, num_dst: int) -> None:
+    """The range check without a host sync (for torch.compile): a CPU tensor raises at once,
+    a CUDA tensor trips a device-side assert instead of reading out of bounds."""
+    ok = ((src >= 0) & (src < num_src) & (dst >= 0) & (dst < num_dst)).all()
+    torch._assert_async(ok, "edge_index holds a node index outside [0, num_nodes)")
 
 
 def _check_range(index: Tensor, bound: int, what: str) -> None:
@@ -140,6 +151,11 @@ def prepare(edge_index, num_src: int, num_dst: int, *, drop_self_loops: bool,
     """The Graph of `edge_index`, built once per edge object and settings (see module doc)."""
     if isinstance(edge_index, Graph):
         return edge_index
+    if isinstance(edge_index, Tensor) and edge_index.is_inference():
+        # Inference tensors have no version counter to tell an edited graph: never cached.
+        src, dst = coo_of(edge_index)
+        return Graph.from_coo(src, dst, num_src, num_dst, drop_self_loops=drop_self_loops,
+                              num_loops=num_loops)
     key = (id(edge_index), num_src, num_dst, drop_self_loops, num_loops)
     hit = _CACHE.get(key)
     if hit is not None and hit[0]() is edge_index and hit[1] == _version(edge_index):

@@ -260,12 +260,93 @@ def test_explain_and_hooks_fall_back_to_pyg():
     assert seen and seen[0][0] == src.numel() - int((src == dst).sum()) + num_nodes
 
 
+@pytest.mark.parametrize("config", [dict(aggr="mean"), dict(aggr="max"),
+                                    dict(flow="target_to_source")])
+def test_other_aggregations_and_flows_run_pyg_forward(config):
+    src, dst, num_nodes, _ = random_graph("random", 19)
+    pyg, fast = pair(dict(heads=2, **config))
+    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
+    torch.testing.assert_close(fast(x, torch.stack([src, dst])), pyg(x, torch.stack([src, dst])))
+
+
+def test_lazy_edge_dim():
+    src, dst, num_nodes, _ = random_graph("random", 20)
+    edge_index = torch.stack([src, dst])
+    x, edge_attr = features(2, num_nodes, num_nodes, src.numel(), False)
+    torch.manual_seed(0)
+    pyg = GATConv(IN_CHANNELS, OUT_CHANNELS, heads=2, edge_dim=-1).double()
+    fast = FastGATConv(IN_CHANNELS, OUT_CHANNELS, heads=2, edge_dim=-1).double()
+    want = pyg(x, edge_index, edge_attr)
+    fast(x, edge_index, edge_attr)
+    fast.load_state_dict(pyg.state_dict())
+    torch.testing.assert_close(fast(x, edge_index, edge_attr), want)
+
+
+def test_inference_mode_edges_are_not_cached_but_work():
+    src, dst, num_nodes, _ = random_graph("random", 21)
+    pyg, fast = pair(dict(heads=2))
+    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
+    with torch.inference_mode():
+        edge_index = torch.stack([src, dst])
+        torch.testing.assert_close(fast(x, edge_index), pyg(x, edge_index))
+    torch.testing.assert_close(fast(x, edge_index), pyg(x, edge_index))
+
+
+def test_cache_entries_die_with_their_edges_and_never_alias_them():
+    import gc
+
+    from fastgat import graph as graph_module
+    graph_module._CACHE.clear()
+    src, dst, num_nodes, _ = random_graph("random", 22)
+    edge_index = torch.stack([src, dst])
+    graph = graph_module.prepare(edge_index, num_nodes, num_nodes, drop_self_loops=True,
+                                 num_loops=num_nodes)
+    assert graph.src.untyped_storage().data_ptr() != edge_index.untyped_storage().data_ptr()
+    assert len(graph_module._CACHE) == 1
+    del edge_index
+    gc.collect()
+    assert len(graph_module._CACHE) == 0
+
+
+def test_uncoalesced_coo_with_duplicates_matches_pyg():
+    src, dst, num_nodes, _ = random_graph("duplicates", 23)
+    pyg, fast = pair(dict(heads=2))
+    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
+    adj_t = torch.sparse_coo_tensor(torch.stack([dst, src]), torch.ones(src.numel()),
+                                    (num_nodes, num_nodes))
+    for _ in range(2):  # PyG flags the input coalesced after its first call: both must hold
+        want = pyg(x, adj_t, return_attention_weights=True)
+        got = fast(x, adj_t, return_attention_weights=True)
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(got[1][1], want[1][1])
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Each compile test starts from an empty Dynamo cache: every test compiles the same
+    forward again, and the recompile limit counts across tests."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_torch_compile_checks_index_ranges_without_a_host_sync(backend, fresh_dynamo):
+    conv = torch.compile(FastGATConv(IN_CHANNELS, OUT_CHANNELS, heads=2, backend=backend),
+                         fullgraph=True)
+    x = torch.randn(4, IN_CHANNELS)
+    assert conv(x, torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])).shape == (4, 2 * OUT_CHANNELS)
+    with pytest.raises(RuntimeError, match="outside"):
+        conv(x, torch.tensor([[0, 1, 2, 4], [1, 2, 3, 0]]))
+
+
 @pytest.mark.parametrize("dynamic", [False, True])
-def test_torch_compile_fullgraph_matches_eager(dynamic):
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_torch_compile_fullgraph_matches_eager(dynamic, backend, fresh_dynamo):
     src, dst, num_nodes, _ = random_graph("self_loops", 18)
     edge_index = torch.stack([src, dst])
     x, edge_attr = features(2, num_nodes, num_nodes, src.numel(), False)
-    conv = FastGATConv(IN_CHANNELS, OUT_CHANNELS, heads=2, edge_dim=3, backend="torch").double()
+    conv = FastGATConv(IN_CHANNELS, OUT_CHANNELS, heads=2, edge_dim=3, backend=backend).double()
     compiled = torch.compile(copy.deepcopy(conv), fullgraph=True, dynamic=dynamic)
     for scale in (1, 2):  # a second graph size: recompiles or reuses the dynamic graph
         ei, xs, ea = edge_index.repeat(1, scale), x, edge_attr.repeat(scale, 1)

@@ -1,4 +1,6 @@
 """Every backend of the fused op against the float64 reference, on fresh awkward graphs."""
+import zlib
+
 import pytest
 import torch
 
@@ -67,7 +69,7 @@ def assert_close(actual, expected, dtype):
 @pytest.mark.parametrize("edge_scores,loops,dropout", [(True, True, 0.0), (False, False, 0.0),
                                                        (True, True, 0.3)])
 def test_forward_and_gradients_match_reference(backend, device, kind, edge_scores, loops, dropout):
-    seed_value = hash((kind, edge_scores, loops)) % 1000
+    seed_value = zlib.crc32(f"{kind}-{edge_scores}-{loops}".encode()) % 1000  # stable per case
     inputs, graph = make_inputs(kind, seed_value, device, edge_scores=edge_scores, loops=loops)
     seed = torch.tensor([seed_value * 7919 + 13], device=device) if dropout else None
     out, lse = run_op(inputs, graph, backend, dropout, seed)

@@ -49,6 +49,7 @@ def backends(device_type: str = "cuda" if torch.cuda.is_available() else "cpu") 
     return {name: unavailable_reason(name, device_type) or "available" for name in NAMES}
 
 
+@torch.compiler.assume_constant_result  # a pure lookup: torch.compile folds it to a constant
 def resolve(name: str, device_type: str) -> str:
     """The concrete backend for `name` ('auto' or one of NAMES) on `device_type`, or an error."""
     if name == "auto":
