@@ -45,6 +45,8 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in (
     Workload("arxiv", 169_343, 2_315_598, 128, ((8, 32), (4, 64)), 0.65),
     Workload("reddit", 232_965, 114_615_892, 602, ((8, 32), (4, 64)), 0.3),
     Workload("products", 2_449_029, 123_718_280, 100, ((8, 32), (4, 64)), 0.44),
+    # The CPU bar of issue 6 / DESIGN §6: 40k nodes, 800k power-law edges, 64 -> 4 x 32.
+    Workload("cpubar", 40_000, 800_000, 64, ((4, 32),), 0.65),
 )}
 
 # The default CPU size: the largest case stays near 40k nodes / 800k edges (2 cores, minutes).
