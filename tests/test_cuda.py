@@ -1,6 +1,7 @@
 """Properties of the CUDA kernels (backend='cuda') that the backend-parametrized tests miss:
-vector-load edge cases, rows split across work items, int64 indices, CUDA-graph capture (no
-host sync) and agreement with the Triton kernels. All need a GPU (scripts/gpu_check.sh)."""
+vector-load edge cases, rows split across work items (few rows with many edges included),
+scores of -inf, int64 indices, CUDA-graph capture (no host sync) and agreement with the Triton
+kernels. All need a GPU (scripts/gpu_check.sh)."""
 import dataclasses
 
 import pytest
@@ -128,6 +129,60 @@ def test_hub_far_beyond_one_block(dropout):
     inputs = make_inputs(graph, 9, heads=2, channels=32, dtype=torch.float32)
     seed = torch.tensor([2**33 + 5], device="cuda") if dropout else None
     check_against_reference(inputs, graph, torch.float32, dropout, seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_few_rows_with_many_edges_against_reference(dtype):
+    """16 destinations of ~20k in-edges each: the split length follows the work per SM, not
+    the average degree, so every row is cut into dozens of chunks."""
+    g = torch.Generator().manual_seed(31)
+    src = torch.randint(0, 1000, (320_000,), generator=g)
+    dst = torch.randint(0, 16, (320_000,), generator=g)
+    graph = coo_graph(src, dst, 1000, 16)
+    inputs = make_inputs(graph, 31, heads=2, channels=8, dtype=dtype)
+    check_against_reference(inputs, graph, dtype)
+
+
+def with_minus_inf_scores(inputs, graph, fraction, seed):
+    """Sets about `fraction` of the edge scores to -inf, keeping a finite score in every row
+    with an entry (its self loop, else its first slot): the reference is NaN on a row whose
+    every score is -inf, where the kernels give out = 0, lse = -inf."""
+    h, s, d, t, t_loop = inputs
+    t = t.clone()
+    g = torch.Generator().manual_seed(seed)
+    t[(torch.rand(t.shape, generator=g) < fraction).to(t.device)] = float("-inf")
+    rowptr = graph.rowptr.long()
+    rows = torch.arange(graph.num_dst, device=rowptr.device)
+    first = rowptr[:-1][(rowptr[1:] > rowptr[:-1]) & (rows >= graph.num_loops)]
+    t[first] = torch.randn(first.numel(), t.size(1), generator=g).to(t.device, t.dtype)
+    return h, s, d, t, t_loop
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("loops", [True, False])
+def test_minus_inf_scores_weigh_nothing(dtype, loops):
+    """Edges with t = -inf get weight 0 (no NaN from exp(-inf - -inf)); without self loops a
+    third of the rows have no entry at all: out = 0, lse = -inf."""
+    graph = coo_graph(*random_graph("isolated", 14, num_nodes=60, num_edges=400), loops=loops)
+    inputs = with_minus_inf_scores(make_inputs(graph, 14, heads=2, channels=8, dtype=dtype),
+                                   graph, 0.5, 14)
+    check_against_reference(inputs, graph, dtype)
+    out, lse = run_op(inputs, graph, "cuda")
+    if not loops:
+        empty = graph.rowptr[1:] == graph.rowptr[:-1]
+        assert empty.any() and (out[empty] == 0).all() and torch.isinf(lse[empty]).all()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_minus_inf_scores_fill_whole_chunks(dropout):
+    """A split row whose first ~600 slots score -inf: whole chunks with no finite score
+    (partial lse = -inf) merge with weight 0."""
+    graph = star_rows([900, 300])
+    h, s, d, t, t_loop = make_inputs(graph, 5, heads=2, channels=8, dtype=torch.float32)
+    t = t.clone()
+    t[:600] = float("-inf")  # row 0 holds the first CSR slots
+    seed = torch.tensor([41], device="cuda") if dropout else None
+    check_against_reference((h, s, d, t, t_loop), graph, torch.float32, dropout, seed)
 
 
 def test_int64_indices_give_bitwise_the_same_result():

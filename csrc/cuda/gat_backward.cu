@@ -122,7 +122,7 @@ __global__ void __launch_bounds__(kBlock) csr_kernel(const BackwardArgs<T, Index
     }
     const A z = valid ? static_cast<A>(a.s[static_cast<int64_t>(j) * heads + head]) + d_i + t_q
                       : A(0);
-    const A alpha = valid ? exp_(leaky_relu(z, a.slope) - lse_i) : A(0);
+    const A alpha = valid ? weight_of(leaky_relu(z, a.slope), lse_i) : A(0);
     const A keep = valid ? a.dropout.template keep<A>(seed, slot, heads, head) : A(0);
 
     // <dout_i, h_j> for the chunk's entries, four in flight; lane k keeps entry k's.
@@ -144,7 +144,8 @@ __global__ void __launch_bounds__(kBlock) csr_kernel(const BackwardArgs<T, Index
         if (g.lane == e + u) my_dot = dot;
       }
     }
-    const A dz = alpha * (keep * my_dot - D) * (z > A(0) ? A(1) : a.slope);
+    // Only entries of the row: an inf or NaN D must not reach dd through idle lanes.
+    const A dz = valid ? alpha * (keep * my_dot - D) * (z > A(0) ? A(1) : a.slope) : A(0);
     if (valid && q < degree && a.dt != nullptr) a.dt[slot * heads + head] = static_cast<T>(dz);
     if (valid && q == degree && a.dt_loop != nullptr) a.dt_loop[row_head] = static_cast<T>(dz);
     dd += g.sum(dz);
@@ -198,7 +199,7 @@ __global__ void __launch_bounds__(kBlock) csc_kernel(const BackwardArgs<T, Index
     if (valid) {
       const int64_t row_head = static_cast<int64_t>(i) * heads + head;
       z = s_j + static_cast<A>(a.d[row_head]) + t_q;
-      alpha = exp_(leaky_relu(z, a.slope) - a.lse[row_head]);
+      alpha = weight_of(leaky_relu(z, a.slope), a.lse[row_head]);
       keep = a.dropout.template keep<A>(seed, slot, heads, head);
       D = a.D[row_head];
     }

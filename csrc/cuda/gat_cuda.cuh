@@ -134,6 +134,13 @@ __device__ __forceinline__ A leaky_relu(A z, A slope) {
   return z > A(0) ? z : z * slope;
 }
 
+// Softmax weight exp(x - lse) of a score x; a score of -inf weighs 0 even in a row whose every
+// score is -inf (lse = -inf), which the forward leaves empty (out = 0).
+template <typename A>
+__device__ __forceinline__ A weight_of(A x, A lse) {
+  return x == minus_infinity<A>() ? A(0) : exp_(x - lse);
+}
+
 // Dropout of fastgat/dropout.py: 0 or 1 / (1 - p) for weight `slot * H + head`; 1 without.
 struct Dropout {
   const int64_t* seed;  // device tensor, read in the kernel: no host sync

@@ -5,12 +5,15 @@
 // (i < num_loops: source i, dropout slot E + i, score t_loop[i]).
 //
 // Degree skew without a host sync: a lane group takes a whole row when the row has at most
-// L entries, where L = max(256, 4 * (E + num_loops) / N_dst) comes from shapes alone. Longer
-// rows are cut into chunks of L, each chunk a work item of its own that writes a partial
-// (out, lse) state; a merge kernel combines a row's chunks in chunk order (deterministic).
-// Which rows split is read on the device: a small kernel counts chunks per row, a device
-// cumsum numbers them, and the grid reserves ceil(2 (E + num_loops) / L) >= the true count
-// (a row of n > L entries has ceil(n / L) < 2 n / L chunks), so the host never waits.
+// L entries, L = max(256, min(4 * average entries per row, entries / (8 * SMs))) from shapes
+// alone (the second term gives a few huge rows work for every SM). Longer rows are cut into
+// chunks of L, each chunk a work item of its own that writes a partial (out, lse) state; a
+// merge kernel combines a row's chunks in chunk order (deterministic). When E + 1 <= L no row
+// can split and only the row kernel runs. Otherwise which rows split is read on the device: a
+// small kernel counts chunks per row, a device cumsum numbers them, and the partials are sized
+// for ceil(2 (E + num_loops) / L) >= the true count (a row of n > L entries has
+// ceil(n / L) < 2 n / L chunks). The chunk and merge kernels run on at most one wave of blocks
+// and stride over the chunk count read on the device, so where nothing splits they exit at once.
 // Kernels assume valid input (fastgat/graph.py builds it; csrc/common/checks.h checks shapes).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -65,38 +68,25 @@ __global__ void count_chunks_kernel(const Index* __restrict__ rowptr, int64_t nu
   counts[i + 1] = entries > split_len ? (entries + split_len - 1) / split_len : 0;
 }
 
+// Row i of a split row's chunk: the r with chunk_ptr[r] <= chunk < chunk_ptr[r + 1].
+__device__ __forceinline__ int64_t row_of_chunk(const int64_t* __restrict__ chunk_ptr,
+                                                int64_t num_dst, int64_t chunk) {
+  int64_t lo = 0, hi = num_dst;
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (chunk_ptr[mid] <= chunk) lo = mid; else hi = mid;
+  }
+  return lo;
+}
+
+// One work item: entries [begin, end) of row i for one head and channel tile; chunk >= 0 for a
+// piece of a split row (writes a partial), -1 for a whole row (writes out and lse).
 template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) forward_kernel(const ForwardArgs<T, Index> a) {
+__device__ __forceinline__ void forward_item(const ForwardArgs<T, Index>& a, const Group& g,
+                                             int64_t i, int head, int64_t tile, int64_t begin,
+                                             int64_t end, int64_t chunk) {
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
-  const Group g(a.group_size);
-  const int64_t group = g.index();
-  const int64_t per_row = a.heads * a.tiles;
-  const int head = static_cast<int>(group % per_row / a.tiles);
-  const int64_t tile = group % a.tiles;
-
-  // Work item -> row i and its entries [begin, end); chunk >= 0 for a piece of a split row.
-  int64_t i, begin, end, chunk = -1;
-  if (group < a.num_dst * per_row) {
-    i = group / per_row;
-    end = static_cast<int64_t>(a.rowptr[i + 1]) - a.rowptr[i] + (i < a.num_loops);
-    if (a.chunk_ptr != nullptr && end > a.split_len) return;  // split: done chunk by chunk
-    begin = 0;
-  } else {
-    if (a.chunk_ptr == nullptr) return;
-    chunk = group / per_row - a.num_dst;
-    if (chunk >= a.chunk_ptr[a.num_dst]) return;
-    int64_t lo = 0, hi = a.num_dst;  // the row r with chunk_ptr[r] <= chunk < chunk_ptr[r + 1]
-    while (hi - lo > 1) {
-      const int64_t mid = (lo + hi) / 2;
-      if (a.chunk_ptr[mid] <= chunk) lo = mid; else hi = mid;
-    }
-    i = lo;
-    const int64_t entries = static_cast<int64_t>(a.rowptr[i + 1]) - a.rowptr[i] + (i < a.num_loops);
-    begin = (chunk - a.chunk_ptr[i]) * a.split_len;
-    end = std::min(begin + a.split_len, entries);
-  }
-
   const int heads = a.heads;
   const int64_t row_begin = a.rowptr[i];
   const int64_t degree = static_cast<int64_t>(a.rowptr[i + 1]) - row_begin;
@@ -140,7 +130,7 @@ __global__ void __launch_bounds__(kBlock) forward_kernel(const ForwardArgs<T, In
     if (valid) fetch(next, j, slot, t_q);
 
     const A m_new = g.max(m > x ? m : x);
-    const A rescale = exp_(m - m_new);
+    const A rescale = m == m_new ? A(1) : exp_(m - m_new);  // m = m_new = -inf: no NaN
     const A p = x == minus_infinity<A>() ? A(0) : exp_(x - m_new);
     l = l * rescale + g.sum(p);
     m = m_new;
@@ -175,19 +165,54 @@ __global__ void __launch_bounds__(kBlock) forward_kernel(const ForwardArgs<T, In
     }
   }
 
+  // l = 0 (no entry, or every score -inf): out = 0, lse = -inf.
   const A lse = l > A(0) ? m + log_(l) : minus_infinity<A>();
+  const A scale = l > A(0) ? A(1) / l : A(0);
   if (chunk < 0) {
-    store<ALIGNED>(a.out + (i * heads + head) * a.channels, c0, a.channels, acc,
-                   l > A(0) ? A(1) / l : A(0));
+    store<ALIGNED>(a.out + (i * heads + head) * a.channels, c0, a.channels, acc, scale);
     if (tile == 0 && g.lane == 0) a.lse[i * heads + head] = lse;
   } else {
-    store<false>(a.part_out + (chunk * heads + head) * a.channels, c0, a.channels, acc, A(1) / l);
+    store<false>(a.part_out + (chunk * heads + head) * a.channels, c0, a.channels, acc, scale);
     if (tile == 0 && g.lane == 0) a.part_lse[chunk * heads + head] = lse;
   }
 }
 
-// One thread per (split row, head, channel): out = sum_c out_c exp(lse_c - lse) over the row's
-// chunks in order, lse = logsumexp_c lse_c. Rows that did not split exit at once.
+// A group per (row, head, tile); rows that split are left to chunk_kernel.
+template <bool ALIGNED, typename T, typename Index>
+__global__ void __launch_bounds__(kBlock) row_kernel(const ForwardArgs<T, Index> a) {
+  const Group g(a.group_size);
+  const int64_t per_row = a.heads * a.tiles;
+  const int64_t item = g.index();
+  if (item >= a.num_dst * per_row) return;
+  const int64_t i = item / per_row;
+  const int64_t entries = static_cast<int64_t>(a.rowptr[i + 1]) - a.rowptr[i] + (i < a.num_loops);
+  if (a.chunk_ptr != nullptr && entries > a.split_len) return;
+  forward_item<ALIGNED>(a, g, i, static_cast<int>(item % per_row / a.tiles), item % a.tiles, 0,
+                        entries, -1);
+}
+
+// A group per (chunk, head, tile), striding over the chunk count read on the device. A kernel
+// of its own so that its loop state does not raise row_kernel's register count.
+template <bool ALIGNED, typename T, typename Index>
+__global__ void __launch_bounds__(kBlock) chunk_kernel(const ForwardArgs<T, Index> a) {
+  const Group g(a.group_size);
+  const int64_t per_row = a.heads * a.tiles;
+  const int64_t items = a.chunk_ptr[a.num_dst] * per_row;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * (kBlock / g.size);
+  for (int64_t item = g.index(); item < items; item += stride) {
+    const int64_t chunk = item / per_row;
+    const int64_t i = row_of_chunk(a.chunk_ptr, a.num_dst, chunk);
+    const int64_t entries = static_cast<int64_t>(a.rowptr[i + 1]) - a.rowptr[i] + (i < a.num_loops);
+    const int64_t begin = (chunk - a.chunk_ptr[i]) * a.split_len;
+    forward_item<ALIGNED>(a, g, i, static_cast<int>(item % per_row / a.tiles), item % a.tiles,
+                          begin, std::min(begin + a.split_len, entries), chunk);
+  }
+}
+
+// A thread per (chunk, head, channel), striding over the chunk count on the device; the
+// thread of a row's first chunk merges the row's chunks in order: out = sum_c out_c
+// exp(lse_c - lse), lse = logsumexp_c lse_c. Chunks with lse_c = -inf (l = 0) weigh 0, and a
+// row without a finite score keeps out = 0, lse = -inf.
 template <typename T>
 __global__ void merge_kernel(const at::opmath_type<T>* __restrict__ part_out,
                              const at::opmath_type<T>* __restrict__ part_lse,
@@ -196,28 +221,36 @@ __global__ void merge_kernel(const at::opmath_type<T>* __restrict__ part_out,
                              at::opmath_type<T>* __restrict__ lse) {
   using A = at::opmath_type<T>;
   const int64_t width = std::max<int64_t>(channels, 1);
-  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (index >= num_dst * heads * width) return;
-  const int64_t c = index % width, row_head = index / width;
-  const int64_t i = row_head / heads, head = row_head % heads;
-  const int64_t first = chunk_ptr[i], last = chunk_ptr[i + 1];
-  if (first == last) return;
-  A m = minus_infinity<A>();
-  for (int64_t q = first; q < last; ++q) {
-    const A lse_q = part_lse[q * heads + head];
-    m = lse_q > m ? lse_q : m;
+  const int64_t work = chunk_ptr[num_dst] * heads * width;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < work;
+       index += stride) {
+    const int64_t c = index % width, chunk_head = index / width;
+    const int64_t chunk = chunk_head / heads, head = chunk_head % heads;
+    const int64_t i = row_of_chunk(chunk_ptr, num_dst, chunk);
+    const int64_t first = chunk_ptr[i], last = chunk_ptr[i + 1];
+    if (chunk != first) continue;
+    A m = minus_infinity<A>();
+    for (int64_t q = first; q < last; ++q) {
+      const A lse_q = part_lse[q * heads + head];
+      m = lse_q > m ? lse_q : m;
+    }
+    A l = A(0), acc = A(0);
+    for (int64_t q = first; q < last; ++q) {
+      const A lse_q = part_lse[q * heads + head];
+      const A weight = lse_q == minus_infinity<A>() ? A(0) : exp_(lse_q - m);
+      l += weight;
+      if (c < channels) acc += weight * part_out[(q * heads + head) * channels + c];
+    }
+    const int64_t row_head = i * heads + head;
+    if (c < channels) out[row_head * channels + c] = static_cast<T>(l > A(0) ? acc / l : A(0));
+    if (c == 0) lse[row_head] = l > A(0) ? m + log_(l) : minus_infinity<A>();
   }
-  A l = A(0), acc = A(0);
-  for (int64_t q = first; q < last; ++q) {
-    const A weight = exp_(part_lse[q * heads + head] - m);
-    l += weight;
-    if (c < channels) acc += weight * part_out[(q * heads + head) * channels + c];
-  }
-  if (c < channels) out[row_head * channels + c] = static_cast<T>(acc / l);
-  if (c == 0) lse[row_head] = m + log_(l);
 }
 
 int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
+
+constexpr int64_t kWave = 2048 / kBlock;  // blocks per SM at full occupancy
 
 int64_t blocks_for(int64_t work, int64_t per_block) {
   const int64_t blocks = ceil_div(work, per_block);
@@ -258,7 +291,9 @@ void launch_forward(const at::Tensor& h, const at::Tensor& s, const at::Tensor& 
 
   // Split length and chunk bound from shapes (see the file comment).
   const int64_t entries = a.num_slots + num_loops;
-  a.split_len = std::max<int64_t>(256, 4 * ceil_div(entries, a.num_dst));
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  a.split_len = std::max<int64_t>(
+      256, std::min(4 * ceil_div(entries, a.num_dst), ceil_div(entries, 8 * sms)));
   const int64_t max_row_entries = a.num_slots + (num_loops > 0);
   const int64_t chunk_bound = max_row_entries > a.split_len ? ceil_div(2 * entries, a.split_len) : 0;
   at::Tensor chunk_ptr, part_out, part_lse;
@@ -278,21 +313,31 @@ void launch_forward(const at::Tensor& h, const at::Tensor& s, const at::Tensor& 
 
   const bool aligned = a.channels % VEC == 0 && reinterpret_cast<uintptr_t>(a.h) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
-  const int64_t groups = (a.num_dst + chunk_bound) * a.heads * a.tiles;
-  const int64_t blocks = blocks_for(groups, kBlock / a.group_size);
+  const int64_t per_block = kBlock / a.group_size;
+  const int64_t row_blocks = blocks_for(a.num_dst * a.heads * a.tiles, per_block);
   if (aligned) {
-    forward_kernel<true><<<blocks, kBlock, 0, stream>>>(a);
+    row_kernel<true><<<row_blocks, kBlock, 0, stream>>>(a);
   } else {
-    forward_kernel<false><<<blocks, kBlock, 0, stream>>>(a);
+    row_kernel<false><<<row_blocks, kBlock, 0, stream>>>(a);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (chunk_bound == 0) return;
 
-  if (chunk_bound > 0) {
-    const int64_t threads = a.num_dst * a.heads * std::max<int64_t>(a.channels, 1);
-    merge_kernel<T><<<blocks_for(threads, kBlock), kBlock, 0, stream>>>(
-        a.part_out, a.part_lse, a.chunk_ptr, a.num_dst, a.heads, a.channels, a.out, a.lse);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Chunk groups and merge threads: at most one wave (kWave blocks per SM), striding over the
+  // chunks that exist, so where nothing splits they exit at once.
+  const int64_t wave = kWave * sms;
+  const int64_t chunk_blocks =
+      std::min(blocks_for(chunk_bound * a.heads * a.tiles, per_block), wave);
+  if (aligned) {
+    chunk_kernel<true><<<chunk_blocks, kBlock, 0, stream>>>(a);
+  } else {
+    chunk_kernel<false><<<chunk_blocks, kBlock, 0, stream>>>(a);
   }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t threads = chunk_bound * a.heads * std::max<int64_t>(a.channels, 1);
+  merge_kernel<T><<<std::min(blocks_for(threads, kBlock), wave), kBlock, 0, stream>>>(
+      a.part_out, a.part_lse, a.chunk_ptr, a.num_dst, a.heads, a.channels, a.out, a.lse);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 std::tuple<at::Tensor, at::Tensor> fused_forward_cuda(
