@@ -196,3 +196,30 @@ def _numpy_philox(c0, c1, k0, k1):
                           (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & mask)
         k0, k1 = (k0 + np.uint64(0x9E3779B9)) & mask, (k1 + np.uint64(0xBB67AE85)) & mask
     return c0
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS + GPU_BACKENDS)
+def test_minus_inf_scores_weigh_nothing(backend, device):
+    """An edge scored -inf (a mask) gets weight 0, also when whole blocks or chunks of a row
+    come first with -inf only: the online softmax must not form exp(-inf - -inf)."""
+    if unavailable_reason(backend, device):
+        pytest.skip(unavailable_reason(backend, device))
+    hub = 300  # one row longer than any block or chunk of every backend
+    src = torch.cat([torch.arange(hub) % 40, torch.tensor([1, 2, 3])])
+    dst = torch.cat([torch.zeros(hub, dtype=torch.long), torch.tensor([5, 5, 6])])
+    graph = Graph.from_coo(src.to(device), dst.to(device), 40, 40, drop_self_loops=False)
+    g = torch.Generator().manual_seed(17)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(device)  # noqa: E731
+    t = rand(graph.num_edges, HEADS)
+    t[: 2 * hub // 3] = float("-inf")  # the hub's first two thirds (slots sorted by source)
+    t[hub] = float("-inf")  # one of row 5's two edges
+    inputs = (rand(40, HEADS, CHANNELS), rand(40, HEADS), rand(40, HEADS), t, None)
+    out, lse = run_op(inputs, graph, backend)
+    ref_out, ref_lse = reference(inputs, graph)
+    assert_close(out, ref_out, torch.float64)
+    dout = torch.randn(out.shape, dtype=torch.float64)
+    got = grads(lambda x: run_op(x, graph, backend), inputs, dout)
+    want = grads(lambda x: reference(x, graph), inputs, dout)
+    for g_got, g_want in zip(got, want):
+        finite = torch.isfinite(g_want)  # d/dt of a -inf score: 0 for the kernels
+        assert_close(g_got.cpu()[finite], g_want[finite], torch.float64)

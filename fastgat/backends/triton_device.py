@@ -93,8 +93,9 @@ def forward_kernel(h, s, d, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l,
                 z += tl.load(t + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
             x = tl.where(emask[:, None], tl.where(z > 0, z, z * slope), float("-inf"))
             m_new = tl.maximum(m, tl.max(x, 0))
-            rescale = tl.exp(m - m_new)
-            p = tl.exp(x - m_new[None, :])
+            shift = _finite_or_zero(m_new)  # -inf scores weigh 0, even while all are -inf
+            rescale = tl.exp(m - shift)
+            p = tl.exp(x - shift[None, :])
             l = l * rescale + tl.sum(p, 0)
             if DROPOUT:
                 p *= _keep(seed, k[:, None] * H + heads[None, :], threshold, scale)
@@ -109,6 +110,13 @@ def forward_kernel(h, s, d, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l,
             tl.store(ws_acc + part * (H * C) + hc, acc, mask=hcmask)
         else:
             _finish_softmax(out, lse, row, m, l, acc, heads, hmask, hc, hcmask, H, C)
+
+
+@triton.jit
+def _finite_or_zero(m):
+    """The running max as a shift for exp: 0 while no finite score was seen, so exp(-inf - m)
+    is 0 instead of NaN (the state it rescales is then empty: l = 0, acc = 0)."""
+    return tl.where(m == float("-inf"), 0.0, m)
 
 
 @triton.jit
@@ -139,11 +147,12 @@ def merge_softmax_kernel(ws_m, ws_l, ws_acc, split_rows, split_ptr, out, lse, nu
         l = tl.zeros([H_P2], ACC)
         acc = tl.zeros([H_P2, C_P2], ACC)
         for part in range(tl.load(split_ptr + row), tl.load(split_ptr + row + 1)):
-            # Every chunk holds an edge, so m_p is finite (padded heads read 0).
+            # m_p is -inf only for a chunk of -inf scores, whose l and acc are 0.
             m_p = tl.load(ws_m + part * H + heads, mask=hmask, other=0.0)
             m_new = tl.maximum(m, m_p)
-            a = tl.exp(m - m_new)
-            b = tl.exp(m_p - m_new)
+            shift = _finite_or_zero(m_new)
+            a = tl.exp(m - shift)
+            b = tl.exp(m_p - shift)
             l = l * a + tl.load(ws_l + part * H + heads, mask=hmask, other=0.0) * b
             acc_p = tl.load(ws_acc + part * (H * C) + hc, mask=hcmask, other=0.0)
             acc = acc * a[:, None] + acc_p * b[:, None]
