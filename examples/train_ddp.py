@@ -13,6 +13,8 @@ masks, and with them the forward passes, are identical. gloo on CPU, nccl on GPU
 import argparse
 import os
 import socket
+import sys
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -45,17 +47,31 @@ def train_step(model, data, shard_idx, num_train: int, world_size: int, optimize
     return loss.item()
 
 
-def init_distributed(rank: int, world_size: int) -> torch.device:
+def init_distributed(rank: int, world_size: int,
+                     timeout: timedelta = timedelta(minutes=10)) -> torch.device:
     """Join the process group (nccl with one GPU a rank when CUDA is there, else gloo);
-    MASTER_ADDR and MASTER_PORT come from the environment. Returns this rank's device."""
+    MASTER_ADDR and MASTER_PORT come from the environment. A collective waiting longer than
+    `timeout` fails instead of hanging. Returns this rank's device."""
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", rank=rank, world_size=world_size, device_id=device)
+        dist.init_process_group("nccl", rank=rank, world_size=world_size, device_id=device,
+                                timeout=timeout)
     else:
         device = torch.device("cpu")
-        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+        dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timeout)
     return device
+
+
+def exit_rank() -> None:
+    """End this rank once every rank is done, without interpreter teardown. torch's
+    ~ProcessGroupGloo joins its worker threads while holding the GIL, and a worker freeing a
+    finished work's thread-local Python state waits for the GIL: tearing down can deadlock
+    (seen here, torch 2.13). Everything worth keeping is written before this is called."""
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def worker(rank: int, world_size: int, args) -> None:
@@ -90,8 +106,10 @@ def worker(rank: int, world_size: int, args) -> None:
             print(f"{args.dataset}, {world_size} ranks ({dist.get_backend()}), training nodes "
                   f"split {sizes}: test accuracy {100 * best_test:.1f}% at best validation "
                   f"{100 * best_val:.1f}%")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    exit_rank()
 
 
 def free_port() -> int:

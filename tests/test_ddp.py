@@ -2,6 +2,8 @@
 same gradients and the same optimizer step as one process on the whole training set."""
 import os
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from common import GAT, conv_factory, make_optimizer  # noqa: E402
 import train_ddp  # noqa: E402
 
 WORLD_SIZE = 2
+TIMEOUT_S = 120  # per collective; the whole spawn gets twice that
 DROPOUTS = (0.0, 0.6)  # with dropout, equal seeds give every rank (and the reference) one mask
 
 
@@ -47,18 +50,16 @@ def build(data: Data, dropout: float) -> GAT:
 
 
 def ddp_worker(rank: int, data: Data, out_dir: str) -> None:
-    train_ddp.init_distributed(rank, WORLD_SIZE)
-    try:
-        train_idx = data.train_mask.nonzero().view(-1)
-        shard_idx = train_ddp.shard(train_idx, rank, WORLD_SIZE)
-        results = {}
-        for dropout in DROPOUTS:
-            model = DistributedDataParallel(build(data, dropout))
-            results[dropout] = one_step(model, lambda m, opt: train_ddp.train_step(
-                m, data, shard_idx, train_idx.numel(), WORLD_SIZE, opt))
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        train_ddp.dist.destroy_process_group()
+    train_ddp.init_distributed(rank, WORLD_SIZE, timeout=timedelta(seconds=TIMEOUT_S))
+    train_idx = data.train_mask.nonzero().view(-1)
+    shard_idx = train_ddp.shard(train_idx, rank, WORLD_SIZE)
+    results = {}
+    for dropout in DROPOUTS:
+        model = DistributedDataParallel(build(data, dropout))
+        results[dropout] = one_step(model, lambda m, opt: train_ddp.train_step(
+            m, data, shard_idx, train_idx.numel(), WORLD_SIZE, opt))
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    train_ddp.exit_rank()
 
 
 def single_process_step(model, data, optimizer) -> None:
@@ -77,7 +78,13 @@ def ddp_results(tmp_path_factory):
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        mp.spawn(ddp_worker, args=(data, str(out_dir)), nprocs=WORLD_SIZE)
+        ranks = mp.spawn(ddp_worker, args=(data, str(out_dir)), nprocs=WORLD_SIZE, join=False)
+        deadline = time.monotonic() + 2 * TIMEOUT_S  # a hung rank fails the test, not CI
+        while not ranks.join(timeout=1):
+            if time.monotonic() > deadline:
+                for process in ranks.processes:
+                    process.kill()
+                pytest.fail(f"the DDP ranks did not finish in {2 * TIMEOUT_S} s")
     finally:
         for key, value in saved.items():
             if value is None:
