@@ -82,15 +82,8 @@ def forward_kernel(h, s, d, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l,
                 acc *= _keep(seed, (num_slots + row) * H + heads, threshold, scale)[:, None]
         for e0 in range(start, end, BLOCK_E):
             k = e0 + tl.arange(0, BLOCK_E)
-            emask = k < end
-            j = tl.load(col + k, mask=emask, other=0)
-            if WIDE:
-                j = j.to(tl.int64)
-            ehmask = emask[:, None] & hmask[None, :]
-            z = tl.load(s + j[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
-            z += d_i[None, :]
-            if HAS_T:
-                z += tl.load(t + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
+            j, emask, ehmask, z = _row_block_scores(s, t, col, k, end, d_i, heads, hmask, H,
+                                                    HAS_T, WIDE, ACC)
             x = tl.where(emask[:, None], tl.where(z > 0, z, z * slope), float("-inf"))
             m_new = tl.maximum(m, tl.max(x, 0))
             shift = _finite_or_zero(m_new)  # -inf scores weigh 0, even while all are -inf
@@ -110,6 +103,23 @@ def forward_kernel(h, s, d, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l,
             tl.store(ws_acc + part * (H * C) + hc, acc, mask=hcmask)
         else:
             _finish_softmax(out, lse, row, m, l, acc, heads, hmask, hc, hcmask, H, C)
+
+
+@triton.jit
+def _row_block_scores(s, t, col, k, end, d_i, heads, hmask, H: tl.constexpr,
+                      HAS_T: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr):
+    """For a block of CSR slots k of one destination row (live while k < end): the sources j,
+    the edge and edge-by-head masks, and the scores z = s[j] + d_i + t[k] before LeakyReLU."""
+    emask = k < end
+    j = tl.load(col + k, mask=emask, other=0)
+    if WIDE:
+        j = j.to(tl.int64)
+    ehmask = emask[:, None] & hmask[None, :]
+    z = tl.load(s + j[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
+    z += d_i[None, :]
+    if HAS_T:
+        z += tl.load(t + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
+    return j, emask, ehmask, z
 
 
 @triton.jit
@@ -210,15 +220,8 @@ def backward_csr_kernel(dout, out, lse, h, s, d, t, t_loop, ptr, col, seed_ptr, 
                              mask=hmask)
         for e0 in range(start, end, BLOCK_E):
             k = e0 + tl.arange(0, BLOCK_E)
-            emask = k < end
-            j = tl.load(col + k, mask=emask, other=0)
-            if WIDE:
-                j = j.to(tl.int64)
-            ehmask = emask[:, None] & hmask[None, :]
-            z = tl.load(s + j[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
-            z += d_i[None, :]
-            if HAS_T:
-                z += tl.load(t + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
+            j, emask, ehmask, z = _row_block_scores(s, t, col, k, end, d_i, heads, hmask, H,
+                                                    HAS_T, WIDE, ACC)
             alpha = tl.where(ehmask, tl.exp(tl.where(z > 0, z, z * slope) - lse_i[None, :]), 0.0)
             h_j = tl.load(h + j[:, None, None] * (H * C) + hc[None, :, :],
                           mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
