@@ -4,6 +4,7 @@ The raw Planetoid files lie in the project's shared folder (`<repo>/../shared`, 
 PyG's `Planetoid` reads them without a network as long as its root is writable (it writes
 `processed/`), so they are copied once into a cache directory.
 """
+import argparse
 import importlib.util
 import os
 import shutil
@@ -102,3 +103,16 @@ def accuracies(model: nn.Module, data):
     pred = model(data.x, data.edge_index).argmax(dim=-1)
     return tuple(float((pred[mask] == data.y[mask]).float().mean())
                  for mask in (data.train_mask, data.val_mask, data.test_mask))
+
+
+def example_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments both examples share: data set, layer, backend, epochs, data root."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=DATASETS, default="Cora")
+    parser.add_argument("--conv", choices=CONVS, default="fast")
+    parser.add_argument("--backend", default="auto",
+                        help="FastGATConv backend: auto, torch, triton, cuda or cpu")
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--root", default=None,
+                        help="writable Planetoid root (default: a cache of the shared raw files)")
+    return parser

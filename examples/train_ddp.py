@@ -10,7 +10,6 @@ ranks, so the averaged gradient is exactly the gradient of the mean loss over al
 nodes, the single-process full-batch gradient. All ranks seed torch alike, so their dropout
 masks, and with them the forward passes, are identical. gloo on CPU, nccl on GPU.
 """
-import argparse
 import os
 import socket
 import sys
@@ -23,7 +22,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from common import CONVS, DATASETS, GAT, accuracies, conv_factory, load_planetoid, make_optimizer
+from common import (GAT, accuracies, conv_factory, example_parser, load_planetoid,
+                    make_optimizer)
 
 
 def shard(train_idx: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
@@ -119,15 +119,8 @@ def free_port() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=DATASETS, default="Cora")
-    parser.add_argument("--conv", choices=CONVS, default="fast")
-    parser.add_argument("--backend", default="auto",
-                        help="FastGATConv backend: auto, torch, triton, cuda or cpu")
-    parser.add_argument("--epochs", type=int, default=200)
+    parser = example_parser(__doc__)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--root", default=None,
-                        help="writable Planetoid root (default: a cache of the shared raw files)")
     parser.add_argument("--world-size", type=int, default=2,
                         help="processes to spawn when not launched by torchrun")
     args = parser.parse_args()

@@ -7,7 +7,6 @@ ELU, dropout 0.6 on inputs and attention, one averaged output head, Adam lr 0.00
 decay 5e-4. The paper early-stops with patience 100; here a fixed number of epochs runs and
 the test accuracy at the best validation accuracy is reported, mean ± std over seeds.
 """
-import argparse
 import statistics
 import time
 
@@ -15,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import CONVS, DATASETS, GAT, accuracies, conv_factory, load_planetoid, make_optimizer
+from common import (GAT, accuracies, conv_factory, example_parser, load_planetoid,
+                    make_optimizer)
 from fastgat.backends import resolve
 
 
@@ -60,15 +60,8 @@ def run(data, conv, num_classes: int, seed: int, epochs: int, device: torch.devi
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", choices=DATASETS, default="Cora")
-    parser.add_argument("--conv", choices=CONVS, default="fast")
-    parser.add_argument("--backend", default="auto",
-                        help="FastGATConv backend: auto, torch, triton, cuda or cpu")
+    parser = example_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=10, help="runs, with seeds 0 .. N-1")
-    parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--root", default=None,
-                        help="writable Planetoid root (default: a cache of the shared raw files)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.seeds < 1 or args.epochs < 1:
