@@ -35,6 +35,18 @@ def _keep(seed, idx, threshold, scale):
 
 
 @triton.jit
+def _head_channel_tiles(H: tl.constexpr, C: tl.constexpr, H_P2: tl.constexpr,
+                        C_P2: tl.constexpr):
+    """Head indices, their mask, the (head, channel) offsets within a node's row of h, and
+    their mask: H and C padded to powers of two."""
+    heads = tl.arange(0, H_P2)
+    hmask = heads < H
+    hc = heads[:, None] * C + tl.arange(0, C_P2)[None, :]
+    hcmask = hmask[:, None] & (tl.arange(0, C_P2) < C)[None, :]
+    return heads, hmask, hc, hcmask
+
+
+@triton.jit
 def _item(item_row, item_ptr, ptr, pid, num_rows, CHUNK: tl.constexpr, WIDE: tl.constexpr):
     """(row, chunk, start, end, split) of work item pid; row == num_rows marks an idle item."""
     row = tl.load(item_row + pid)
@@ -62,10 +74,7 @@ def forward_kernel(h, s, d, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l,
         slope = _f64(slope_bits).to(ACC)
         scale = _f64(scale_bits).to(ACC)
         seed = tl.load(seed_ptr) if DROPOUT else 0
-        heads = tl.arange(0, H_P2)
-        hmask = heads < H
-        hc = heads[:, None] * C + tl.arange(0, C_P2)[None, :]
-        hcmask = hmask[:, None] & (tl.arange(0, C_P2) < C)[None, :]
+        heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
         # Padded heads see finite zeros, so their (unused) state never turns to NaN.
         d_i = tl.load(d + row * H + heads, mask=hmask, other=0.0).to(ACC)
         m = tl.full([H_P2], float("-inf"), ACC)
@@ -149,10 +158,7 @@ def merge_softmax_kernel(ws_m, ws_l, ws_acc, split_rows, split_ptr, out, lse, nu
     if WIDE:
         row = row.to(tl.int64)
     if row < num_dst:
-        heads = tl.arange(0, H_P2)
-        hmask = heads < H
-        hc = heads[:, None] * C + tl.arange(0, C_P2)[None, :]
-        hcmask = hmask[:, None] & (tl.arange(0, C_P2) < C)[None, :]
+        heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
         m = tl.full([H_P2], float("-inf"), ACC)
         l = tl.zeros([H_P2], ACC)
         acc = tl.zeros([H_P2, C_P2], ACC)
@@ -193,10 +199,7 @@ def backward_csr_kernel(dout, out, lse, h, s, d, t, t_loop, ptr, col, seed_ptr, 
         slope = _f64(slope_bits).to(ACC)
         scale = _f64(scale_bits).to(ACC)
         seed = tl.load(seed_ptr) if DROPOUT else 0
-        heads = tl.arange(0, H_P2)
-        hmask = heads < H
-        hc = heads[:, None] * C + tl.arange(0, C_P2)[None, :]
-        hcmask = hmask[:, None] & (tl.arange(0, C_P2) < C)[None, :]
+        heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
         dout_i = tl.load(dout + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
         D_i = tl.sum(dout_i * tl.load(out + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC),
                      1)
@@ -255,10 +258,7 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
         slope = _f64(slope_bits).to(ACC)
         scale = _f64(scale_bits).to(ACC)
         seed = tl.load(seed_ptr) if DROPOUT else 0
-        heads = tl.arange(0, H_P2)
-        hmask = heads < H
-        hc = heads[:, None] * C + tl.arange(0, C_P2)[None, :]
-        hcmask = hmask[:, None] & (tl.arange(0, C_P2) < C)[None, :]
+        heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
         h_j = tl.load(h + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
         s_j = tl.load(s + row * H + heads, mask=hmask, other=0.0).to(ACC)
         ds_j = tl.zeros([H_P2], ACC)
