@@ -1,9 +1,12 @@
 """Bad input gets a clear Python exception naming the problem, never a crash or a wrong answer."""
+import importlib.metadata
+
 import pytest
 import torch
 
 import fastgat.graph
 from fastgat import FastGATConv, Graph
+from fastgat.backends import unavailable_reason
 
 N = 8
 
@@ -75,6 +78,17 @@ def test_unavailable_backend_says_why():
     x, edge_index = good_inputs()
     with pytest.raises(RuntimeError, match="'cuda' is unavailable on cpu"):
         layer(backend="cuda")(x, edge_index)
+
+
+@pytest.mark.parametrize("version,available", [("3.6.0", False), ("3.7.0", True),
+                                               ("3.10.1", True)])
+def test_triton_interpreter_needs_triton_3_7(monkeypatch, version, available):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: version)
+    reason = unavailable_reason("triton", "cpu")
+    assert (reason == "") == available
+    assert available or "triton >= 3.7" in reason
 
 
 def test_prepared_graph_is_validated_once_then_never(monkeypatch):

@@ -16,12 +16,15 @@ pytest.importorskip("triton")
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from fastgat.backends import torch_ref, triton_device, triton_kernels  # noqa: E402
+from fastgat.backends import (torch_ref, triton_device, triton_kernels,  # noqa: E402
+                              unavailable_reason)
 from fastgat.dropout import keep_scale, threshold  # noqa: E402
 from fastgat.graph import Graph  # noqa: E402
 
 CHUNK = triton_kernels.CHUNK
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if unavailable_reason("triton", DEVICE):
+    pytest.skip(unavailable_reason("triton", DEVICE), allow_module_level=True)
 GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(),
                               reason="needs a CUDA device; runs on the device machine")
 # ||x - ref|| / max(||ref||, 1) against the float64 reference on the same (rounded) inputs.

@@ -6,6 +6,7 @@
     cpu     fused C++ CPU kernels from fastgat._C
 """
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 from typing import Dict
@@ -25,6 +26,10 @@ def _triton_status(device_type: str) -> str:
     if device_type == "cuda":
         return ""
     if os.environ.get("TRITON_INTERPRET") == "1":
+        major, minor = importlib.metadata.version("triton").split(".")[:2]
+        if (int(major), int(minor)) < (3, 7):
+            return ("TRITON_INTERPRET needs triton >= 3.7: older interpreters fail on the "
+                    "kernels' data-dependent loop bounds with recent NumPy")
         return ""
     return "Triton kernels run on CUDA tensors, or on CPU tensors only with TRITON_INTERPRET=1"
 
