@@ -13,13 +13,15 @@ Contract every backend implements (inputs are validated by the caller: FastGATCo
   out (N_dst, H, C) has h's dtype; lse (N_dst, H) is float32 (float64 for float64 h); a node
   without in-edges gets out = 0 and lse = -inf. Dropout (p > 0 needs a 1-element int64 seed on
   h's device) follows fastgat.dropout. lse carries no gradient: it is saved for the backward.
+The backward op is differentiable too (double backward, e.g. gradient penalties), through the
+torch reference: correct to second order, but not fused.
 """
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .backends import implementation
+from .backends import implementation, torch_ref
 
 
 @torch.library.custom_op("fastgat::gat_attention", mutates_args=())
@@ -107,3 +109,35 @@ def _backward(ctx, dout, _dlse):
 
 
 gat_attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _backward_setup_context(ctx, inputs, output):
+    (dout, _out, _lse, h, s, d, t, t_loop, rowptr, col, _colptr, _csc_row, _csc_eid, num_loops,
+     negative_slope, dropout, seed, _backend) = inputs
+    ctx.save_for_backward(dout, h, s, d, t, t_loop, rowptr, col, seed)
+    ctx.attrs = (num_loops, negative_slope, dropout)
+
+
+def _double_backward(ctx, ddh, dds, ddd, ddt, ddt_loop):
+    """Vector-Jacobian product of the backward op, by autograd through the torch reference.
+
+    The backward's outputs are functions of (dout, h, s, d, t, t_loop) alone: out and lse are
+    functions of the same inputs, so they get no gradient of their own (it would count twice)."""
+    dout, h, s, d, t, t_loop, rowptr, col, seed = ctx.saved_tensors
+    num_loops, negative_slope, dropout = ctx.attrs
+    primals = [x.detach().requires_grad_() if x is not None else None
+               for x in (dout, h, s, d, t, t_loop)]
+    differentiable = [x for x in primals[1:] if x is not None]
+    cotangents = [c for c, x in zip((ddh, dds, ddd, ddt, ddt_loop), primals[1:]) if x is not None]
+    with torch.enable_grad():
+        out, _ = torch_ref.gat_forward(*primals[1:], rowptr, col, num_loops, negative_slope,
+                                       dropout, seed)
+        grads = torch.autograd.grad(out, differentiable, primals[0], create_graph=True)
+        second = torch.autograd.grad(grads, primals[:1] + differentiable, cotangents,
+                                     allow_unused=True)
+    second = iter(second)
+    ddout, dh, ds, dd, dt, dt_loop = [next(second) if x is not None else None for x in primals]
+    return (ddout, None, None, dh, ds, dd, dt, dt_loop) + (None,) * 10
+
+
+gat_attention_backward.register_autograd(_double_backward, setup_context=_backward_setup_context)

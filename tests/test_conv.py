@@ -221,6 +221,22 @@ def test_lazy_input_sizes():
     torch.testing.assert_close(fast(x, edge_index), want)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradient_penalty_matches_pyg(backend):
+    """Double backward: a penalty on d(out)/dx trains the same parameters as with GATConv."""
+    src, dst, num_nodes, _ = random_graph("duplicates", 18)
+    edge_index = torch.stack([src, dst])
+    x, edge_attr = features(18, num_nodes, num_nodes, src.numel(), False)
+    grads = []
+    for conv in pair(dict(heads=2, edge_dim=3), backend=backend):
+        leaf = x.detach().clone().requires_grad_()
+        out = conv(leaf, edge_index, edge_attr)
+        dx, = torch.autograd.grad((out ** 3).sum(), leaf, create_graph=True)
+        grads.append(torch.autograd.grad((dx ** 2).sum(), [leaf, *conv.parameters()]))
+    for got, want in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
 def test_attention_dropout_training_only_and_seeded():
     src, dst, num_nodes, _ = random_graph("random", 16)
     edge_index = torch.stack([src, dst])

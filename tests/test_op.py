@@ -125,6 +125,21 @@ def test_gradcheck_float64(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+def test_gradgradcheck_float64(backend, device):
+    """Double backward (autograd through the torch reference, whatever the backend) agrees with
+    finite differences of the first backward, which is the backend's own."""
+    if backend == "triton" and device == "cpu":
+        pytest.skip("minutes under the Triton interpreter; the second-order path is the torch "
+                    "reference's, and test_conv's gradient penalty runs it on triton")
+    inputs, graph = make_inputs("self_loops", 4, device)
+    seed = torch.tensor([7], device=device)
+    leaves = tuple(x.detach().clone().requires_grad_() for x in inputs)
+    for dropout in (0.0, 0.4):
+        fn = lambda *x: run_op(x, graph, backend, dropout, seed)[0]  # noqa: E731
+        assert torch.autograd.gradgradcheck(fn, leaves, atol=1e-8, rtol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_opcheck(backend, device):
     inputs, graph = make_inputs("duplicates", 5, device, dtype=torch.float32)
     leaves = [x.detach().clone().requires_grad_() for x in inputs]
