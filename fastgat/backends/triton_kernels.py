@@ -23,7 +23,7 @@ from . import triton_device as dev
 # under the interpreter, where a program costs milliseconds and tests need hub rows to split.
 CHUNK = 64 if dev.INTERPRET else 256
 _BLOCK_E_INTERPRET = 64
-_TILE_LIMIT = 16384  # BLOCK_E * H_P2 * C_P2 elements per gathered tile (register budget)
+_TILE_LIMIT = 16384  # BLOCK_E * H_P2 * C_P2 float32 elements per gathered tile (register budget)
 _INT32_LIMIT = 2**31
 
 
@@ -64,9 +64,11 @@ def _configs():
 
 
 def _prune(configs, named_args, **kwargs):
-    """The two largest edge blocks whose tile fits the register budget (the smallest if none)."""
+    """The two largest edge blocks whose tile fits the register budget (the smallest if none).
+    A float64 accumulator takes two registers per element: its tiles count double (ptxas
+    spilled kilobytes at the float32 budget)."""
     args = {**named_args, **kwargs}
-    tile = args["H_P2"] * args["C_P2"]
+    tile = args["H_P2"] * args["C_P2"] * (2 if args["ACC"] == tl.float64 else 1)
     blocks = sorted({c.kwargs["BLOCK_E"] for c in configs
                      if c.kwargs["BLOCK_E"] * tile <= _TILE_LIMIT})
     keep = blocks[-2:] or [min(c.kwargs["BLOCK_E"] for c in configs)]
