@@ -105,11 +105,12 @@ def accuracies(model: nn.Module, data):
                  for mask in (data.train_mask, data.val_mask, data.test_mask))
 
 
-def example_parser(doc: str) -> argparse.ArgumentParser:
-    """The arguments both examples share: data set, layer, backend, epochs, data root."""
+def example_parser(doc: str, conv: bool = True) -> argparse.ArgumentParser:
+    """The arguments the examples share: data set, layer (if `conv`), backend, epochs, root."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--dataset", choices=DATASETS, default="Cora")
-    parser.add_argument("--conv", choices=CONVS, default="fast")
+    if conv:
+        parser.add_argument("--conv", choices=CONVS, default="fast")
     parser.add_argument("--backend", default="auto",
                         help="FastGATConv backend: auto, torch, triton, cuda or cpu")
     parser.add_argument("--epochs", type=int, default=200)

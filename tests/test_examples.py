@@ -1,5 +1,6 @@
-"""examples/ on real Cora: FastGATConv learns with the paper's recipe, and it predicts exactly
-what PyG's GATConv predicts with the same weights."""
+"""examples/ on real Cora: FastGATConv learns with the paper's recipe, it predicts exactly what
+PyG's GATConv predicts with the same weights, and it trains exactly like GATConv given the
+same attention-dropout masks."""
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from fastgat.backends import resolve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from attention_dropout_study import PhiloxGATConv, summary  # noqa: E402
 from common import GAT, conv_factory, load_planetoid, make_optimizer, shared_raw_dir  # noqa: E402
 from train_planetoid import train_step  # noqa: E402
 
@@ -71,3 +73,36 @@ def test_same_predictions_as_gatconv(cora, trained, backend):
         actual = fast(cora.x, cora.edge_index)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)  # float32
     assert torch.equal(actual.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_trains_like_gatconv_given_the_same_dropout_masks(cora, backend):
+    """Training mode, dropout 0.6 on inputs and attention weights: GATConv drawing fastgat's
+    mask (attention_dropout_study.PhiloxGATConv) follows FastGATConv's trajectory."""
+    runs = []
+    for conv in (conv_factory("fast", backend), PhiloxGATConv):
+        torch.manual_seed(3)
+        model = GAT(conv, cora.num_features, int(cora.y.max()) + 1)
+        optimizer = make_optimizer(model)
+        losses = [train_step(model, cora, optimizer) for _ in range(5)]
+        runs.append((losses, [p.detach() for p in model.parameters()]))
+    (fast_losses, fast_params), (pyg_losses, pyg_params) = runs
+    assert fast_losses[0] != fast_losses[1]  # it trained
+    torch.testing.assert_close(fast_losses, pyg_losses, rtol=1e-5, atol=1e-6)  # float32
+    for fast, pyg in zip(fast_params, pyg_params):
+        torch.testing.assert_close(fast, pyg, rtol=1e-4, atol=1e-5)
+
+
+def test_philox_gatconv_refuses_an_order_it_cannot_match(cora):
+    conv = PhiloxGATConv(cora.num_features, 8, heads=2, dropout=0.6)
+    with pytest.raises(ValueError, match="sorted by"):
+        conv(cora.x, cora.edge_index.flip(1))
+
+
+def test_study_summary_pairs_seeds():
+    records = [dict(arm="pyg", seed=0, acc=72.0), dict(arm="pyg", seed=1, acc=71.0),
+               dict(arm="fast", seed=0, acc=71.0), dict(arm="fast", seed=1, acc=71.5),
+               dict(arm="fast", seed=2, acc=80.0)]  # seed 2 has no pyg run: not paired
+    table = summary(records)
+    assert "| fast | 3 | 74.17 ± 5.06 | -0.25 over 2 seeds (t = -0.3) |" in table
+    assert "| pyg | 2 | 71.50 ± 0.71 |  |" in table
