@@ -222,13 +222,15 @@ def test_lazy_input_sizes():
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_gradient_penalty_matches_pyg(backend):
+@pytest.mark.parametrize("config", [dict(heads=2, edge_dim=3), dict(heads=3, concat=False)])
+def test_gradient_penalty_matches_pyg(backend, config):
     """Double backward: a penalty on d(out)/dx trains the same parameters as with GATConv."""
     src, dst, num_nodes, _ = random_graph("duplicates", 18)
     edge_index = torch.stack([src, dst])
     x, edge_attr = features(18, num_nodes, num_nodes, src.numel(), False)
+    edge_attr = edge_attr if "edge_dim" in config else None
     grads = []
-    for conv in pair(dict(heads=2, edge_dim=3), backend=backend):
+    for conv in pair(config, backend=backend):
         leaf = x.detach().clone().requires_grad_()
         out = conv(leaf, edge_index, edge_attr)
         dx, = torch.autograd.grad((out ** 3).sum(), leaf, create_graph=True)
