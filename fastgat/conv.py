@@ -8,7 +8,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch_geometric.nn import GATConv
+from torch_geometric.nn import GATConv, MessagePassing
 from torch_geometric.utils import add_self_loops, remove_self_loops, scatter, softmax
 from torch_geometric.utils.loop import compute_loop_attr
 from torch_geometric.utils.sparse import set_sparse_value
@@ -44,8 +44,8 @@ def _check_constructor(in_channels, out_channels, heads, dropout, fill_value, ba
         raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
     if not isinstance(heads, int) or heads < 1:
         raise ValueError(f"heads must be a positive int, got {heads!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout must lie in [0, 1], got {dropout!r}")
     if isinstance(fill_value, str) and fill_value not in _FILL_REDUCTIONS:
         raise ValueError(f"fill_value {fill_value!r} is not one of {_FILL_REDUCTIONS}, "
                          f"a number or a tensor")
@@ -58,6 +58,11 @@ class FastGATConv(GATConv):
     """Drop-in for `torch_geometric.nn.GATConv` (same arguments, parameters and outputs),
     plus `backend`: 'auto' (fused kernels where available), 'torch', 'triton', 'cuda', 'cpu'.
     `edge_index` may also be a prepared `fastgat.Graph`, validated once when it was built."""
+
+    # PyG stores a class's own `propagate` as the fallback explain mode and decomposed layers
+    # switch to; inherited, it would be GATConv's generated one, which skips explain masks.
+    propagate = MessagePassing.propagate
+    edge_updater = MessagePassing.edge_updater
 
     def __init__(self, in_channels: Union[int, Tuple[int, int]], out_channels: int,
                  heads: int = 1, concat: bool = True, negative_slope: float = 0.2,
@@ -107,7 +112,8 @@ class FastGATConv(GATConv):
         t = t_edges[graph.perm] if t_edges is not None else None
 
         p = self.dropout if self.training else 0.0
-        seed = draw_seed(x_src.device) if p > 0.0 else None
+        drop_all = p >= 1.0  # as F.dropout(p=1): every weight zeroed, no mask to draw
+        seed = draw_seed(x_src.device) if 0.0 < p < 1.0 else None
         backend = resolve(self.backend, x_src.device.type)
         # The op takes one dtype: under autocast, h may be half precision while the
         # attention parameters keep the scores in float32.
@@ -115,8 +121,10 @@ class FastGATConv(GATConv):
         t = t.to(x_src.dtype) if t is not None else None
         t_loop = t_loop.to(x_src.dtype) if t_loop is not None else None
         out, _ = gat_attention(x_src.contiguous(), s.contiguous(), d.contiguous(), t, t_loop,
-                               *graph.op_args(), num_loops, float(self.negative_slope), p, seed,
-                               backend)
+                               *graph.op_args(), num_loops, float(self.negative_slope),
+                               0.0 if drop_all else p, seed, backend)
+        if drop_all:
+            out = out * 0.0  # zeros that still pass GATConv's (zero) gradients
         out = out.reshape(-1, H * C) if self.concat else out.mean(dim=1)
         if res is not None:
             out = out + res
@@ -266,7 +274,9 @@ class FastGATConv(GATConv):
             src, dst, slots, scores = src[order], dst[order], slots[order], scores[order]
         alpha = softmax(torch.nn.functional.leaky_relu(scores, self.negative_slope), dst,
                         num_nodes=graph.num_dst)
-        if p > 0.0:
+        if p >= 1.0:
+            alpha = alpha * 0.0
+        elif p > 0.0:
             alpha = alpha * keep_scale(seed, slots, self.heads, p, alpha.dtype)
         if isinstance(edge_index, Graph):
             return torch.stack([src, dst]), alpha

@@ -267,6 +267,39 @@ def test_attention_dropout_training_only_and_seeded():
     torch.testing.assert_close(manual.view(num_nodes, -1) + fast.bias, first)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_explain_masks_apply_even_after_a_gatconv_was_built(backend):
+    """Explainer's edge masks reach FastGATConv's fallback forward, and get gradients, even
+    though GATConv's class already holds PyG's generated (explain-free) propagate."""
+    from torch_geometric.explain.algorithm.utils import set_masks
+    src, dst, num_nodes, _ = random_graph("random", 19)
+    edge_index = torch.stack([src, dst])
+    pyg, fast = pair(dict(heads=2), backend=backend)  # GATConv built first
+    x, _ = features(19, num_nodes, num_nodes, src.numel(), False)
+    outs, grads = [], []
+    for conv in (pyg, fast):
+        mask = torch.nn.Parameter(torch.linspace(-2, 2, src.numel(), dtype=torch.float64))
+        set_masks(conv, mask, edge_index, apply_sigmoid=True)
+        outs.append(conv(x, edge_index))
+        grads.append(torch.autograd.grad(outs[-1].square().sum(), mask)[0])
+    torch.testing.assert_close(outs[1], outs[0])
+    torch.testing.assert_close(grads[1], grads[0])
+    assert grads[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_dropout_one_zeroes_attention_like_gatconv(backend):
+    src, dst, num_nodes, _ = random_graph("isolated", 20)
+    edge_index = torch.stack([src, dst])
+    x, _ = features(20, num_nodes, num_nodes, src.numel(), False)
+    pyg, fast = pair(dict(heads=2, dropout=1.0, residual=True), backend=backend)
+    got, want = run(fast.train(), x, edge_index, None), run(pyg.train(), x, edge_index, None)
+    torch.testing.assert_close(got[0], want[0])
+    assert torch.equal(got[1], want[1]) and not got[2].any() and not want[2].any()
+    for name in want[4]:  # zero gradients where GATConv's are zero, not None
+        torch.testing.assert_close(got[4][name], want[4][name])
+
+
 def test_explain_and_hooks_fall_back_to_pyg():
     src, dst, num_nodes, _ = random_graph("random", 17)
     edge_index = torch.stack([src, dst])

@@ -58,7 +58,7 @@ def test_mismatched_edge_attr(edge_attr):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(heads=0), "heads"),
-    (dict(dropout=1.0), "dropout"),
+    (dict(dropout=1.5), "dropout"),
     (dict(dropout=-0.1), "dropout"),
     (dict(fill_value="median"), "fill_value"),
     (dict(backend="fastest"), "unknown backend"),

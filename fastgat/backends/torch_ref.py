@@ -62,7 +62,7 @@ def gat_forward(
     m = m.scatter_reduce(0, index, x, "amax", include_self=True).detach()
     l = x.new_zeros(num_dst + 1, heads).scatter_add(0, index, torch.exp(x - m[dst]))
     lse = m + torch.log(l)
-    alpha = torch.exp(x - lse[dst])
+    alpha = torch.exp(x - m[dst]) / l[dst]  # not exp(x - lse): log(l) is lost beside a huge m
     keep = _keep(seed, slot, heads, dropout, alpha)
     if keep is not None:
         alpha = alpha * keep
