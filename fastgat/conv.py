@@ -109,7 +109,7 @@ class FastGATConv(GATConv):
         d = (torch.einsum("nhc,hc->nh", x_dst, self.att_dst[0]) if x_dst is not None
              else s.new_zeros(num_dst, H))
         t_edges, t_loop = self._edge_scores(edge_attr, graph)
-        t = t_edges[graph.perm] if t_edges is not None else None
+        t = t_edges.index_select(0, graph.perm) if t_edges is not None else None
 
         p = self.dropout if self.training else 0.0
         drop_all = p >= 1.0  # as F.dropout(p=1): every weight zeroed, no mask to draw
@@ -245,24 +245,26 @@ class FastGATConv(GATConv):
         t_edges = edge_attr @ w_t.t()
         if graph.num_loops == 0:
             return t_edges, None
+        src, dst = graph.coo()
         if isinstance(self.fill_value, str):
-            loop_attr = scatter(edge_attr, graph.loop_bins(), 0, graph.num_loops + 1,
+            loop_attr = scatter(edge_attr, graph.loop_bins(src, dst), 0, graph.num_loops + 1,
                                 self.fill_value)[:graph.num_loops]
         else:
-            loop_attr = compute_loop_attr(graph.dst, edge_attr, graph.num_loops, False,
+            loop_attr = compute_loop_attr(dst, edge_attr, graph.num_loops, False,
                                           self.fill_value)
         return t_edges, loop_attr @ w_t.t()
 
     def _attention_weights(self, edge_index, graph: Graph, s, d, t_edges, t_loop, seed, p):
         """GATConv's (edge_index, alpha) in PyG's edge order: kept input edges then self loops
         for tensors; sorted by (destination, source) for sparse adjacencies."""
+        src, dst = graph.coo()
         if graph.dropped_self_loops:
-            kept = (graph.src != graph.dst).nonzero().view(-1)
+            kept = (src != dst).nonzero().view(-1)
         else:
-            kept = torch.arange(graph.num_edges, device=graph.src.device)
+            kept = torch.arange(graph.num_edges, device=src.device)
         loops = torch.arange(graph.num_loops, device=kept.device)
-        src = torch.cat([graph.src.long()[kept], loops])
-        dst = torch.cat([graph.dst.long()[kept], loops])
+        src = torch.cat([src[kept], loops])
+        dst = torch.cat([dst[kept], loops])
         slots = torch.cat([graph.edge_slots()[kept], loops + graph.num_edges])
         scores = s[src] + d[dst]
         if t_edges is not None:

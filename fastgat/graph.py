@@ -38,8 +38,6 @@ class Graph:
     csc_row: Tensor
     csc_eid: Tensor
     perm: Tensor          # (E,) input edge id of each CSR slot
-    src: Tensor           # (E,) input order; a copy, never a view of the caller's tensor
-    dst: Tensor           # (E,) input order; a copy, never a view of the caller's tensor
     num_src: int
     num_dst: int
     num_loops: int
@@ -49,10 +47,21 @@ class Graph:
     def num_edges(self) -> int:
         return self.col.numel()
 
-    def loop_bins(self) -> Tensor:
-        """Per input edge, the self loop whose fill value it feeds, or num_loops for none."""
-        feeds = (self.dst < self.num_loops) & (self.src != self.dst)
-        return torch.where(feeds, self.dst.long(), self.num_loops)
+    def coo(self) -> Tuple[Tensor, Tensor]:
+        """(src, dst) of the input edges in input order, int64, rebuilt from the CSR: a Graph
+        keeps no copy of them (8 bytes per edge) for the few paths that need them."""
+        slots = torch.arange(self.num_edges, device=self.col.device, dtype=self.rowptr.dtype)
+        row = torch.searchsorted(self.rowptr, slots, right=True) - 1
+        col = self.col.long()
+        row = torch.where(row == self.num_dst, col, row.long())  # dead slots: dropped loops
+        perm = self.perm.long()
+        return torch.empty_like(col).scatter_(0, perm, col), torch.empty_like(col).scatter_(
+            0, perm, row)
+
+    def loop_bins(self, src: Tensor, dst: Tensor) -> Tensor:
+        """Per input edge (src, dst from coo()), the self loop whose fill value it feeds, or
+        num_loops for none."""
+        return torch.where((dst < self.num_loops) & (src != dst), dst, self.num_loops)
 
     @classmethod
     def from_coo(cls, src: Tensor, dst: Tensor, num_src: int, num_dst: int, *,
@@ -83,16 +92,17 @@ class Graph:
         # Copies, so a Graph neither aliases nor keeps alive the caller's edge tensor.
         to_index = lambda x: x.to(index_dtype, copy=True).contiguous()  # noqa: E731
         return cls(to_index(rowptr), to_index(col), to_index(colptr), to_index(csc_row),
-                   to_index(csc_eid), perm, to_index(src), to_index(dst), num_src, num_dst,
-                   num_loops, drop_self_loops)
+                   to_index(csc_eid), to_index(perm), num_src, num_dst, num_loops,
+                   drop_self_loops)
 
     def op_args(self) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         return self.rowptr, self.col, self.colptr, self.csc_row, self.csc_eid
 
     def edge_slots(self) -> Tensor:
-        """(E,) the CSR slot of each input edge (the inverse of perm)."""
-        return torch.empty_like(self.perm).scatter_(
-            0, self.perm, torch.arange(self.perm.numel(), device=self.perm.device))
+        """(E,) the CSR slot of each input edge (the inverse of perm), int64."""
+        perm = self.perm.long()
+        return torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.numel(),
+                                                                     device=perm.device))
 
 
 def _pointer(sorted_key: Tensor, num_rows: int) -> Tensor:

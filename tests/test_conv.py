@@ -172,7 +172,7 @@ def test_prepared_graph_is_reused_and_cache_sees_in_place_writes():
     assert prepare(edge_index.clone(), num_nodes, num_nodes, **kwargs) is not first
     edge_index[0, 0] = (edge_index[0, 0] + 1) % num_nodes  # bumps the version counter
     rebuilt = prepare(edge_index, num_nodes, num_nodes, **kwargs)
-    assert rebuilt is not first and torch.equal(rebuilt.src, edge_index[0])
+    assert rebuilt is not first and torch.equal(rebuilt.coo()[0], edge_index[0])
 
     pyg, fast = pair(dict(heads=2))
     x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
@@ -343,6 +343,21 @@ def test_inference_mode_edges_are_not_cached_but_work():
     torch.testing.assert_close(fast(x, edge_index), pyg(x, edge_index))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("drop_self_loops", [True, False])
+@pytest.mark.parametrize("index_limit", [None, 0])  # 0: int64 index tensors
+def test_graph_rebuilds_the_input_edges_in_order(kind, drop_self_loops, index_limit, monkeypatch):
+    from fastgat import graph as graph_module
+    if index_limit is not None:
+        monkeypatch.setattr(graph_module, "_INT32_MAX", index_limit)
+    src, dst, num_src, num_dst = random_graph(kind, 23)
+    graph = graph_module.Graph.from_coo(src, dst, num_src, num_dst,
+                                        drop_self_loops=drop_self_loops)
+    assert graph.col.dtype == (torch.int64 if index_limit == 0 else torch.int32)
+    got_src, got_dst = graph.coo()
+    assert torch.equal(got_src, src.long()) and torch.equal(got_dst, dst.long())
+
+
 def test_cache_entries_die_with_their_edges_and_never_alias_them():
     import gc
 
@@ -352,7 +367,9 @@ def test_cache_entries_die_with_their_edges_and_never_alias_them():
     edge_index = torch.stack([src, dst])
     graph = graph_module.prepare(edge_index, num_nodes, num_nodes, drop_self_loops=True,
                                  num_loops=num_nodes)
-    assert graph.src.untyped_storage().data_ptr() != edge_index.untyped_storage().data_ptr()
+    storage = edge_index.untyped_storage().data_ptr()
+    assert all(x.untyped_storage().data_ptr() != storage
+               for x in (*graph.op_args(), graph.perm))
     assert len(graph_module._CACHE) == 1
     del edge_index
     gc.collect()

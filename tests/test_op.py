@@ -170,7 +170,8 @@ def test_dropout_mask_is_shared_by_backends(backend, device):
 
 
 def graph_on_cpu(graph: Graph) -> Graph:
-    return Graph.from_coo(graph.src.cpu(), graph.dst.cpu(), graph.num_src, graph.num_dst,
+    src, dst = graph.coo()
+    return Graph.from_coo(src.cpu(), dst.cpu(), graph.num_src, graph.num_dst,
                           drop_self_loops=graph.dropped_self_loops, num_loops=graph.num_loops)
 
 
