@@ -1,11 +1,15 @@
 """The single place that knows whether the compiled library `fastgat._C` loaded, and why not."""
+import importlib.util
+
 import torch
 
 try:
     from . import _C  # noqa: F401  (importing registers torch.ops.fastgat.fused_*)
     LOAD_ERROR = None
 except ImportError as error:  # a pure-Python install: the fallbacks still work
-    LOAD_ERROR = f"fastgat._C is not built or failed to load ({error})"
+    LOAD_ERROR = (f"fastgat._C failed to load ({error})"
+                  if importlib.util.find_spec(f"{__package__}._C") is not None else
+                  "fastgat._C is not built (pip install --no-build-isolation . builds it)")
 
 
 def kernel_status(dispatch_key: str) -> str:

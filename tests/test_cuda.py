@@ -10,7 +10,7 @@ import torch
 from fastgat.backends import unavailable_reason
 from fastgat.graph import Graph
 from graphs import random_graph
-from test_op import TOLERANCE, assert_close, grads, reference, run_op
+from test_op import TOLERANCE, assert_close, grads, reference, reference_grads, run_op
 
 pytestmark = pytest.mark.gpu
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
@@ -73,9 +73,9 @@ def check_against_reference(inputs, graph, dtype, dropout=0.0, seed=None):
     assert torch.equal(torch.isinf(lse.cpu()), ~live)
     assert_close(lse.cpu()[live], ref_lse[live], torch.float64 if dtype == torch.float64
                  else torch.float32)
-    dout = torch.randn(out.shape, dtype=torch.float64)
+    dout = torch.randn(out.shape, dtype=torch.float64).to(dtype)
     got = grads(lambda x: run_op(x, graph, "cuda", dropout, seed), inputs, dout)
-    want = grads(lambda x: reference(x, graph, dropout, seed), inputs, dout)
+    want = reference_grads(dout, ref_out, ref_lse, inputs, graph, dtype, dropout, seed)
     for g_got, g_want in zip(got, want):
         assert_close(g_got, g_want, dtype)
 

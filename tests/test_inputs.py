@@ -100,6 +100,9 @@ def test_prepared_graph_is_validated_once_then_never(monkeypatch):
     conv(x, graph)
     conv(x, graph)
     assert calls == []  # no per-forward range check (a host sync on the GPU)
+    monkeypatch.undo()
+    with pytest.raises(IndexError, match="destination node index 8"):  # but one when built
+        Graph.from_coo(torch.tensor([0]), torch.tensor([N]), N, N, drop_self_loops=True)
     with pytest.raises(ValueError, match="expected size 8"):
         conv(torch.randn(N + 1, 4), graph)
 
@@ -122,3 +125,24 @@ def test_op_checks_its_contract():
                       "torch")
     with pytest.raises(ValueError, match="seed"):
         gat_attention(h, s, d, None, None, *graph.op_args(), 3, 0.2, 0.5, None, "torch")
+
+
+def test_package_without_compiled_library_says_why(monkeypatch):
+    import importlib
+    import sys
+
+    import fastgat
+    import fastgat._extension as extension
+    find_spec = importlib.util.find_spec
+    monkeypatch.delattr(fastgat, "_C")
+    monkeypatch.setitem(sys.modules, "fastgat._C", None)  # importing it now fails
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "fastgat._C" else find_spec(name, *args))
+    try:
+        importlib.reload(extension)
+        status = fastgat.backends("cpu")
+        assert "fastgat._C is not built" in status["cpu"] and status["torch"] == "available"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(extension)
+    assert fastgat.backends("cpu")["cpu"] == "available"
