@@ -85,7 +85,7 @@ def _run(job):
     data = _worker["data"]
     acc, _ = run(data, layer(arm, _worker["backend"]), int(data.y.max()) + 1, seed, epochs,
                  torch.device("cpu"))
-    return dict(arm=arm, seed=seed, acc=100 * acc)
+    return dict(arm=arm, seed=seed, acc=round(100 * acc, 2))
 
 
 def summary(records) -> str:
