@@ -195,6 +195,22 @@ def test_dropout_keep_rate_within_statistical_bounds():
         assert scale == pytest.approx(1 / (1 - p))
 
 
+def test_masks_drawn_in_training_are_independent_bernoulli():
+    """As FastGATConv draws them (a fresh seed per call): every (slot, head) is kept with
+    probability 1 - p across calls, and consecutive calls' masks are uncorrelated."""
+    from fastgat.dropout import draw_seed
+    torch.manual_seed(11)
+    slots, heads, calls, p = torch.arange(2000), 4, 200, 0.6
+    masks = torch.stack([keep_scale(draw_seed(torch.device("cpu")), slots, heads, p,
+                                    torch.float64) > 0 for _ in range(calls)]).double()
+    rate = masks.mean(0)
+    chi2_per_cell = ((rate - (1 - p)) ** 2 / (p * (1 - p) / calls)).mean().item()
+    assert 0.9 < chi2_per_cell < 1.1  # binomial spread: 1 +- 0.016
+    flat = masks.view(calls, -1)
+    lag1 = torch.stack([torch.corrcoef(flat[i:i + 2])[0, 1] for i in range(calls - 1)])
+    assert abs(lag1.mean().item()) < 0.002  # 199 correlations of 8000 cells: SE 0.0008
+
+
 def test_philox_word0_matches_random123_and_numpy_philox():
     import numpy as np
     from fastgat.dropout import philox_word0
