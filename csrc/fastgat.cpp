@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "common/schema.h"
+
 extern "C" {
 // Importing fastgat._C loads this library and runs the registrations below.
 PyObject* PyInit__C(void) {
@@ -13,13 +15,6 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY_FRAGMENT(fastgat, m) {
-  m.def(
-      "fused_forward(Tensor h, Tensor s, Tensor d, Tensor? t, Tensor? t_loop, Tensor rowptr, "
-      "Tensor col, int num_loops, float negative_slope, float dropout, Tensor? seed) "
-      "-> (Tensor, Tensor)");
-  m.def(
-      "fused_backward(Tensor dout, Tensor out, Tensor lse, Tensor h, Tensor s, Tensor d, "
-      "Tensor? t, Tensor? t_loop, Tensor rowptr, Tensor col, Tensor colptr, Tensor csc_row, "
-      "Tensor csc_eid, int num_loops, float negative_slope, float dropout, Tensor? seed) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(fastgat::kForwardSchema);
+  m.def(fastgat::kBackwardSchema);
 }

@@ -1,31 +1,76 @@
-"""Properties of the CUDA kernels (backend='cuda') that the backend-parametrized tests miss:
-vector-load edge cases, rows split across work items (few rows with many edges included),
-scores of -inf, int64 indices, CUDA-graph capture (no host sync) and agreement with the Triton
-kernels. All need a GPU (scripts/gpu_check.sh)."""
+"""The CUDA kernel sources against the float64 reference, on two targets:
+
+    cuda       the kernels of fastgat._C on a GPU (marked gpu; scripts/gpu_check.sh)
+    emulated   the same sources and launch plan compiled with the host compiler against the SIMT
+               emulator (csrc/emulated/), run lane by lane on CPU tensors under ASan and UBSan
+               in a child pytest (tests/emulated_cuda.py); every run of CI executes these
+
+Cases: every dtype and index width, vector-load edge cases (C below one vector, odd C, several
+channel tiles, misaligned h), rows split across work items (at chunk boundaries, hubs far beyond
+one block, few rows with many edges, a pretend SM count), zero-degree rows, dead slots of
+dropped self loops, bipartite sizes, dropout, scores of -inf, deterministic backward. The
+emulator is slow by nature: where the GPU takes a large graph, the emulated case takes the
+smallest graph with the same shape of work (`sized`).
+"""
 import dataclasses
+import zlib
 
 import pytest
 import torch
 
+import emulated_cuda
 from fastgat.backends import unavailable_reason
 from fastgat.graph import Graph
-from graphs import random_graph
-from test_op import TOLERANCE, assert_close, grads, reference, reference_grads, run_op
+from graphs import KINDS, random_graph
+from test_op import assert_close, reference, reference_grads
 
-pytestmark = pytest.mark.gpu
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
-@pytest.fixture(autouse=True)
-def _cuda_backend():
-    reason = unavailable_reason("cuda", "cuda")
-    if reason:
-        pytest.skip(reason)
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    device: str
+
+    @property
+    def ops(self):
+        return torch.ops.fastgat if self.name == "cuda" else torch.ops.fastgat_emulated
+
+    def sized(self, gpu, emulated):
+        return gpu if self.name == "cuda" else emulated
 
 
-def make_inputs(graph, seed, heads, channels, dtype, edge_scores=True):
+TARGETS = [pytest.param(Target("cuda", "cuda"), id="cuda", marks=pytest.mark.gpu),
+           pytest.param(Target("emulated", "cpu"), id="emulated", marks=pytest.mark.emulated)]
+
+
+@pytest.fixture(params=TARGETS)
+def target(request):
+    target = request.param
+    if target.name == "cuda":
+        reason = unavailable_reason("cuda", "cuda")
+        if reason:
+            pytest.skip(reason)
+    else:
+        emulated_cuda.load()
+    return target
+
+
+@pytest.fixture
+def sms(target, request):
+    """A pretend SM count for the emulated launch plan (the GPU has its own)."""
+    count = getattr(request, "param", 132)
+    if target.name == "emulated":
+        previous = target.ops.set_num_sms(count)
+        yield count
+        target.ops.set_num_sms(previous)
+    else:
+        yield count
+
+
+def make_inputs(target, graph, seed, heads, channels, dtype, edge_scores=True):
     g = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to("cuda", dtype)  # noqa: E731
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(target.device, dtype)  # noqa: E731
     h = rand(graph.num_src, heads, channels)
     s, d = rand(graph.num_src, heads), rand(graph.num_dst, heads)
     t = rand(graph.num_edges, heads) if edge_scores else None
@@ -33,13 +78,13 @@ def make_inputs(graph, seed, heads, channels, dtype, edge_scores=True):
     return h, s, d, t, t_loop
 
 
-def graph_of(kind, seed, **sizes):
-    return coo_graph(*random_graph(kind, seed, **sizes))
+def coo_graph(target, src, dst, num_src, num_dst, loops=True):
+    return Graph.from_coo(src.to(target.device), dst.to(target.device), num_src, num_dst,
+                          drop_self_loops=loops, num_loops=min(num_src, num_dst) if loops else 0)
 
 
-def coo_graph(src, dst, num_src, num_dst, loops=True):
-    return Graph.from_coo(src.cuda(), dst.cuda(), num_src, num_dst, drop_self_loops=loops,
-                          num_loops=min(num_src, num_dst) if loops else 0)
+def graph_of(target, kind, seed, loops=True, **sizes):
+    return coo_graph(target, *random_graph(kind, seed, **sizes), loops=loops)
 
 
 def with_int64_indices(graph):
@@ -48,7 +93,7 @@ def with_int64_indices(graph):
                                csc_eid=graph.csc_eid.long())
 
 
-def star_rows(entries, num_nodes=2000, seed=0):
+def star_rows(target, entries, num_nodes, seed=0):
     """Random background edges plus rows 0, 1, ... with exactly entries[r] in-edges counting
     the self loop. With ~1 edge per node the forward's split length is its floor of 256, so
     entries around 256 and 512 land on chunk boundaries."""
@@ -60,11 +105,23 @@ def star_rows(entries, num_nodes=2000, seed=0):
         others = others[others != row][: count - 1]  # distinct sources, no self loop
         src.append(others)
         dst.append(torch.full_like(others, row))
-    return coo_graph(torch.cat(src), torch.cat(dst), num_nodes, num_nodes)
+    return coo_graph(target, torch.cat(src), torch.cat(dst), num_nodes, num_nodes)
 
 
-def check_against_reference(inputs, graph, dtype, dropout=0.0, seed=None):
-    out, lse = run_op(inputs, graph, "cuda", dropout, seed)
+def forward(target, inputs, graph, dropout=0.0, seed=None, slope=0.2):
+    return target.ops.fused_forward(*inputs, graph.rowptr, graph.col, graph.num_loops, slope,
+                                    dropout, seed)
+
+
+def backward(target, dout, out, lse, inputs, graph, dropout=0.0, seed=None, slope=0.2):
+    """The backward op's gradients, one per given input (as reference_grads)."""
+    got = target.ops.fused_backward(dout.to(out.device, out.dtype), out, lse, *inputs,
+                                    *graph.op_args(), graph.num_loops, slope, dropout, seed)
+    return [g for g, x in zip(got, inputs) if x is not None]
+
+
+def check_against_reference(target, inputs, graph, dtype, dropout=0.0, seed=None):
+    out, lse = forward(target, inputs, graph, dropout, seed)
     ref_out, ref_lse = reference(inputs, graph, dropout, seed)
     assert out.dtype == dtype
     assert lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
@@ -74,79 +131,96 @@ def check_against_reference(inputs, graph, dtype, dropout=0.0, seed=None):
     assert_close(lse.cpu()[live], ref_lse[live], torch.float64 if dtype == torch.float64
                  else torch.float32)
     dout = torch.randn(out.shape, dtype=torch.float64).to(dtype)
-    got = grads(lambda x: run_op(x, graph, "cuda", dropout, seed), inputs, dout)
+    got = backward(target, dout, out, lse, inputs, graph, dropout, seed)
     want = reference_grads(dout, ref_out, ref_lse, inputs, graph, dtype, dropout, seed)
     for g_got, g_want in zip(got, want):
         assert_close(g_got, g_want, dtype)
+    return out, lse
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("edge_scores,loops,dropout", [(True, True, 0.0), (False, False, 0.0),
+                                                       (True, True, 0.3)])
+def test_graph_kinds_against_reference(target, kind, dtype, edge_scores, loops, dropout):
+    """Zero-degree rows, duplicate edges, dead slots of dropped self loops, a hub, bipartite
+    sizes and no edges at all; with and without edge/loop scores; dropout's mask is the
+    reference's (the same Philox rule)."""
+    case = zlib.crc32(f"{kind}-{edge_scores}-{loops}-{dropout}".encode()) % 1000
+    graph = graph_of(target, kind, case, loops=loops)
+    inputs = make_inputs(target, graph, case, heads=3, channels=5, dtype=dtype,
+                         edge_scores=edge_scores)
+    seed = torch.tensor([case * 7919 + 13], device=target.device) if dropout else None
+    check_against_reference(target, inputs, graph, dtype, dropout, seed)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("channels", [1, 3, 5, 8, 16, 130, 300])
-def test_channel_widths_against_reference(channels, dtype):
-    """C below one vector, odd C (scalar path), one tile, and C spanning several tiles."""
-    graph = graph_of("hub", channels)
-    inputs = make_inputs(graph, channels, heads=2, channels=channels, dtype=dtype)
-    check_against_reference(inputs, graph, dtype)
+@pytest.mark.parametrize("channels", [1, 3, 5, 8, 12, 64, 130, 300])
+def test_channel_widths_against_reference(target, channels, dtype):
+    """C below one vector, odd C (scalar path), one tile, and C spanning several tiles (130 for
+    float64 and float32, 300 for the 16-bit types)."""
+    graph = graph_of(target, "hub", channels)
+    inputs = make_inputs(target, graph, channels, heads=2, channels=channels, dtype=dtype)
+    check_against_reference(target, inputs, graph, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_misaligned_h_takes_the_scalar_path(dtype):
+def test_misaligned_h_takes_the_scalar_path(target, dtype):
     """C a multiple of the vector width but h starting off a 16-byte boundary."""
-    graph = graph_of("random", 4)
-    h, s, d, t, t_loop = make_inputs(graph, 4, heads=2, channels=16, dtype=dtype)
-    buffer = torch.empty(h.numel() + 1, dtype=dtype, device="cuda")
-    h_off = buffer[1:].view_as(h).copy_(h)
+    graph = graph_of(target, "random", 4)
+    h, s, d, t, t_loop = make_inputs(target, graph, 4, heads=2, channels=16, dtype=dtype)
+    h_off = torch.empty(h.numel() + 1, dtype=dtype, device=target.device)[1:].view_as(h)
+    h_off.copy_(h)
     assert h_off.is_contiguous() and h_off.data_ptr() % 16 != 0
-    args = (t, t_loop, graph.rowptr, graph.col, graph.num_loops, 0.2, 0.0, None)
-    out, lse = torch.ops.fastgat.fused_forward(h_off, s, d, *args)
-    aligned_out, aligned_lse = torch.ops.fastgat.fused_forward(h, s, d, *args)
+    out, lse = forward(target, (h_off, s, d, t, t_loop), graph)
+    aligned_out, aligned_lse = forward(target, (h, s, d, t, t_loop), graph)
     assert_close(out, aligned_out, dtype)
     assert_close(lse, aligned_lse, torch.float32)
     dout = torch.randn_like(out)
-    dout_off = torch.empty(dout.numel() + 1, dtype=dtype, device="cuda")[1:].view_as(dout)
+    dout_off = torch.empty(dout.numel() + 1, dtype=dtype, device=target.device)[1:].view_as(dout)
     dout_off.copy_(dout)
-    bwd = lambda h_, dout_: torch.ops.fastgat.fused_backward(  # noqa: E731
-        dout_, out, lse, h_, s, d, t, t_loop, graph.rowptr, graph.col, graph.colptr,
-        graph.csc_row, graph.csc_eid, graph.num_loops, 0.2, 0.0, None)
-    for got, want in zip(bwd(h_off, dout_off), bwd(h, dout)):
+    for got, want in zip(backward(target, dout_off, out, lse, (h_off, s, d, t, t_loop), graph),
+                         backward(target, dout, out, lse, (h, s, d, t, t_loop), graph)):
         assert_close(got, want, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_rows_split_at_chunk_boundaries(dtype, dropout):
+def test_rows_split_at_chunk_boundaries(target, dtype, dropout):
     """Rows of 255..257 and 511..513 entries: one chunk, exactly full, and split in two/three."""
-    graph = star_rows([255, 256, 257, 511, 512, 513])
-    inputs = make_inputs(graph, 1, heads=3, channels=8, dtype=dtype)
-    seed = torch.tensor([77], device="cuda") if dropout else None
-    check_against_reference(inputs, graph, dtype, dropout, seed)
+    graph = star_rows(target, [255, 256, 257, 511, 512, 513], target.sized(2000, 600))
+    inputs = make_inputs(target, graph, 1, heads=3, channels=8, dtype=dtype)
+    seed = torch.tensor([77], device=target.device) if dropout else None
+    check_against_reference(target, inputs, graph, dtype, dropout, seed)
 
 
+@pytest.mark.parametrize("sms", [132, 1], indirect=True, ids=lambda n: f"{n}sm")
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_hub_far_beyond_one_block(dropout):
-    """A destination hub of 20k in-edges: dozens of chunks merged in order."""
-    graph = graph_of("hub", 9, num_nodes=300, num_edges=1200, hub_degree=20_000)
-    inputs = make_inputs(graph, 9, heads=2, channels=32, dtype=torch.float32)
-    seed = torch.tensor([2**33 + 5], device="cuda") if dropout else None
-    check_against_reference(inputs, graph, torch.float32, dropout, seed)
+def test_hub_far_beyond_one_block(target, sms, dropout):
+    """A destination hub of thousands of in-edges: dozens of chunks merged in order. With one
+    (pretend) SM the chunk and merge kernels run on 8 blocks and stride over the chunks."""
+    hub = target.sized(20_000, 6_000)
+    graph = graph_of(target, "hub", 9, num_nodes=300, num_edges=1200, hub_degree=hub)
+    inputs = make_inputs(target, graph, 9, heads=2, channels=32, dtype=torch.float32)
+    seed = torch.tensor([2**33 + 5], device=target.device) if dropout else None
+    check_against_reference(target, inputs, graph, torch.float32, dropout, seed)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
-def test_few_rows_with_many_edges_against_reference(dtype):
-    """16 destinations of ~20k in-edges each: the split length follows the work per SM, not
-    the average degree, so every row is cut into dozens of chunks."""
+def test_few_rows_with_many_edges_against_reference(target, dtype):
+    """16 destinations with thousands of in-edges each: every row is cut into many chunks."""
+    edges = target.sized(320_000, 32_000)
     g = torch.Generator().manual_seed(31)
-    src = torch.randint(0, 1000, (320_000,), generator=g)
-    dst = torch.randint(0, 16, (320_000,), generator=g)
-    graph = coo_graph(src, dst, 1000, 16)
-    inputs = make_inputs(graph, 31, heads=2, channels=8, dtype=dtype)
-    check_against_reference(inputs, graph, dtype)
+    src = torch.randint(0, 1000, (edges,), generator=g)
+    dst = torch.randint(0, 16, (edges,), generator=g)
+    graph = coo_graph(target, src, dst, 1000, 16)
+    inputs = make_inputs(target, graph, 31, heads=2, channels=8, dtype=dtype)
+    check_against_reference(target, inputs, graph, dtype)
 
 
 def with_minus_inf_scores(inputs, graph, fraction, seed):
     """Sets about `fraction` of the edge scores to -inf, keeping a finite score in every row
-    with an entry (its self loop, else its first slot): the reference is NaN on a row whose
-    every score is -inf, where the kernels give out = 0, lse = -inf."""
+    with an entry (its self loop, else its first slot)."""
     h, s, d, t, t_loop = inputs
     t = t.clone()
     g = torch.Generator().manual_seed(seed)
@@ -160,50 +234,95 @@ def with_minus_inf_scores(inputs, graph, fraction, seed):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("loops", [True, False])
-def test_minus_inf_scores_weigh_nothing(dtype, loops):
+def test_minus_inf_scores_weigh_nothing(target, dtype, loops):
     """Edges with t = -inf get weight 0 (no NaN from exp(-inf - -inf)); without self loops a
     third of the rows have no entry at all: out = 0, lse = -inf."""
-    graph = coo_graph(*random_graph("isolated", 14, num_nodes=60, num_edges=400), loops=loops)
-    inputs = with_minus_inf_scores(make_inputs(graph, 14, heads=2, channels=8, dtype=dtype),
-                                   graph, 0.5, 14)
-    check_against_reference(inputs, graph, dtype)
-    out, lse = run_op(inputs, graph, "cuda")
+    graph = graph_of(target, "isolated", 14, loops=loops, num_nodes=60, num_edges=400)
+    inputs = with_minus_inf_scores(make_inputs(target, graph, 14, heads=2, channels=8,
+                                               dtype=dtype), graph, 0.5, 14)
+    out, lse = check_against_reference(target, inputs, graph, dtype)
     if not loops:
         empty = graph.rowptr[1:] == graph.rowptr[:-1]
         assert empty.any() and (out[empty] == 0).all() and torch.isinf(lse[empty]).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_rows_whose_every_score_is_minus_inf(target, dtype):
+    """A row masked out entirely through t (and t_loop): out = 0, lse = -inf, and every
+    gradient it touches is 0, not NaN (the torch reference is NaN there, so the other rows are
+    compared with it and the masked rows with the rule)."""
+    graph = graph_of(target, "random", 17)
+    h, s, d, t, t_loop = make_inputs(target, graph, 17, heads=2, channels=5, dtype=dtype)
+    rowptr = graph.rowptr.long().cpu()
+    masked = torch.tensor([1, 4])
+    t, t_loop = t.clone(), t_loop.clone()
+    for row in masked.tolist():
+        t[rowptr[row]:rowptr[row + 1]] = float("-inf")
+        t_loop[row] = float("-inf")
+    inputs = (h, s, d, t, t_loop)
+    out, lse = forward(target, inputs, graph)
+    assert (out[masked] == 0).all() and torch.isneginf(lse[masked]).all()
+    ref_out, ref_lse = reference(inputs, graph)
+    rows = torch.ones(graph.num_dst, dtype=torch.bool)
+    rows[masked] = False
+    assert_close(out.cpu()[rows], ref_out[rows], dtype)
+    dout = torch.randn(out.shape, dtype=torch.float64).to(dtype)
+    dh, ds, dd, dt, dt_loop = backward(target, dout, out, lse, inputs, graph)
+    for grad in (dh, ds, dd, dt, dt_loop):
+        assert torch.isfinite(grad).all()
+    assert (dd[masked] == 0).all() and (dt_loop[masked] == 0).all()
+    assert (dt[torch.cat([torch.arange(rowptr[r], rowptr[r + 1]) for r in masked.tolist()])]
+            == 0).all()
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_minus_inf_scores_fill_whole_chunks(dropout):
+def test_minus_inf_scores_fill_whole_chunks(target, dropout):
     """A split row whose first ~600 slots score -inf: whole chunks with no finite score
     (partial lse = -inf) merge with weight 0."""
-    graph = star_rows([900, 300])
-    h, s, d, t, t_loop = make_inputs(graph, 5, heads=2, channels=8, dtype=torch.float32)
+    graph = star_rows(target, [900, 300], target.sized(2000, 600))
+    h, s, d, t, t_loop = make_inputs(target, graph, 5, heads=2, channels=8, dtype=torch.float32)
     t = t.clone()
     t[:600] = float("-inf")  # row 0 holds the first CSR slots
-    seed = torch.tensor([41], device="cuda") if dropout else None
-    check_against_reference((h, s, d, t, t_loop), graph, torch.float32, dropout, seed)
+    seed = torch.tensor([41], device=target.device) if dropout else None
+    check_against_reference(target, (h, s, d, t, t_loop), graph, torch.float32, dropout, seed)
 
 
-def test_int64_indices_give_bitwise_the_same_result():
-    graph = graph_of("hub", 12, hub_degree=600)
-    inputs = make_inputs(graph, 12, heads=2, channels=8, dtype=torch.float32)
-    seed = torch.tensor([3], device="cuda")
-    dout = torch.randn(graph.num_dst, 2, 8)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_int64_indices_give_bitwise_the_same_result(target, dtype):
+    graph = graph_of(target, "hub", 12, hub_degree=600)
+    inputs = make_inputs(target, graph, 12, heads=2, channels=8, dtype=dtype)
+    seed = torch.tensor([3], device=target.device)
     graph64 = with_int64_indices(graph)
     assert graph.rowptr.dtype == torch.int32 and graph64.csc_eid.dtype == torch.int64
-    for a, b in zip(run_op(inputs, graph, "cuda", 0.2, seed),
-                    run_op(inputs, graph64, "cuda", 0.2, seed)):
-        assert torch.equal(a, b)
-    for a, b in zip(grads(lambda x: run_op(x, graph, "cuda", 0.2, seed), inputs, dout),
-                    grads(lambda x: run_op(x, graph64, "cuda", 0.2, seed), inputs, dout)):
+    out, lse = forward(target, inputs, graph, 0.2, seed)
+    out64, lse64 = forward(target, inputs, graph64, 0.2, seed)
+    assert torch.equal(out, out64) and torch.equal(lse, lse64)
+    dout = torch.randn(out.shape).to(dtype)
+    for a, b in zip(backward(target, dout, out, lse, inputs, graph, 0.2, seed),
+                    backward(target, dout, out, lse, inputs, graph64, 0.2, seed)):
         assert torch.equal(a, b)
 
 
+def test_backward_is_bitwise_deterministic(target):
+    graph = graph_of(target, "hub", 21, hub_degree=700)
+    inputs = make_inputs(target, graph, 21, heads=3, channels=12, dtype=torch.float32)
+    seed = torch.tensor([5], device=target.device)
+    out, lse = forward(target, inputs, graph, 0.2, seed)
+    dout = torch.randn(out.shape)
+    first = backward(target, dout, out, lse, inputs, graph, 0.2, seed)
+    second = backward(target, dout, out, lse, inputs, graph, 0.2, seed)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
 def test_forward_and_backward_capture_in_a_cuda_graph():
     """Capture fails on a host sync, so this proves none, the split-row path included."""
-    graph = star_rows([600, 3, 1])
-    h, s, d, t, t_loop = make_inputs(graph, 2, heads=2, channels=8, dtype=torch.float32)
+    target = Target("cuda", "cuda")
+    if unavailable_reason("cuda", "cuda"):
+        pytest.skip(unavailable_reason("cuda", "cuda"))
+    graph = star_rows(target, [600, 3, 1], 2000)
+    h, s, d, t, t_loop = make_inputs(target, graph, 2, heads=2, channels=8, dtype=torch.float32)
     seed = torch.tensor([11], device="cuda")
     dout = torch.randn(graph.num_dst, 2, 8, device="cuda")
 
@@ -227,13 +346,16 @@ def test_forward_and_backward_capture_in_a_cuda_graph():
         assert torch.equal(a, b)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_cuda_matches_triton(dtype):
-    reason = unavailable_reason("triton", "cuda")
-    if reason:
-        pytest.skip(reason)
-    graph = graph_of("duplicates", 6)
-    inputs = make_inputs(graph, 6, heads=4, channels=16, dtype=dtype)
+    from test_op import grads, run_op
+    for backend in ("cuda", "triton"):
+        if unavailable_reason(backend, "cuda"):
+            pytest.skip(unavailable_reason(backend, "cuda"))
+    target = Target("cuda", "cuda")
+    graph = graph_of(target, "duplicates", 6)
+    inputs = make_inputs(target, graph, 6, heads=4, channels=16, dtype=dtype)
     seed = torch.tensor([123], device="cuda")
     cuda_out, _ = run_op(inputs, graph, "cuda", 0.25, seed)
     triton_out, _ = run_op(inputs, graph, "triton", 0.25, seed)

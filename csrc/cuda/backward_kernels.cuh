@@ -11,24 +11,16 @@
 // C beyond one tile (32 vectors: 128 float, 256 half) the CSC pass repeats that dot per tile.
 // Long rows are not split here: a hub's row (or column) runs in one group.
 // Kernels assume valid input (fastgat/graph.py builds it; csrc/common/checks.h checks shapes).
-#include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
-
+// Device code only, included by gat_cuda.cu (nvcc) and by csrc/emulated/gat_emulated.cpp (the
+// host compiler with the SIMT emulator): the launch code lives in launch.h.
+#pragma once
 #include <algorithm>
-#include <tuple>
+#include <cstdint>
 
-#include "../common/checks.h"
 #include "gat_cuda.cuh"
 
 namespace fastgat {
 namespace cuda {
-namespace {
 
 template <typename T, typename Index>
 struct BackwardArgs {
@@ -248,117 +240,5 @@ __global__ void zero_dead_slots_kernel(const Index* __restrict__ rowptr, int64_t
     dt[k] = T(0);
 }
 
-int64_t blocks_for(int64_t groups, int group_size) {
-  const int64_t per_block = kBlock / group_size;
-  const int64_t blocks = (groups + per_block - 1) / per_block;
-  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "fastgat: graph too large for one "
-              "launch (", blocks, " blocks)");
-  return blocks;
-}
-
-template <typename T, typename Index>
-void launch_backward(const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse,
-                     const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
-                     const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
-                     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& colptr,
-                     const at::Tensor& csc_row, const at::Tensor& csc_eid, int64_t num_loops,
-                     double negative_slope, double dropout, const c10::optional<at::Tensor>& seed,
-                     at::Tensor& dh, at::Tensor& ds, at::Tensor& dd, at::Tensor& dt,
-                     at::Tensor& dt_loop) {
-  using A = at::opmath_type<T>;
-  constexpr int VEC = vec_width<T>();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor D = at::empty({d.size(0), d.size(1)}, lse.options());
-  BackwardArgs<T, Index> a{};
-  a.dout = dout.data_ptr<T>();
-  a.out = out.data_ptr<T>();
-  a.lse = lse.data_ptr<A>();
-  a.h = h.data_ptr<T>();
-  a.s = s.data_ptr<T>();
-  a.d = d.data_ptr<T>();
-  a.t = t.has_value() ? t->data_ptr<T>() : nullptr;
-  a.t_loop = t_loop.has_value() ? t_loop->data_ptr<T>() : nullptr;
-  a.rowptr = rowptr.data_ptr<Index>();
-  a.col = col.data_ptr<Index>();
-  a.colptr = colptr.data_ptr<Index>();
-  a.csc_row = csc_row.data_ptr<Index>();
-  a.csc_eid = csc_eid.data_ptr<Index>();
-  a.D = D.data_ptr<A>();
-  a.dh = dh.data_ptr<T>();
-  a.ds = ds.data_ptr<T>();
-  a.dd = dd.data_ptr<T>();
-  a.dt = t.has_value() ? dt.data_ptr<T>() : nullptr;
-  a.dt_loop = t_loop.has_value() ? dt_loop.data_ptr<T>() : nullptr;
-  a.num_src = h.size(0);
-  a.num_dst = d.size(0);
-  a.num_slots = col.numel();
-  a.num_loops = num_loops;
-  a.channels = h.size(2);
-  a.heads = static_cast<int>(h.size(1));
-  a.group_size = group_size(a.channels, VEC);
-  a.tiles = channel_tiles(a.channels, a.group_size, VEC);
-  a.slope = static_cast<A>(negative_slope);
-  a.dropout = Dropout{dropout > 0.0 ? seed->data_ptr<int64_t>() : nullptr,
-                      dropout_threshold(dropout), 1.0 / (1.0 - dropout), dropout > 0.0};
-
-  const auto is_aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const bool aligned = a.channels % VEC == 0 && is_aligned(a.dout) && is_aligned(a.out) &&
-                       is_aligned(a.h) && is_aligned(a.dh);
-
-  if (a.num_dst > 0) {  // CSR pass: D, dd, dt, dt_loop
-    const int64_t blocks = blocks_for(a.num_dst * a.heads, a.group_size);
-    if (aligned) {
-      csr_kernel<true><<<blocks, kBlock, 0, stream>>>(a);
-    } else {
-      csr_kernel<false><<<blocks, kBlock, 0, stream>>>(a);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  if (a.dt != nullptr && a.num_slots > 0) {
-    const int64_t blocks = std::min<int64_t>(blocks_for(a.num_slots * a.heads, 1), 1024);
-    zero_dead_slots_kernel<T, Index><<<blocks, kBlock, 0, stream>>>(
-        a.rowptr, a.num_dst, a.num_slots, a.heads, a.dt);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  if (a.num_src > 0) {  // CSC pass: dh, ds
-    const int64_t blocks = blocks_for(a.num_src * a.heads * a.tiles, a.group_size);
-    if (aligned) {
-      csc_kernel<true><<<blocks, kBlock, 0, stream>>>(a);
-    } else {
-      csc_kernel<false><<<blocks, kBlock, 0, stream>>>(a);
-    }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward_cuda(
-    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& h,
-    const at::Tensor& s, const at::Tensor& d, const c10::optional<at::Tensor>& t,
-    const c10::optional<at::Tensor>& t_loop, const at::Tensor& rowptr, const at::Tensor& col,
-    const at::Tensor& colptr, const at::Tensor& csc_row, const at::Tensor& csc_eid,
-    int64_t num_loops, double negative_slope, double dropout,
-    const c10::optional<at::Tensor>& seed) {
-  check_backward_inputs(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid,
-                        num_loops, dropout, seed);
-  const c10::cuda::CUDAGuard guard(h.device());
-  at::Tensor dh = at::empty_like(h), ds = at::empty_like(s), dd = at::empty_like(d);
-  at::Tensor dt = t.has_value() ? at::empty_like(*t) : at::empty({0}, h.options());
-  at::Tensor dt_loop = t_loop.has_value() ? at::empty_like(*t_loop) : at::empty({0}, h.options());
-  if (h.size(1) == 0) return {dh, ds, dd, dt, dt_loop};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "fastgat_backward", [&] {
-    AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_backward", [&] {
-      launch_backward<scalar_t, index_t>(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr,
-                                         csc_row, csc_eid, num_loops, negative_slope, dropout,
-                                         seed, dh, ds, dd, dt, dt_loop);
-    });
-  });
-  return {dh, ds, dd, dt, dt_loop};
-}
-
-}  // namespace
 }  // namespace cuda
 }  // namespace fastgat
-
-TORCH_LIBRARY_IMPL(fastgat, CUDA, m) {
-  m.impl("fused_backward", &fastgat::cuda::fused_backward_cuda);
-}

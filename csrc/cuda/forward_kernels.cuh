@@ -15,24 +15,16 @@
 // ceil(n / L) < 2 n / L chunks). The chunk and merge kernels run on at most one wave of blocks
 // and stride over the chunk count read on the device, so where nothing splits they exit at once.
 // Kernels assume valid input (fastgat/graph.py builds it; csrc/common/checks.h checks shapes).
-#include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <ATen/ops/cumsum.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
-
+// Device code only, included by gat_cuda.cu (nvcc) and by csrc/emulated/gat_emulated.cpp (the
+// host compiler with the SIMT emulator): the launch code lives in launch.h.
+#pragma once
 #include <algorithm>
-#include <tuple>
+#include <cstdint>
 
-#include "../common/checks.h"
 #include "gat_cuda.cuh"
 
 namespace fastgat {
 namespace cuda {
-namespace {
 
 template <typename T, typename Index>
 struct ForwardArgs {
@@ -248,123 +240,5 @@ __global__ void merge_kernel(const at::opmath_type<T>* __restrict__ part_out,
   }
 }
 
-int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
-
-constexpr int64_t kWave = 2048 / kBlock;  // blocks per SM at full occupancy
-
-int64_t blocks_for(int64_t work, int64_t per_block) {
-  const int64_t blocks = ceil_div(work, per_block);
-  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "fastgat: graph too large for one "
-              "launch (", blocks, " blocks)");
-  return blocks;
-}
-
-template <typename T, typename Index>
-void launch_forward(const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
-                    const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
-                    const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops,
-                    double negative_slope, double dropout, const c10::optional<at::Tensor>& seed,
-                    at::Tensor& out, at::Tensor& lse) {
-  using A = at::opmath_type<T>;
-  constexpr int VEC = vec_width<T>();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  ForwardArgs<T, Index> a{};
-  a.h = h.data_ptr<T>();
-  a.s = s.data_ptr<T>();
-  a.d = d.data_ptr<T>();
-  a.t = t.has_value() ? t->data_ptr<T>() : nullptr;
-  a.t_loop = t_loop.has_value() ? t_loop->data_ptr<T>() : nullptr;
-  a.rowptr = rowptr.data_ptr<Index>();
-  a.col = col.data_ptr<Index>();
-  a.out = out.data_ptr<T>();
-  a.lse = lse.data_ptr<A>();
-  a.num_dst = out.size(0);
-  a.num_slots = col.numel();
-  a.num_loops = num_loops;
-  a.channels = h.size(2);
-  a.heads = static_cast<int>(h.size(1));
-  a.group_size = group_size(a.channels, VEC);
-  a.tiles = channel_tiles(a.channels, a.group_size, VEC);
-  a.slope = static_cast<A>(negative_slope);
-  a.dropout = Dropout{dropout > 0.0 ? seed->data_ptr<int64_t>() : nullptr,
-                      dropout_threshold(dropout), 1.0 / (1.0 - dropout), dropout > 0.0};
-
-  // Split length and chunk bound from shapes (see the file comment).
-  const int64_t entries = a.num_slots + num_loops;
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  a.split_len = std::max<int64_t>(
-      256, std::min(4 * ceil_div(entries, a.num_dst), ceil_div(entries, 8 * sms)));
-  const int64_t max_row_entries = a.num_slots + (num_loops > 0);
-  const int64_t chunk_bound = max_row_entries > a.split_len ? ceil_div(2 * entries, a.split_len) : 0;
-  at::Tensor chunk_ptr, part_out, part_lse;
-  if (chunk_bound > 0) {
-    at::Tensor counts = at::empty({a.num_dst + 1}, rowptr.options().dtype(at::kLong));
-    count_chunks_kernel<Index><<<blocks_for(a.num_dst, kBlock), kBlock, 0, stream>>>(
-        a.rowptr, a.num_dst, num_loops, a.split_len, counts.data_ptr<int64_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    chunk_ptr = counts.cumsum(0);
-    const auto acc_options = out.options().dtype(lse.scalar_type());
-    part_out = at::empty({chunk_bound, a.heads, a.channels}, acc_options);
-    part_lse = at::empty({chunk_bound, a.heads}, acc_options);
-    a.chunk_ptr = chunk_ptr.data_ptr<int64_t>();
-    a.part_out = part_out.data_ptr<A>();
-    a.part_lse = part_lse.data_ptr<A>();
-  }
-
-  const bool aligned = a.channels % VEC == 0 && reinterpret_cast<uintptr_t>(a.h) % 16 == 0 &&
-                       reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
-  const int64_t per_block = kBlock / a.group_size;
-  const int64_t row_blocks = blocks_for(a.num_dst * a.heads * a.tiles, per_block);
-  if (aligned) {
-    row_kernel<true><<<row_blocks, kBlock, 0, stream>>>(a);
-  } else {
-    row_kernel<false><<<row_blocks, kBlock, 0, stream>>>(a);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (chunk_bound == 0) return;
-
-  // Chunk groups and merge threads: at most one wave (kWave blocks per SM), striding over the
-  // chunks that exist, so where nothing splits they exit at once.
-  const int64_t wave = kWave * sms;
-  const int64_t chunk_blocks =
-      std::min(blocks_for(chunk_bound * a.heads * a.tiles, per_block), wave);
-  if (aligned) {
-    chunk_kernel<true><<<chunk_blocks, kBlock, 0, stream>>>(a);
-  } else {
-    chunk_kernel<false><<<chunk_blocks, kBlock, 0, stream>>>(a);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const int64_t threads = chunk_bound * a.heads * std::max<int64_t>(a.channels, 1);
-  merge_kernel<T><<<std::min(blocks_for(threads, kBlock), wave), kBlock, 0, stream>>>(
-      a.part_out, a.part_lse, a.chunk_ptr, a.num_dst, a.heads, a.channels, a.out, a.lse);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-std::tuple<at::Tensor, at::Tensor> fused_forward_cuda(
-    const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
-    const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
-    const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops, double negative_slope,
-    double dropout, const c10::optional<at::Tensor>& seed) {
-  check_forward_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed);
-  const c10::cuda::CUDAGuard guard(h.device());
-  const int64_t num_dst = rowptr.numel() - 1, heads = h.size(1), channels = h.size(2);
-  const auto lse_dtype = h.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor out = at::empty({num_dst, heads, channels}, h.options());
-  at::Tensor lse = at::empty({num_dst, heads}, h.options().dtype(lse_dtype));
-  if (num_dst == 0 || heads == 0) return {out, lse};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "fastgat_forward", [&] {
-    AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_forward", [&] {
-      launch_forward<scalar_t, index_t>(h, s, d, t, t_loop, rowptr, col, num_loops,
-                                        negative_slope, dropout, seed, out, lse);
-    });
-  });
-  return {out, lse};
-}
-
-}  // namespace
 }  // namespace cuda
 }  // namespace fastgat
-
-TORCH_LIBRARY_IMPL(fastgat, CUDA, m) {
-  m.impl("fused_forward", &fastgat::cuda::fused_forward_cuda);
-}

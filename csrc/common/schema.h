@@ -1,0 +1,18 @@
+// The fused ops' schemas, declared by csrc/fastgat.cpp (namespace fastgat) and, with the same
+// signatures, by the emulated-CUDA test library (csrc/emulated/gat_emulated.cpp).
+#pragma once
+
+namespace fastgat {
+
+constexpr const char* kForwardSchema =
+    "fused_forward(Tensor h, Tensor s, Tensor d, Tensor? t, Tensor? t_loop, Tensor rowptr, "
+    "Tensor col, int num_loops, float negative_slope, float dropout, Tensor? seed) "
+    "-> (Tensor, Tensor)";
+
+constexpr const char* kBackwardSchema =
+    "fused_backward(Tensor dout, Tensor out, Tensor lse, Tensor h, Tensor s, Tensor d, "
+    "Tensor? t, Tensor? t_loop, Tensor rowptr, Tensor col, Tensor colptr, Tensor csc_row, "
+    "Tensor csc_eid, int num_loops, float negative_slope, float dropout, Tensor? seed) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)";
+
+}  // namespace fastgat

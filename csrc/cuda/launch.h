@@ -1,0 +1,236 @@
+// Host side of the fused CUDA kernels: grid sizes, the split plan, partial buffers and argument
+// structs, written once for two builds (docs/design.md §6, §8):
+//   gat_cuda.cu                    nvcc, a real GPU:  CudaDevice launches with <<<>>>
+//   ../emulated/gat_emulated.cpp   host compiler:     EmulatedDevice runs the kernels lane by lane
+// A Device provides
+//   int64_t sms() const                            SMs to plan for (the emulated one is settable)
+//   void launch(kernel, blocks, threads, args...)  one kernel launch (errors are thrown)
+//   at::Tensor empty(sizes, options) const         an output buffer on the inputs' device
+#pragma once
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/cumsum.h>
+
+#include <algorithm>
+#include <limits>
+#include <tuple>
+
+#include "../common/checks.h"
+#include "backward_kernels.cuh"
+#include "forward_kernels.cuh"
+
+namespace fastgat {
+namespace cuda {
+
+inline int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
+
+constexpr int64_t kWave = 2048 / kBlock;  // blocks per SM at full occupancy
+
+// Blocks of kBlock threads for `work` items, `per_block` to a block.
+inline int64_t blocks_for(int64_t work, int64_t per_block) {
+  const int64_t blocks = ceil_div(work, per_block);
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "fastgat: graph too large for one "
+              "launch (", blocks, " blocks)");
+  return blocks;
+}
+
+// The forward's split length and a bound on the chunk count, from shapes alone (see
+// forward_kernels.cuh): a row of more than split_len entries is cut into chunks.
+struct SplitPlan {
+  int64_t split_len;
+  int64_t chunk_bound;  // 0: no row can split
+
+  SplitPlan(int64_t num_dst, int64_t num_slots, int64_t num_loops, int64_t sms) {
+    const int64_t entries = num_slots + num_loops;
+    split_len = std::max<int64_t>(
+        256, std::min(4 * ceil_div(entries, num_dst), ceil_div(entries, 8 * sms)));
+    const int64_t max_row_entries = num_slots + (num_loops > 0);
+    chunk_bound = max_row_entries > split_len ? ceil_div(2 * entries, split_len) : 0;
+  }
+};
+
+inline bool is_aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+inline Dropout make_dropout(double dropout, const c10::optional<at::Tensor>& seed) {
+  return Dropout{dropout > 0.0 ? seed->data_ptr<int64_t>() : nullptr,
+                 dropout_threshold(dropout), 1.0 / (1.0 - dropout), dropout > 0.0};
+}
+
+template <typename T, typename Index, typename Device>
+void launch_forward(const Device& device, const at::Tensor& h, const at::Tensor& s,
+                    const at::Tensor& d, const c10::optional<at::Tensor>& t,
+                    const c10::optional<at::Tensor>& t_loop, const at::Tensor& rowptr,
+                    const at::Tensor& col, int64_t num_loops, double negative_slope,
+                    double dropout, const c10::optional<at::Tensor>& seed, at::Tensor& out,
+                    at::Tensor& lse) {
+  using A = at::opmath_type<T>;
+  constexpr int VEC = vec_width<T>();
+  ForwardArgs<T, Index> a{};
+  a.h = h.data_ptr<T>();
+  a.s = s.data_ptr<T>();
+  a.d = d.data_ptr<T>();
+  a.t = t.has_value() ? t->data_ptr<T>() : nullptr;
+  a.t_loop = t_loop.has_value() ? t_loop->data_ptr<T>() : nullptr;
+  a.rowptr = rowptr.data_ptr<Index>();
+  a.col = col.data_ptr<Index>();
+  a.out = out.data_ptr<T>();
+  a.lse = lse.data_ptr<A>();
+  a.num_dst = out.size(0);
+  a.num_slots = col.numel();
+  a.num_loops = num_loops;
+  a.channels = h.size(2);
+  a.heads = static_cast<int>(h.size(1));
+  a.group_size = group_size(a.channels, VEC);
+  a.tiles = channel_tiles(a.channels, a.group_size, VEC);
+  a.slope = static_cast<A>(negative_slope);
+  a.dropout = make_dropout(dropout, seed);
+
+  const int64_t sms = device.sms();
+  const SplitPlan plan(a.num_dst, a.num_slots, num_loops, sms);
+  a.split_len = plan.split_len;
+  at::Tensor chunk_ptr, part_out, part_lse;
+  if (plan.chunk_bound > 0) {
+    at::Tensor counts = device.empty({a.num_dst + 1}, rowptr.options().dtype(at::kLong));
+    device.launch(count_chunks_kernel<Index>, blocks_for(a.num_dst, kBlock), kBlock, a.rowptr,
+                  a.num_dst, num_loops, a.split_len, counts.data_ptr<int64_t>());
+    chunk_ptr = counts.cumsum(0);
+    const auto acc_options = out.options().dtype(lse.scalar_type());
+    part_out = device.empty({plan.chunk_bound, a.heads, a.channels}, acc_options);
+    part_lse = device.empty({plan.chunk_bound, a.heads}, acc_options);
+    a.chunk_ptr = chunk_ptr.data_ptr<int64_t>();
+    a.part_out = part_out.data_ptr<A>();
+    a.part_lse = part_lse.data_ptr<A>();
+  }
+
+  const bool aligned = a.channels % VEC == 0 && is_aligned_16(a.h) && is_aligned_16(a.out);
+  const int64_t per_block = kBlock / a.group_size;
+  const int64_t row_blocks = blocks_for(a.num_dst * a.heads * a.tiles, per_block);
+  device.launch(aligned ? row_kernel<true, T, Index> : row_kernel<false, T, Index>, row_blocks,
+                kBlock, a);
+  if (plan.chunk_bound == 0) return;
+
+  // Chunk groups and merge threads: at most one wave (kWave blocks per SM), striding over the
+  // chunks that exist, so where nothing splits they exit at once.
+  const int64_t wave = kWave * sms;
+  const int64_t chunk_blocks =
+      std::min(blocks_for(plan.chunk_bound * a.heads * a.tiles, per_block), wave);
+  device.launch(aligned ? chunk_kernel<true, T, Index> : chunk_kernel<false, T, Index>,
+                chunk_blocks, kBlock, a);
+  const int64_t threads = plan.chunk_bound * a.heads * std::max<int64_t>(a.channels, 1);
+  device.launch(merge_kernel<T>, std::min(blocks_for(threads, kBlock), wave), kBlock,
+                static_cast<const A*>(a.part_out), static_cast<const A*>(a.part_lse),
+                static_cast<const int64_t*>(a.chunk_ptr), a.num_dst, a.heads, a.channels, a.out,
+                a.lse);
+}
+
+template <typename Device>
+std::tuple<at::Tensor, at::Tensor> fused_forward(
+    const Device& device, const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
+    const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
+    const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops, double negative_slope,
+    double dropout, const c10::optional<at::Tensor>& seed) {
+  check_forward_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed);
+  const int64_t num_dst = rowptr.numel() - 1, heads = h.size(1), channels = h.size(2);
+  const auto lse_dtype = h.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor out = device.empty({num_dst, heads, channels}, h.options());
+  at::Tensor lse = device.empty({num_dst, heads}, h.options().dtype(lse_dtype));
+  if (num_dst == 0 || heads == 0) return {out, lse};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "fastgat_forward", [&] {
+    AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_forward", [&] {
+      launch_forward<scalar_t, index_t>(device, h, s, d, t, t_loop, rowptr, col, num_loops,
+                                        negative_slope, dropout, seed, out, lse);
+    });
+  });
+  return {out, lse};
+}
+
+template <typename T, typename Index, typename Device>
+void launch_backward(const Device& device, const at::Tensor& dout, const at::Tensor& out,
+                     const at::Tensor& lse, const at::Tensor& h, const at::Tensor& s,
+                     const at::Tensor& d, const c10::optional<at::Tensor>& t,
+                     const c10::optional<at::Tensor>& t_loop, const at::Tensor& rowptr,
+                     const at::Tensor& col, const at::Tensor& colptr, const at::Tensor& csc_row,
+                     const at::Tensor& csc_eid, int64_t num_loops, double negative_slope,
+                     double dropout, const c10::optional<at::Tensor>& seed, at::Tensor& dh,
+                     at::Tensor& ds, at::Tensor& dd, at::Tensor& dt, at::Tensor& dt_loop) {
+  using A = at::opmath_type<T>;
+  constexpr int VEC = vec_width<T>();
+  at::Tensor D = device.empty({d.size(0), d.size(1)}, lse.options());
+  BackwardArgs<T, Index> a{};
+  a.dout = dout.data_ptr<T>();
+  a.out = out.data_ptr<T>();
+  a.lse = lse.data_ptr<A>();
+  a.h = h.data_ptr<T>();
+  a.s = s.data_ptr<T>();
+  a.d = d.data_ptr<T>();
+  a.t = t.has_value() ? t->data_ptr<T>() : nullptr;
+  a.t_loop = t_loop.has_value() ? t_loop->data_ptr<T>() : nullptr;
+  a.rowptr = rowptr.data_ptr<Index>();
+  a.col = col.data_ptr<Index>();
+  a.colptr = colptr.data_ptr<Index>();
+  a.csc_row = csc_row.data_ptr<Index>();
+  a.csc_eid = csc_eid.data_ptr<Index>();
+  a.D = D.data_ptr<A>();
+  a.dh = dh.data_ptr<T>();
+  a.ds = ds.data_ptr<T>();
+  a.dd = dd.data_ptr<T>();
+  a.dt = t.has_value() ? dt.data_ptr<T>() : nullptr;
+  a.dt_loop = t_loop.has_value() ? dt_loop.data_ptr<T>() : nullptr;
+  a.num_src = h.size(0);
+  a.num_dst = d.size(0);
+  a.num_slots = col.numel();
+  a.num_loops = num_loops;
+  a.channels = h.size(2);
+  a.heads = static_cast<int>(h.size(1));
+  a.group_size = group_size(a.channels, VEC);
+  a.tiles = channel_tiles(a.channels, a.group_size, VEC);
+  a.slope = static_cast<A>(negative_slope);
+  a.dropout = make_dropout(dropout, seed);
+
+  const bool aligned = a.channels % VEC == 0 && is_aligned_16(a.dout) && is_aligned_16(a.out) &&
+                       is_aligned_16(a.h) && is_aligned_16(a.dh);
+  const int64_t per_block = kBlock / a.group_size;
+  if (a.num_dst > 0) {  // CSR pass: D, dd, dt, dt_loop
+    device.launch(aligned ? csr_kernel<true, T, Index> : csr_kernel<false, T, Index>,
+                  blocks_for(a.num_dst * a.heads, per_block), kBlock, a);
+  }
+  if (a.dt != nullptr && a.num_slots > 0) {
+    device.launch(zero_dead_slots_kernel<T, Index>,
+                  std::min<int64_t>(blocks_for(a.num_slots * a.heads, kBlock), 1024), kBlock,
+                  a.rowptr, a.num_dst, a.num_slots, a.heads, a.dt);
+  }
+  if (a.num_src > 0) {  // CSC pass: dh, ds
+    device.launch(aligned ? csc_kernel<true, T, Index> : csc_kernel<false, T, Index>,
+                  blocks_for(a.num_src * a.heads * a.tiles, per_block), kBlock, a);
+  }
+}
+
+template <typename Device>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward(
+    const Device& device, const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
+    const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
+    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& colptr,
+    const at::Tensor& csc_row, const at::Tensor& csc_eid, int64_t num_loops,
+    double negative_slope, double dropout, const c10::optional<at::Tensor>& seed) {
+  check_backward_inputs(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid,
+                        num_loops, dropout, seed);
+  at::Tensor dh = device.empty(h.sizes(), h.options());
+  at::Tensor ds = device.empty(s.sizes(), s.options());
+  at::Tensor dd = device.empty(d.sizes(), d.options());
+  at::Tensor dt = device.empty(t.has_value() ? t->sizes() : at::IntArrayRef{0}, h.options());
+  at::Tensor dt_loop =
+      device.empty(t_loop.has_value() ? t_loop->sizes() : at::IntArrayRef{0}, h.options());
+  if (h.size(1) == 0) return {dh, ds, dd, dt, dt_loop};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "fastgat_backward", [&] {
+    AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_backward", [&] {
+      launch_backward<scalar_t, index_t>(device, dout, out, lse, h, s, d, t, t_loop, rowptr, col,
+                                         colptr, csc_row, csc_eid, num_loops, negative_slope,
+                                         dropout, seed, dh, ds, dd, dt, dt_loop);
+    });
+  });
+  return {dh, ds, dd, dt, dt_loop};
+}
+
+}  // namespace cuda
+}  // namespace fastgat
