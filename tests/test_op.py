@@ -7,7 +7,7 @@ import torch
 from fastgat.backends import NAMES, torch_ref, unavailable_reason
 from fastgat.dropout import keep_scale
 from fastgat.graph import Graph
-from fastgat.ops import gat_attention
+from fastgat.ops import attention_op, gat_attention
 from graphs import KINDS, random_graph
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -153,7 +153,7 @@ def test_opcheck(backend, device):
     inputs, graph = make_inputs("duplicates", 5, device, dtype=torch.float32)
     leaves = [x.detach().clone().requires_grad_() for x in inputs]
     args = (*leaves, *graph.op_args(), graph.num_loops, 0.2, 0.0, None, backend)
-    torch.library.opcheck(gat_attention, args)
+    torch.library.opcheck(attention_op, args)
 
 
 # torch's scatter_add / index_add (the torch backend's) are not deterministic on CUDA.
