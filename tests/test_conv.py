@@ -431,3 +431,46 @@ def test_torch_compile_fullgraph_matches_eager(dynamic, backend, fresh_dynamo):
         dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
         (compiled(xg, ei, ea) * dout).sum().backward()
         torch.testing.assert_close(xg.grad, want[3][0])
+
+
+def test_graph_cache_is_thread_safe():
+    """Threads preparing more distinct graphs than the cache holds (evictions) while edge
+    tensors die (weakref callbacks): no error, every Graph is its own edges', and the cache
+    works afterwards. Unguarded, OrderedDict.move_to_end / popitem raced into KeyErrors."""
+    import sys
+    import threading
+
+    from fastgat import graph as graph_module
+    num_nodes = 8
+    shared = [torch.randint(0, num_nodes, (2, 5 + i)) for i in range(24)]
+    errors = []
+
+    def work(seed):
+        g = torch.Generator().manual_seed(seed)
+        try:
+            for step in range(300):
+                fresh = step % 7 == 0  # a short-lived edge tensor, freed at once
+                edges = (torch.randint(0, num_nodes, (2, 3), generator=g) if fresh
+                         else shared[(seed * 5 + step) % len(shared)])
+                graph = graph_module.prepare(edges, num_nodes, num_nodes, drop_self_loops=False,
+                                             num_loops=0)
+                assert graph.num_edges == edges.size(1)
+        except Exception as error:  # noqa: BLE001 -- reported by the main thread
+            errors.append(error)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so races show up within the test
+    try:
+        threads = [threading.Thread(target=work, args=(seed,)) for seed in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    edges = shared[0]
+    graph = graph_module.prepare(edges, num_nodes, num_nodes, drop_self_loops=False, num_loops=0)
+    assert graph_module.prepare(edges, num_nodes, num_nodes, drop_self_loops=False,
+                                num_loops=0) is graph
+    assert len(graph_module._CACHE) <= graph_module._CACHE_SIZE
