@@ -49,6 +49,13 @@ def _check_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed) -> 
         raise ValueError(f"h must be a floating (N_src, H, C) tensor, got {h.dtype} "
                          f"{tuple(h.shape)}")
     num_src, heads = h.shape[:2]
+    # Kernels index rows as dense (row, head, channel) offsets: a strided view would be read
+    # as if it were contiguous. The caller copies (FastGATConv does); the op never does silently.
+    tensors = {"h": h, "s": s, "d": d, "t": t, "t_loop": t_loop, "rowptr": rowptr, "col": col}
+    for name, x in tensors.items():
+        if x is not None and not x.is_contiguous():
+            raise ValueError(f"{name} must be contiguous, got strides {x.stride()} for shape "
+                             f"{tuple(x.shape)}")
     shapes = {"s": (s, (num_src, heads)), "d": (d, (rowptr.numel() - 1, heads)),
               "t": (t, (col.numel(), heads)), "t_loop": (t_loop, (num_loops, heads))}
     for name, (x, shape) in shapes.items():

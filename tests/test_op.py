@@ -265,3 +265,18 @@ def test_minus_inf_scores_weigh_nothing(backend, device):
     for g_got, g_want in zip(got, want):
         finite = torch.isfinite(g_want)  # d/dt of a -inf score: 0 for the kernels
         assert_close(g_got.cpu()[finite], g_want[finite], torch.float64)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS + GPU_BACKENDS)
+def test_non_contiguous_inputs_are_rejected_by_the_contract(backend, device):
+    """One layout rule for every backend, checked before any kernel: a strided view is an
+    error (Triton read a transposed h as if it were contiguous and returned wrong numbers)."""
+    if unavailable_reason(backend, device):
+        pytest.skip(unavailable_reason(backend, device))
+    inputs, graph = make_inputs("random", 31, device)
+    for position, name in ((0, "h"), (1, "s"), (3, "t")):
+        strided = list(inputs)
+        strided[position] = inputs[position].transpose(0, 1).contiguous().transpose(0, 1)
+        assert not strided[position].is_contiguous()
+        with pytest.raises(ValueError, match=f"{name} must be contiguous"):
+            run_op(strided, graph, backend)
