@@ -280,3 +280,34 @@ def test_non_contiguous_inputs_are_rejected_by_the_contract(backend, device):
         assert not strided[position].is_contiguous()
         with pytest.raises(ValueError, match=f"{name} must be contiguous"):
             run_op(strided, graph, backend)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS + GPU_BACKENDS)
+@pytest.mark.parametrize("hub", [3, 150])  # 150: a row split over chunks, merged
+def test_row_of_only_minus_inf_scores_is_empty(backend, device, hub):
+    """One rule everywhere: a row whose every score is -inf (masked through t and t_loop)
+    gets out = 0 and lse = -inf, as a row without in-edges, and passes zero gradients."""
+    if unavailable_reason(backend, device):
+        pytest.skip(unavailable_reason(backend, device))
+    src = torch.cat([torch.arange(hub) % 20, torch.tensor([1, 2, 3])])
+    dst = torch.cat([torch.zeros(hub, dtype=torch.long), torch.tensor([5, 5, 6])])
+    graph = Graph.from_coo(src.to(device), dst.to(device), 20, 20, drop_self_loops=True,
+                           num_loops=20)
+    g = torch.Generator().manual_seed(hub)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(device)  # noqa: E731
+    t, t_loop = rand(graph.num_edges, HEADS), rand(20, HEADS)
+    t[:hub] = float("-inf")  # row 0's slots come first (CSR by destination)
+    t_loop[0] = float("-inf")
+    inputs = (rand(20, HEADS, CHANNELS), rand(20, HEADS), rand(20, HEADS), t, t_loop)
+    out, lse = run_op(inputs, graph, backend)
+    assert (out[0] == 0).all() and (lse[0] == float("-inf")).all()
+    ref_out, ref_lse = reference(inputs, graph)
+    assert_close(out, ref_out, torch.float64)
+    dout = torch.randn(out.shape, dtype=torch.float64)
+    dh, ds, dd, dt, dt_loop = grads(lambda x: run_op(x, graph, backend), inputs, dout)
+    for grad in (dh, ds, dd, dt, dt_loop):
+        assert torch.isfinite(grad).all()
+    assert (dd[0] == 0).all() and (dt[:hub] == 0).all() and (dt_loop[0] == 0).all()
+    want = grads(lambda x: reference(x, graph), inputs, dout)
+    for got, ref in zip((dh, ds, dd, dt, dt_loop), want):
+        assert_close(got, ref, torch.float64)

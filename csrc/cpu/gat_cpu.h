@@ -62,6 +62,14 @@ inline acc_t<scalar_t> dot(const scalar_t* a, const scalar_t* b, int64_t C) {
   return total;
 }
 
+// The lse that alpha = exp(x - lse) is recomputed from: a row of -inf scores only has
+// lse = -inf and must weigh nothing, so read it as +inf (alpha = 0, never exp(-inf + inf)).
+template <typename acc>
+inline acc lse_for_alpha(acc lse) {
+  return lse == -std::numeric_limits<acc>::infinity() ? std::numeric_limits<acc>::infinity()
+                                                       : lse;
+}
+
 // y[c] = x[c] for c < n, narrowing acc_t back to scalar_t.
 template <typename scalar_t>
 inline void store(scalar_t* y, const acc_t<scalar_t>* x, int64_t n) {

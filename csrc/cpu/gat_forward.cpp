@@ -45,14 +45,17 @@ FASTGAT_CLONES void forward_rows(const scalar_t* h, const index_t* rowptr, const
     }
     for (int64_t e = 0; e < n; ++e) {
       for (int64_t hd = 0; hd < H; ++hd) {
-        const acc p = std::exp(x[e * H + hd] - m[hd]);
+        // A -inf score weighs 0, also in a row of -inf scores only (m = -inf: no NaN), which
+        // ends with l = 0: out = 0 and lse = -inf, as a row without in-edges.
+        const acc v = x[e * H + hd];
+        const acc p = v == -std::numeric_limits<acc>::infinity() ? acc(0) : std::exp(v - m[hd]);
         x[e * H + hd] = p;
         l[hd] += p;
       }
     }
     for (int64_t hd = 0; hd < H; ++hd) {
       lse[i * H + hd] = m[hd] + std::log(l[hd]);
-      l[hd] = acc(1) / l[hd];
+      l[hd] = l[hd] > acc(0) ? acc(1) / l[hd] : acc(0);
     }
     for (int64_t e = 0, k = first; e < n; ++e, ++k) {
       const int64_t j = k < last ? int64_t(col[k]) : i, slot = k < last ? k : sc.num_slots + i;

@@ -177,6 +177,13 @@ def merge_softmax_kernel(ws_m, ws_l, ws_acc, split_rows, split_ptr, out, lse, nu
 
 
 @triton.jit
+def _alpha(x, lse):
+    """alpha = exp(x - lse), recomputed; a row of -inf scores only has lse = -inf and weighs
+    nothing: read as +inf, its alpha is 0 instead of exp(-inf + inf) = NaN."""
+    return tl.exp(x - tl.where(lse == float("-inf"), float("inf"), lse))
+
+
+@triton.jit
 def _dz(z, alpha, dalpha, D, slope):
     """dz = alpha (dalpha - D) LeakyReLU'(z), branching on the pre-activation z."""
     dx = alpha * (dalpha - D)
@@ -212,7 +219,7 @@ def backward_csr_kernel(dout, out, lse, h, s, d, t, t_loop, ptr, col, seed_ptr, 
                 z = tl.load(s + row * H + heads, mask=hmask, other=0.0).to(ACC) + d_i
                 if HAS_T_LOOP:
                     z += tl.load(t_loop + row * H + heads, mask=hmask, other=0.0).to(ACC)
-                alpha = tl.exp(tl.where(z > 0, z, z * slope) - lse_i)
+                alpha = _alpha(tl.where(z > 0, z, z * slope), lse_i)
                 h_i = tl.load(h + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
                 dalpha = tl.sum(dout_i * h_i, 1)
                 if DROPOUT:
@@ -225,7 +232,7 @@ def backward_csr_kernel(dout, out, lse, h, s, d, t, t_loop, ptr, col, seed_ptr, 
             k = e0 + tl.arange(0, BLOCK_E)
             j, emask, ehmask, z = _row_block_scores(s, t, col, k, end, d_i, heads, hmask, H,
                                                     HAS_T, WIDE, ACC)
-            alpha = tl.where(ehmask, tl.exp(tl.where(z > 0, z, z * slope) - lse_i[None, :]), 0.0)
+            alpha = tl.where(ehmask, _alpha(tl.where(z > 0, z, z * slope), lse_i[None, :]), 0.0)
             h_j = tl.load(h + j[:, None, None] * (H * C) + hc[None, :, :],
                           mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
             dalpha = tl.sum(h_j * dout_i[None, :, :], 2)
@@ -268,7 +275,7 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
             if HAS_T_LOOP:
                 z += tl.load(t_loop + row * H + heads, mask=hmask, other=0.0).to(ACC)
             lse_i = tl.load(lse + row * H + heads, mask=hmask, other=0.0).to(ACC)
-            alpha = tl.exp(tl.where(z > 0, z, z * slope) - lse_i)
+            alpha = _alpha(tl.where(z > 0, z, z * slope), lse_i)
             dout_i = tl.load(dout + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
             dalpha = tl.sum(dout_i * h_j, 1)
             weight = alpha
@@ -293,7 +300,7 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
             if HAS_T:
                 z += tl.load(t + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
             lse_i = tl.load(lse + eh_i, mask=ehmask, other=0.0).to(ACC)
-            alpha = tl.where(ehmask, tl.exp(tl.where(z > 0, z, z * slope) - lse_i), 0.0)
+            alpha = tl.where(ehmask, _alpha(tl.where(z > 0, z, z * slope), lse_i), 0.0)
             dout_i = tl.load(dout + i[:, None, None] * (H * C) + hc[None, :, :],
                              mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
             dalpha = tl.sum(dout_i * h_j[None, :, :], 2)
