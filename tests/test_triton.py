@@ -188,6 +188,43 @@ def test_wide_mode_offsets_do_not_wrap_with_int32_indices():
     assert out[4].item() == (first_part + 1) * hc
 
 
+def test_deterministic_mode_pins_the_configuration(monkeypatch):
+    """Autotuning by timing may choose another block size, hence another summation order, in
+    another process: deterministic mode launches the plain kernel with a pinned config."""
+    meta = triton_kernels._meta(torch.empty(3, 4, 8), 3, 10, None, None, 0.2, 0.0, None)[0]
+    tuned = triton.autotune(triton_kernels._configs(), key=["H", "C"],
+                            prune_configs_by={"early_config_prune": triton_kernels._prune})(
+        triton_device.forward_kernel)
+    assert triton_kernels._launcher(tuned, meta) == (tuned, {})
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    kernel, config = triton_kernels._launcher(tuned, meta)
+    assert kernel is triton_device.forward_kernel
+    assert config == {"BLOCK_E": 64, "num_warps": 4}  # 64 x 4 heads x 8 channels fits 16384
+
+
+@pytest.mark.gpu
+@GPU_ONLY
+def test_gpu_deterministic_mode_is_bitwise_equal_across_processes(tmp_path):
+    import subprocess
+    import sys
+    script = (
+        "import sys, torch\n"
+        "torch.use_deterministic_algorithms(True)\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from test_triton import power_law_graph, random_inputs, run\n"
+        "from fastgat.backends import triton_kernels\n"
+        "graph = power_law_graph(5000, 200000, 3, 'cuda')\n"
+        "inputs = random_inputs(graph, seed=4, heads=4, channels=32, dtype=torch.float32)\n"
+        "torch.save([x.cpu() for x in run(triton_kernels, inputs, graph)], sys.argv[1])\n")
+    results = []
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        results.append(torch.load(tmp_path / name))
+    for name, a, b in zip(NAMES, *results):
+        assert torch.equal(a, b), name
+
+
 @triton.jit
 def _keep_kernel(seed_ptr, idx_ptr, out_ptr, n, threshold, scale_bits, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
