@@ -8,10 +8,11 @@ Cache key and invalidation: the edge object's identity (checked through a weak r
 an id reused by a new object never hits) together with its autograd version counter (bumped
 by every in-place write, so a graph edited in place is rebuilt), the node counts and the
 self-loop settings. An entry dies with its edge object (a Graph holds copies, never views of
-it), and at most 16 are kept. Writes that bypass the version counter (through `.data`, NumPy
-or DLPack aliases) are not seen: build a `Graph` yourself for those. Inference-mode tensors
-have no version counter and are never cached.
+it), and at most 16 are kept; threads share it under a lock. Writes that bypass the version
+counter (through `.data`, NumPy or DLPack aliases) are not seen: build a `Graph` yourself for
+those. Inference-mode tensors have no version counter and are never cached.
 """
+import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -150,6 +151,29 @@ def coo_of(edge_index) -> Tuple[Tensor, Tensor]:
 
 _CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
 _CACHE_SIZE = 16
+# Guards _CACHE: layers run from several threads (data loaders, serving) share it.
+_LOCK = threading.Lock()
+_DEAD: list = []  # weak references whose entries a callback could not drop at once
+
+
+def _forget(ref, key) -> None:
+    """Weakref callback: drop the entry of a dead edge object. It may fire in any thread,
+    also inside a locked section of this one (a plain Lock would deadlock), so it never waits:
+    when the lock is taken, the next prepare() drops the entry."""
+    if _LOCK.acquire(blocking=False):
+        try:
+            _drop(ref, key)
+        finally:
+            _LOCK.release()
+    else:
+        _DEAD.append((ref, key))  # list.append is atomic
+
+
+def _drop(ref, key) -> None:
+    """Drop `key`'s entry if it still belongs to `ref` (a new object may reuse the id)."""
+    entry = _CACHE.get(key)
+    if entry is not None and entry[0] is ref:
+        del _CACHE[key]
 
 
 def _version(edge_index) -> Optional[int]:
@@ -167,18 +191,25 @@ def prepare(edge_index, num_src: int, num_dst: int, *, drop_self_loops: bool,
         return Graph.from_coo(src, dst, num_src, num_dst, drop_self_loops=drop_self_loops,
                               num_loops=num_loops)
     key = (id(edge_index), num_src, num_dst, drop_self_loops, num_loops)
-    hit = _CACHE.get(key)
-    if hit is not None and hit[0]() is edge_index and hit[1] == _version(edge_index):
-        _CACHE.move_to_end(key)
-        return hit[2]
+    with _LOCK:
+        while _DEAD:
+            _drop(*_DEAD.pop())
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0]() is edge_index and hit[1] == _version(edge_index):
+            _CACHE.move_to_end(key)
+            return hit[2]
+    # Built outside the lock, so threads sort different graphs in parallel; two threads
+    # that build the same one both store it, and the later entry wins.
     src, dst = coo_of(edge_index)
     graph = Graph.from_coo(src, dst, num_src, num_dst, drop_self_loops=drop_self_loops,
                            num_loops=num_loops)
     try:
-        ref = weakref.ref(edge_index, lambda _, key=key: _CACHE.pop(key, None))
+        ref = weakref.ref(edge_index, lambda ref, key=key: _forget(ref, key))
     except TypeError:  # not weak-referenceable: never cached
         return graph
-    _CACHE[key] = (ref, _version(edge_index), graph)
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    with _LOCK:
+        _CACHE[key] = (ref, _version(edge_index), graph)
+        _CACHE.move_to_end(key)
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
     return graph

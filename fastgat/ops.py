@@ -15,6 +15,13 @@ Contract every backend implements (inputs are validated by the caller: FastGATCo
   h's device) follows fastgat.dropout. lse carries no gradient: it is saved for the backward.
 The backward op is differentiable too (double backward, e.g. gradient penalties), through the
 torch reference: correct to second order, but not fused.
+
+`gat_attention` (the public entry) applies the op through `_Attention`, an autograd.Function
+with setup_context, a forward-mode rule (jvp) and vmap support, because the autograd that
+torch.library.register_autograd generates is an old-style Function: torch.func.grad / jacrev
+reject it, and forward mode (torch.func.jvp, jacfwd) silently saw zero tangents. The jvp is
+the torch reference's explicit formula (E x H x C memory, like double backward). Under
+torch.compile the op is called directly with its registered autograd.
 """
 from typing import Optional, Tuple
 
@@ -25,7 +32,7 @@ from .backends import implementation, torch_ref
 
 
 @torch.library.custom_op("fastgat::gat_attention", mutates_args=())
-def gat_attention(
+def attention_op(
     h: Tensor, s: Tensor, d: Tensor, t: Optional[Tensor], t_loop: Optional[Tensor],
     rowptr: Tensor, col: Tensor, colptr: Tensor, csc_row: Tensor, csc_eid: Tensor,
     num_loops: int, negative_slope: float, dropout: float, seed: Optional[Tensor], backend: str,
@@ -42,6 +49,13 @@ def _check_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed) -> 
         raise ValueError(f"h must be a floating (N_src, H, C) tensor, got {h.dtype} "
                          f"{tuple(h.shape)}")
     num_src, heads = h.shape[:2]
+    # Kernels index rows as dense (row, head, channel) offsets: a strided view would be read
+    # as if it were contiguous. The caller copies (FastGATConv does); the op never does silently.
+    tensors = {"h": h, "s": s, "d": d, "t": t, "t_loop": t_loop, "rowptr": rowptr, "col": col}
+    for name, x in tensors.items():
+        if x is not None and not x.is_contiguous():
+            raise ValueError(f"{name} must be contiguous, got strides {x.stride()} for shape "
+                             f"{tuple(x.shape)}")
     shapes = {"s": (s, (num_src, heads)), "d": (d, (rowptr.numel() - 1, heads)),
               "t": (t, (col.numel(), heads)), "t_loop": (t_loop, (num_loops, heads))}
     for name, (x, shape) in shapes.items():
@@ -59,7 +73,7 @@ def _check_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed) -> 
         raise ValueError("dropout > 0 needs a 1-element int64 seed tensor")
 
 
-@gat_attention.register_fake
+@attention_op.register_fake
 def _(h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops, negative_slope,
       dropout, seed, backend):
     num_dst = rowptr.size(0) - 1
@@ -101,14 +115,14 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, _dlse):
     h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, seed, out, lse = ctx.saved_tensors
     num_loops, negative_slope, dropout, backend = ctx.attrs
-    dh, ds, dd, dt, dt_loop = gat_attention_backward(
-        dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops,
-        negative_slope, dropout, seed, backend)
+    dh, ds, dd, dt, dt_loop = _call(
+        _AttentionBackward, gat_attention_backward, dout, out, lse, h, s, d, t, t_loop, rowptr,
+        col, colptr, csc_row, csc_eid, num_loops, negative_slope, dropout, seed, backend)
     return (dh, ds, dd, dt if t is not None else None, dt_loop if t_loop is not None else None,
             None, None, None, None, None, None, None, None, None, None)
 
 
-gat_attention.register_autograd(_backward, setup_context=_setup_context)
+attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _backward_setup_context(ctx, inputs, output):
@@ -141,3 +155,68 @@ def _double_backward(ctx, ddh, dds, ddd, ddt, ddt_loop):
 
 
 gat_attention_backward.register_autograd(_double_backward, setup_context=_backward_setup_context)
+
+
+def _call(function, op, *args):
+    """`op` through `function`, which torch.func accepts, except where dynamo traces the op
+    and its registered autograd (torch.compile)."""
+    return op(*args) if torch.compiler.is_compiling() else function.apply(*args)
+
+
+class _AttentionBackward(torch.autograd.Function):
+    """The backward op with torch.func support (grad of grad, jacrev); as registered."""
+    generate_vmap_rule = True
+    forward = staticmethod(lambda *args: gat_attention_backward(*args))
+    setup_context = staticmethod(_backward_setup_context)
+    backward = staticmethod(_double_backward)
+
+
+class _Attention(torch.autograd.Function):
+    """The op with torch.func support: the registered backward, a jvp, and vmap through the
+    ops' vmap rules (generate_vmap_rule)."""
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return attention_op(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+        h, s, d, t, t_loop, rowptr, col, _colptr, _csc_row, _csc_eid, _, _, _, seed, _ = inputs
+        ctx.save_for_forward(h, s, d, t, t_loop, rowptr, col, seed, *output)
+
+    backward = staticmethod(_backward)
+
+    @staticmethod
+    def jvp(ctx, dh, ds, dd, dt, dt_loop, *_):
+        h, s, d, t, t_loop, rowptr, col, seed, out, lse = ctx.saved_tensors
+        num_loops, negative_slope, dropout, _ = ctx.attrs
+        dout = torch_ref.gat_jvp(out, lse, h, s, d, t, t_loop, dh, ds, dd, dt, dt_loop, rowptr,
+                                 col, num_loops, negative_slope, dropout, seed)
+        return dout, None
+
+
+def gat_attention(
+    h: Tensor, s: Tensor, d: Tensor, t: Optional[Tensor], t_loop: Optional[Tensor],
+    rowptr: Tensor, col: Tensor, colptr: Tensor, csc_row: Tensor, csc_eid: Tensor,
+    num_loops: int, negative_slope: float, dropout: float, seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor]:
+    """The fused edge stage (contract above): differentiable in reverse and forward mode and
+    under torch.func transforms."""
+    return _call(_Attention, attention_op, h, s, d, t, t_loop, rowptr, col, colptr, csc_row,
+                 csc_eid, num_loops, negative_slope, dropout, seed, backend)
+
+
+def _loop_vmap(op):
+    """A vmap rule that runs `op` once per batch entry: correct for any in_dims, not fast."""
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        results = [op(*[x.select(dim, b).contiguous() if dim is not None else x
+                        for x, dim in zip(args, in_dims)]) for b in range(size)]
+        return tuple(torch.stack(parts) for parts in zip(*results)), (0,) * len(results[0])
+    return rule
+
+
+attention_op.register_vmap(_loop_vmap(attention_op))
+gat_attention_backward.register_vmap(_loop_vmap(gat_attention_backward))

@@ -7,7 +7,7 @@ import torch
 from fastgat.backends import NAMES, torch_ref, unavailable_reason
 from fastgat.dropout import keep_scale
 from fastgat.graph import Graph
-from fastgat.ops import gat_attention
+from fastgat.ops import attention_op, gat_attention
 from graphs import KINDS, random_graph
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -153,7 +153,7 @@ def test_opcheck(backend, device):
     inputs, graph = make_inputs("duplicates", 5, device, dtype=torch.float32)
     leaves = [x.detach().clone().requires_grad_() for x in inputs]
     args = (*leaves, *graph.op_args(), graph.num_loops, 0.2, 0.0, None, backend)
-    torch.library.opcheck(gat_attention, args)
+    torch.library.opcheck(attention_op, args)
 
 
 # torch's scatter_add / index_add (the torch backend's) are not deterministic on CUDA.
@@ -265,3 +265,49 @@ def test_minus_inf_scores_weigh_nothing(backend, device):
     for g_got, g_want in zip(got, want):
         finite = torch.isfinite(g_want)  # d/dt of a -inf score: 0 for the kernels
         assert_close(g_got.cpu()[finite], g_want[finite], torch.float64)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS + GPU_BACKENDS)
+def test_non_contiguous_inputs_are_rejected_by_the_contract(backend, device):
+    """One layout rule for every backend, checked before any kernel: a strided view is an
+    error (Triton read a transposed h as if it were contiguous and returned wrong numbers)."""
+    if unavailable_reason(backend, device):
+        pytest.skip(unavailable_reason(backend, device))
+    inputs, graph = make_inputs("random", 31, device)
+    for position, name in ((0, "h"), (1, "s"), (3, "t")):
+        strided = list(inputs)
+        strided[position] = inputs[position].transpose(0, 1).contiguous().transpose(0, 1)
+        assert not strided[position].is_contiguous()
+        with pytest.raises(ValueError, match=f"{name} must be contiguous"):
+            run_op(strided, graph, backend)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS + GPU_BACKENDS)
+@pytest.mark.parametrize("hub", [3, 150])  # 150: a row split over chunks, merged
+def test_row_of_only_minus_inf_scores_is_empty(backend, device, hub):
+    """One rule everywhere: a row whose every score is -inf (masked through t and t_loop)
+    gets out = 0 and lse = -inf, as a row without in-edges, and passes zero gradients."""
+    if unavailable_reason(backend, device):
+        pytest.skip(unavailable_reason(backend, device))
+    src = torch.cat([torch.arange(hub) % 20, torch.tensor([1, 2, 3])])
+    dst = torch.cat([torch.zeros(hub, dtype=torch.long), torch.tensor([5, 5, 6])])
+    graph = Graph.from_coo(src.to(device), dst.to(device), 20, 20, drop_self_loops=True,
+                           num_loops=20)
+    g = torch.Generator().manual_seed(hub)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(device)  # noqa: E731
+    t, t_loop = rand(graph.num_edges, HEADS), rand(20, HEADS)
+    t[:hub] = float("-inf")  # row 0's slots come first (CSR by destination)
+    t_loop[0] = float("-inf")
+    inputs = (rand(20, HEADS, CHANNELS), rand(20, HEADS), rand(20, HEADS), t, t_loop)
+    out, lse = run_op(inputs, graph, backend)
+    assert (out[0] == 0).all() and (lse[0] == float("-inf")).all()
+    ref_out, ref_lse = reference(inputs, graph)
+    assert_close(out, ref_out, torch.float64)
+    dout = torch.randn(out.shape, dtype=torch.float64)
+    dh, ds, dd, dt, dt_loop = grads(lambda x: run_op(x, graph, backend), inputs, dout)
+    for grad in (dh, ds, dd, dt, dt_loop):
+        assert torch.isfinite(grad).all()
+    assert (dd[0] == 0).all() and (dt[:hub] == 0).all() and (dt_loop[0] == 0).all()
+    want = grads(lambda x: reference(x, graph), inputs, dout)
+    for got, ref in zip((dh, ds, dd, dt, dt_loop), want):
+        assert_close(got, ref, torch.float64)

@@ -160,6 +160,72 @@ def test_int64_indices_and_wide_offsets_are_bitwise_equal(monkeypatch):
 
 
 @triton.jit
+def _offsets_kernel(item_row, item_ptr, ptr, split_ptr, out, num_rows, H: tl.constexpr,
+                    HC: tl.constexpr, CHUNK: tl.constexpr, WIDE: tl.constexpr):
+    """The kernels' offset arithmetic for work item 1: its first slots k as k * H + head (t, dt,
+    dropout counters) and its partial-state slot as part * H * C (ws_acc, ws_dh)."""
+    row, chunk, start, end, split = triton_device._item(item_row, item_ptr, ptr, 1, num_rows,
+                                                        CHUNK, WIDE)
+    k = start + tl.arange(0, 4)
+    tl.store(out + tl.arange(0, 4), k * H + (H - 1))
+    tl.store(out + 4, triton_device._part(split_ptr, row, chunk, WIDE) * HC)
+
+
+def test_wide_mode_offsets_do_not_wrap_with_int32_indices():
+    """E * H >= 2^31 with int32 indices (E < 2^31): WIDE mode must widen the slot index and the
+    partial-state slot before multiplying. Checked on hand-made index tables, nothing of that
+    size allocated: one row of 2^30 + 8 slots in two chunks of 2^30, H = 4, H * C = 32, its
+    partial states from slot 2^27 on."""
+    heads, hc, chunk, first_part = 4, 32, 2**30, 2**27
+    index = lambda *v: torch.tensor(v, dtype=torch.int32, device=DEVICE)  # noqa: E731
+    ptr, item_row, item_ptr = index(0, chunk + 8), index(0, 0), index(0, 2)
+    split_ptr = index(first_part, first_part + 2)
+    out = torch.zeros(5, dtype=torch.int64, device=DEVICE)
+    _offsets_kernel[(1,)](item_row, item_ptr, ptr, split_ptr, out, 1, H=heads, HC=hc,
+                          CHUNK=chunk, WIDE=True)
+    k = chunk + torch.arange(4)
+    assert out[:4].cpu().tolist() == (k * heads + heads - 1).tolist()
+    assert out[4].item() == (first_part + 1) * hc
+
+
+def test_deterministic_mode_pins_the_configuration(monkeypatch):
+    """Autotuning by timing may choose another block size, hence another summation order, in
+    another process: deterministic mode launches the plain kernel with a pinned config."""
+    meta = triton_kernels._meta(torch.empty(3, 4, 8), 3, 10, None, None, 0.2, 0.0, None)[0]
+    tuned = triton.autotune(triton_kernels._configs(), key=["H", "C"],
+                            prune_configs_by={"early_config_prune": triton_kernels._prune})(
+        triton_device.forward_kernel)
+    assert triton_kernels._launcher(tuned, meta) == (tuned, {})
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    kernel, config = triton_kernels._launcher(tuned, meta)
+    assert kernel is triton_device.forward_kernel
+    assert config == {"BLOCK_E": 64, "num_warps": 4}  # 64 x 4 heads x 8 channels fits 16384
+
+
+@pytest.mark.gpu
+@GPU_ONLY
+def test_gpu_deterministic_mode_is_bitwise_equal_across_processes(tmp_path):
+    import subprocess
+    import sys
+    script = (
+        "import sys, torch\n"
+        "torch.use_deterministic_algorithms(True)\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from test_triton import power_law_graph, random_inputs, run\n"
+        "from fastgat.backends import triton_kernels\n"
+        "graph = power_law_graph(5000, 200000, 3, 'cuda')\n"
+        "inputs = random_inputs(graph, seed=4, heads=4, channels=32, dtype=torch.float32)\n"
+        "torch.save([x.cpu() for x in run(triton_kernels, inputs, graph)], sys.argv[1])\n")
+    results = []
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        results.append(torch.load(tmp_path / name))
+    for name, a, b in zip(NAMES, *results):
+        assert torch.equal(a, b), name
+
+
+@triton.jit
 def _keep_kernel(seed_ptr, idx_ptr, out_ptr, n, threshold, scale_bits, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     idx = tl.load(idx_ptr + offs, mask=offs < n)

@@ -51,7 +51,7 @@ struct Backward {
         const scalar_t* h_j = h + j * HC;
         for (int64_t hd = 0; hd < H; ++hd) {
           const acc z = sc.score(j, i, slot, hd);
-          const acc alpha = std::exp(sc.leaky_relu(z) - lse[i * H + hd]);
+          const acc alpha = std::exp(sc.leaky_relu(z) - lse_for_alpha(lse[i * H + hd]));
           const acc keep = sc.keep(slot, hd);
           const acc dalpha =
               keep != acc(0) ? keep * dot(dout_i + hd * channels, h_j + hd * channels, channels)

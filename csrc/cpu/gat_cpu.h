@@ -62,6 +62,28 @@ inline acc_t<scalar_t> dot(const scalar_t* a, const scalar_t* b, int64_t C) {
   return total;
 }
 
+// The lse that alpha = exp(x - lse) is recomputed from: a row of -inf scores only has
+// lse = -inf and must weigh nothing, so read it as +inf (alpha = 0, never exp(-inf + inf)).
+template <typename acc>
+inline acc lse_for_alpha(acc lse) {
+  return lse == -std::numeric_limits<acc>::infinity() ? std::numeric_limits<acc>::infinity()
+                                                       : lse;
+}
+
+// Long rows are summed in chunks of kChunk edges, each chunk's sum then added to the row's:
+// the rounding error grows with n / kChunk + kChunk instead of n (a hub of 200k edges lost
+// ~2e-4 relative in float32 when summed edge by edge).
+constexpr int64_t kChunk = 256;
+
+// total[c] += part[c], part[c] = 0 for c < n.
+template <typename acc>
+inline void flush(acc* total, acc* part, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    total[c] += part[c];
+    part[c] = acc(0);
+  }
+}
+
 // y[c] = x[c] for c < n, narrowing acc_t back to scalar_t.
 template <typename scalar_t>
 inline void store(scalar_t* y, const acc_t<scalar_t>* x, int64_t n) {

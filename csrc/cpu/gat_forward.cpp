@@ -18,7 +18,8 @@ FASTGAT_CLONES void forward_rows(const scalar_t* h, const index_t* rowptr, const
   const int64_t H = sc.heads, HC = H * channels;
   std::vector<acc> x;                               // (edges + loop) x H scores, then weights
   std::vector<acc> row_acc(direct ? 0 : HC);        // float accumulator for reduced dtypes
-  std::vector<acc> m(H), l(H);
+  std::vector<acc> m(H), l(H), l_part(H);
+  std::vector<acc> part(HC);  // the current chunk's weighted sum (see kChunk)
   for (int64_t i = begin; i < end; ++i) {
     const int64_t first = rowptr[i], last = rowptr[i + 1];
     const bool loop = i < num_loops;
@@ -43,25 +44,34 @@ FASTGAT_CLONES void forward_rows(const scalar_t* h, const index_t* rowptr, const
         m[hd] = std::max(m[hd], v);
       }
     }
+    std::fill(l_part.begin(), l_part.end(), acc(0));
     for (int64_t e = 0; e < n; ++e) {
+      if (e % kChunk == 0) flush(l.data(), l_part.data(), H);
       for (int64_t hd = 0; hd < H; ++hd) {
-        const acc p = std::exp(x[e * H + hd] - m[hd]);
+        // A -inf score weighs 0, also in a row of -inf scores only (m = -inf: no NaN), which
+        // ends with l = 0: out = 0 and lse = -inf, as a row without in-edges.
+        const acc v = x[e * H + hd];
+        const acc p = v == -std::numeric_limits<acc>::infinity() ? acc(0) : std::exp(v - m[hd]);
         x[e * H + hd] = p;
-        l[hd] += p;
+        l_part[hd] += p;
       }
     }
+    flush(l.data(), l_part.data(), H);
     for (int64_t hd = 0; hd < H; ++hd) {
       lse[i * H + hd] = m[hd] + std::log(l[hd]);
-      l[hd] = acc(1) / l[hd];
+      l[hd] = l[hd] > acc(0) ? acc(1) / l[hd] : acc(0);
     }
+    std::fill(part.begin(), part.end(), acc(0));
     for (int64_t e = 0, k = first; e < n; ++e, ++k) {
+      if (e % kChunk == 0) flush(acc_row, part.data(), HC);
       const int64_t j = k < last ? int64_t(col[k]) : i, slot = k < last ? k : sc.num_slots + i;
       const scalar_t* h_j = h + j * HC;
       for (int64_t hd = 0; hd < H; ++hd) {
         const acc w = x[e * H + hd] * l[hd] * sc.keep(slot, hd);
-        if (w != acc(0)) axpy(acc_row + hd * channels, w, h_j + hd * channels, channels);
+        if (w != acc(0)) axpy(part.data() + hd * channels, w, h_j + hd * channels, channels);
       }
     }
+    flush(acc_row, part.data(), HC);
     if (!direct) store(out + i * HC, acc_row, HC);
   }
 }

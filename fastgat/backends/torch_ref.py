@@ -42,6 +42,14 @@ def _scores(s, d, t, t_loop, src, dst, num_loops, acc):
     return z
 
 
+def _alpha(x, lse, dst, acc):
+    """alpha = exp(x - lse_i) recomputed per edge. Dead slots land on a dummy row and rows of
+    -inf scores have lse = -inf: both read lse as +inf, which makes their alpha exactly 0."""
+    heads = lse.size(1)
+    lse = torch.cat([lse.to(acc), lse.new_full((1, heads), float("inf"), dtype=acc)])
+    return torch.exp(x - torch.where(lse == float("-inf"), float("inf"), lse)[dst])
+
+
 def _keep(seed, slot, heads, dropout, like):
     if dropout == 0.0:
         return None
@@ -60,15 +68,20 @@ def gat_forward(
     index = dst.unsqueeze(1).expand_as(x)
     m = x.new_full((num_dst + 1, heads), float("-inf"))
     m = m.scatter_reduce(0, index, x, "amax", include_self=True).detach()
-    l = x.new_zeros(num_dst + 1, heads).scatter_add(0, index, torch.exp(x - m[dst]))
+    # A row of -inf scores only (or none) weighs nothing: shift by 0, not -inf, so its
+    # l = 0 instead of NaN; it gets out = 0 and lse = -inf, as a row without in-edges.
+    shift = torch.where(m == float("-inf"), 0.0, m)
+    p = torch.exp(x - shift[dst])
+    l = x.new_zeros(num_dst + 1, heads).scatter_add(0, index, p)
     lse = m + torch.log(l)
-    alpha = torch.exp(x - m[dst]) / l[dst]  # not exp(x - lse): log(l) is lost beside a huge m
+    alpha = p / torch.where(l > 0, l, 1.0)[dst]  # not exp(x - lse): log(l) is lost beside a huge m
     keep = _keep(seed, slot, heads, dropout, alpha)
     if keep is not None:
         alpha = alpha * keep
     out = h.new_zeros(num_dst + 1, heads, h.size(2), dtype=acc)
     out = out.index_add(0, dst, alpha.unsqueeze(-1) * h.to(acc)[src])
-    return out[:num_dst].to(h.dtype), lse[:num_dst]
+    # Fresh tensors, not views of the padded ones: an op output that is a view breaks forward AD.
+    return out[:num_dst].to(h.dtype, copy=True), lse[:num_dst].clone()
 
 
 def gat_backward(
@@ -83,9 +96,7 @@ def gat_backward(
     src, dst, slot = _edge_list(rowptr, col, num_loops)
     z = _scores(s, d, t, t_loop, src, dst, num_loops, acc)
     x = torch.nn.functional.leaky_relu(z, negative_slope)
-    # Dead slots land on the dummy row, whose lse of +inf makes their alpha exactly 0.
-    lse_ext = torch.cat([lse.to(acc), lse.new_full((1, heads), float("inf"), dtype=acc)])
-    alpha = torch.exp(x - lse_ext[dst])
+    alpha = _alpha(x, lse, dst, acc)
     keep = _keep(seed, slot, heads, dropout, alpha)
     dout_acc = torch.cat([dout.to(acc), dout.new_zeros(1, heads, dout.size(2), dtype=acc)])
     D = (dout_acc[:num_dst] * out.to(acc)).sum(-1)
@@ -104,3 +115,32 @@ def gat_backward(
     dt = dz[:num_slots].to(t.dtype, copy=True) if t is not None else dz.new_empty(0)
     dt_loop = dz[num_slots:].to(t_loop.dtype, copy=True) if t_loop is not None else dz.new_empty(0)
     return dh.to(h.dtype), ds.to(s.dtype), dd.to(d.dtype), dt, dt_loop
+
+
+def gat_jvp(
+    out: Tensor, lse: Tensor, h: Tensor, s: Tensor, d: Tensor, t: Optional[Tensor],
+    t_loop: Optional[Tensor], dh: Optional[Tensor], ds: Optional[Tensor], dd: Optional[Tensor],
+    dt: Optional[Tensor], dt_loop: Optional[Tensor], rowptr: Tensor, col: Tensor,
+    num_loops: int, negative_slope: float, dropout: float, seed: Optional[Tensor],
+) -> Tensor:
+    """Forward-mode derivative of out for tangents dh, ds, dd, dt, dt_loop (None: zero):
+    with dx_ij = LeakyReLU'(z_ij) (ds_j + dd_i + dt_ij) and the row mean
+    dx_i = sum_j alpha_ij dx_ij (the tangent of lse_i),
+        dout_i = sum_j alpha_ij keep_ij (dh_j + dx_ij h_j) - dx_i out_i."""
+    num_dst, heads, acc = d.size(0), h.size(1), accumulation_dtype(h.dtype)
+    src, dst, slot = _edge_list(rowptr, col, num_loops)
+    z = _scores(s, d, t, t_loop, src, dst, num_loops, acc)
+    alpha = _alpha(torch.nn.functional.leaky_relu(z, negative_slope), lse, dst, acc)
+    dz = _scores(ds if ds is not None else torch.zeros_like(s),
+                 dd if dd is not None else torch.zeros_like(d), dt, dt_loop, src, dst,
+                 num_loops, acc)
+    dx = torch.where(z > 0, dz, dz * negative_slope)
+    mean = dx.new_zeros(num_dst + 1, heads).index_add(0, dst, alpha * dx)
+    keep = _keep(seed, slot, heads, dropout, alpha)
+    weight = alpha if keep is None else alpha * keep
+    message = dx.unsqueeze(-1) * h.to(acc)[src]
+    if dh is not None:
+        message = message + dh.to(acc)[src]
+    dout = dx.new_zeros(num_dst + 1, heads, h.size(2)).index_add(
+        0, dst, weight.unsqueeze(-1) * message)
+    return (dout[:num_dst] - mean[:num_dst].unsqueeze(-1) * out.to(acc)).to(h.dtype)

@@ -47,17 +47,31 @@ def _head_channel_tiles(H: tl.constexpr, C: tl.constexpr, H_P2: tl.constexpr,
 
 
 @triton.jit
-def _item(item_row, item_ptr, ptr, pid, num_rows, CHUNK: tl.constexpr, WIDE: tl.constexpr):
-    """(row, chunk, start, end, split) of work item pid; row == num_rows marks an idle item."""
-    row = tl.load(item_row + pid)
+def _wide(x, WIDE: tl.constexpr):
+    """An index loaded from an int32 table, as int64 in WIDE mode: products with H or H * C
+    (slot * H + head, part * H * C) must not wrap even when the index itself fits int32."""
     if WIDE:
-        row = row.to(tl.int64)
-    row_start = tl.load(ptr + row, mask=row < num_rows, other=0)
-    row_end = tl.load(ptr + row + 1, mask=row < num_rows, other=0)
-    chunk = pid - tl.load(item_ptr + row)
+        x = x.to(tl.int64)
+    return x
+
+
+@triton.jit
+def _item(item_row, item_ptr, ptr, pid, num_rows, CHUNK: tl.constexpr, WIDE: tl.constexpr):
+    """(row, chunk, start, end, split) of work item pid; row == num_rows marks an idle item.
+    In WIDE mode all are int64, so the slots k = start + ... are too."""
+    row = _wide(tl.load(item_row + pid), WIDE)
+    row_start = _wide(tl.load(ptr + row, mask=row < num_rows, other=0), WIDE)
+    row_end = _wide(tl.load(ptr + row + 1, mask=row < num_rows, other=0), WIDE)
+    chunk = _wide(pid - tl.load(item_ptr + row), WIDE)
     start = row_start + chunk * CHUNK
     end = tl.minimum(row_end, start + CHUNK)
     return row, chunk, start, end, row_end - row_start > CHUNK
+
+
+@triton.jit
+def _part(split_ptr, row, chunk, WIDE: tl.constexpr):
+    """The partial-state slot of chunk `chunk` of split row `row` (int64 in WIDE mode)."""
+    return _wide(tl.load(split_ptr + row), WIDE) + chunk
 
 
 @triton.jit(do_not_specialize=["num_dst"] + _SCALARS)
@@ -106,7 +120,7 @@ def forward_kernel(h, s, d, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l,
             acc = acc * rescale[:, None] + tl.sum(p[:, :, None] * h_j, 0)
             m = m_new
         if split:
-            part = tl.load(split_ptr + row) + chunk
+            part = _part(split_ptr, row, chunk, WIDE)
             tl.store(ws_m + part * H + heads, m, mask=hmask)
             tl.store(ws_l + part * H + heads, l, mask=hmask)
             tl.store(ws_acc + part * (H * C) + hc, acc, mask=hcmask)
@@ -154,15 +168,14 @@ def merge_softmax_kernel(ws_m, ws_l, ws_acc, split_rows, split_ptr, out, lse, nu
                          H: tl.constexpr, C: tl.constexpr, H_P2: tl.constexpr,
                          C_P2: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr):
     """Combine the partial (m, l, acc) of a split row in chunk order."""
-    row = tl.load(split_rows + tl.program_id(0))
-    if WIDE:
-        row = row.to(tl.int64)
+    row = _wide(tl.load(split_rows + tl.program_id(0)), WIDE)
     if row < num_dst:
         heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
         m = tl.full([H_P2], float("-inf"), ACC)
         l = tl.zeros([H_P2], ACC)
         acc = tl.zeros([H_P2, C_P2], ACC)
-        for part in range(tl.load(split_ptr + row), tl.load(split_ptr + row + 1)):
+        for part in range(_wide(tl.load(split_ptr + row), WIDE),
+                          _wide(tl.load(split_ptr + row + 1), WIDE)):
             # m_p is -inf only for a chunk of -inf scores, whose l and acc are 0.
             m_p = tl.load(ws_m + part * H + heads, mask=hmask, other=0.0)
             m_new = tl.maximum(m, m_p)
@@ -174,6 +187,13 @@ def merge_softmax_kernel(ws_m, ws_l, ws_acc, split_rows, split_ptr, out, lse, nu
             acc = acc * a[:, None] + acc_p * b[:, None]
             m = m_new
         _finish_softmax(out, lse, row, m, l, acc, heads, hmask, hc, hcmask, H, C)
+
+
+@triton.jit
+def _alpha(x, lse):
+    """alpha = exp(x - lse), recomputed; a row of -inf scores only has lse = -inf and weighs
+    nothing: read as +inf, its alpha is 0 instead of exp(-inf + inf) = NaN."""
+    return tl.exp(x - tl.where(lse == float("-inf"), float("inf"), lse))
 
 
 @triton.jit
@@ -212,7 +232,7 @@ def backward_csr_kernel(dout, out, lse, h, s, d, t, t_loop, ptr, col, seed_ptr, 
                 z = tl.load(s + row * H + heads, mask=hmask, other=0.0).to(ACC) + d_i
                 if HAS_T_LOOP:
                     z += tl.load(t_loop + row * H + heads, mask=hmask, other=0.0).to(ACC)
-                alpha = tl.exp(tl.where(z > 0, z, z * slope) - lse_i)
+                alpha = _alpha(tl.where(z > 0, z, z * slope), lse_i)
                 h_i = tl.load(h + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
                 dalpha = tl.sum(dout_i * h_i, 1)
                 if DROPOUT:
@@ -225,7 +245,7 @@ def backward_csr_kernel(dout, out, lse, h, s, d, t, t_loop, ptr, col, seed_ptr, 
             k = e0 + tl.arange(0, BLOCK_E)
             j, emask, ehmask, z = _row_block_scores(s, t, col, k, end, d_i, heads, hmask, H,
                                                     HAS_T, WIDE, ACC)
-            alpha = tl.where(ehmask, tl.exp(tl.where(z > 0, z, z * slope) - lse_i[None, :]), 0.0)
+            alpha = tl.where(ehmask, _alpha(tl.where(z > 0, z, z * slope), lse_i[None, :]), 0.0)
             h_j = tl.load(h + j[:, None, None] * (H * C) + hc[None, :, :],
                           mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
             dalpha = tl.sum(h_j * dout_i[None, :, :], 2)
@@ -237,7 +257,7 @@ def backward_csr_kernel(dout, out, lse, h, s, d, t, t_loop, ptr, col, seed_ptr, 
                 tl.store(dt + k[:, None] * H + heads[None, :], dz.to(dt.dtype.element_ty),
                          mask=ehmask)
         if split:
-            tl.store(ws_dd + (tl.load(split_ptr + row) + chunk) * H + heads, dd_i, mask=hmask)
+            tl.store(ws_dd + _part(split_ptr, row, chunk, WIDE) * H + heads, dd_i, mask=hmask)
         else:
             tl.store(dd + row * H + heads, dd_i.to(dd.dtype.element_ty), mask=hmask)
 
@@ -268,7 +288,7 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
             if HAS_T_LOOP:
                 z += tl.load(t_loop + row * H + heads, mask=hmask, other=0.0).to(ACC)
             lse_i = tl.load(lse + row * H + heads, mask=hmask, other=0.0).to(ACC)
-            alpha = tl.exp(tl.where(z > 0, z, z * slope) - lse_i)
+            alpha = _alpha(tl.where(z > 0, z, z * slope), lse_i)
             dout_i = tl.load(dout + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
             dalpha = tl.sum(dout_i * h_j, 1)
             weight = alpha
@@ -293,7 +313,7 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
             if HAS_T:
                 z += tl.load(t + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
             lse_i = tl.load(lse + eh_i, mask=ehmask, other=0.0).to(ACC)
-            alpha = tl.where(ehmask, tl.exp(tl.where(z > 0, z, z * slope) - lse_i), 0.0)
+            alpha = tl.where(ehmask, _alpha(tl.where(z > 0, z, z * slope), lse_i), 0.0)
             dout_i = tl.load(dout + i[:, None, None] * (H * C) + hc[None, :, :],
                              mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
             dalpha = tl.sum(dout_i * h_j[None, :, :], 2)
@@ -306,7 +326,7 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
             ds_j += tl.sum(_dz(z, alpha, dalpha, D_i, slope), 0)
             dh_j += tl.sum(weight[:, :, None] * dout_i, 0)
         if split:
-            part = tl.load(split_ptr + row) + chunk
+            part = _part(split_ptr, row, chunk, WIDE)
             tl.store(ws_ds + part * H + heads, ds_j, mask=hmask)
             tl.store(ws_dh + part * (H * C) + hc, dh_j, mask=hcmask)
         else:
@@ -320,15 +340,14 @@ def merge_sum_kernel(ws_a, out_a, ws_b, out_b, split_rows, split_ptr, num_rows,
                      BLOCK_B: tl.constexpr, HAS_B: tl.constexpr, WIDE: tl.constexpr,
                      ACC: tl.constexpr):
     """Sum a split row's partial gradients in chunk order: (dd) or (ds, dh)."""
-    row = tl.load(split_rows + tl.program_id(0))
-    if WIDE:
-        row = row.to(tl.int64)
+    row = _wide(tl.load(split_rows + tl.program_id(0)), WIDE)
     if row < num_rows:
         offs_a = tl.arange(0, BLOCK_A)
         offs_b = tl.arange(0, BLOCK_B)
         sum_a = tl.zeros([BLOCK_A], ACC)
         sum_b = tl.zeros([BLOCK_B], ACC)
-        for part in range(tl.load(split_ptr + row), tl.load(split_ptr + row + 1)):
+        for part in range(_wide(tl.load(split_ptr + row), WIDE),
+                          _wide(tl.load(split_ptr + row + 1), WIDE)):
             sum_a += tl.load(ws_a + part * WIDTH_A + offs_a, mask=offs_a < WIDTH_A, other=0.0)
             if HAS_B:
                 sum_b += tl.load(ws_b + part * WIDTH_B + offs_b, mask=offs_b < WIDTH_B,

@@ -1,6 +1,7 @@
 """backend='triton': the fused edge stage as Triton programs (kernels in triton_device.py).
 
-CUDA tensors run compiled kernels, autotuned per (H, C, dtype); CPU tensors run under the
+CUDA tensors run compiled kernels, autotuned per (H, C, dtype) (a pinned configuration under
+torch.use_deterministic_algorithms(True), see pinned_config); CPU tensors run under the
 Triton interpreter (TRITON_INTERPRET=1, read when this module is imported) with one fixed
 configuration. Launches per call: forward 1, backward 2, each followed by a merge launch once
 the graph holds more than CHUNK edges (its programs return at once for rows that were not
@@ -82,6 +83,23 @@ def _tuned(kernel):
                            prune_configs_by={"early_config_prune": _prune})(kernel)
 
 
+def pinned_config(meta) -> dict:
+    """The configuration every process uses under torch.use_deterministic_algorithms(True):
+    the largest edge block the budget allows, 4 warps. The block size sets the summation
+    order, and autotuning by timing may choose differently in another process."""
+    config = max(_prune(_configs(), meta), key=lambda c: (c.kwargs["BLOCK_E"], -c.num_warps))
+    return dict(config.kwargs, num_warps=config.num_warps)
+
+
+def _launcher(kernel, meta):
+    """(kernel, extra launch arguments): the autotuner, or its plain kernel with the pinned
+    configuration in deterministic mode."""
+    if isinstance(kernel, triton.runtime.autotuner.Autotuner) and \
+            torch.are_deterministic_algorithms_enabled():
+        return kernel.fn, pinned_config(meta)
+    return kernel, {}
+
+
 _forward_kernel = _tuned(dev.forward_kernel)
 _backward_csr_kernel = _tuned(dev.backward_csr_kernel)
 _backward_csc_kernel = _tuned(dev.backward_csc_kernel)
@@ -141,10 +159,11 @@ def gat_forward(
     ws_l = torch.empty_like(ws_m)
     ws_acc = h.new_empty(work.num_parts, heads, channels, dtype=acc)
     with _on(h.device):
-        _forward_kernel[(work.item_row.numel(),)](
+        kernel, config = _launcher(_forward_kernel, meta)
+        kernel[(work.item_row.numel(),)](
             h, s, d, t, t_loop, rowptr, col, seed_ptr, out, lse, ws_m, ws_l, ws_acc,
             work.item_row, work.item_ptr, work.split_ptr, num_dst, num_slots, num_loops,
-            **scalars, **meta)
+            **scalars, **meta, **config)
         if work.split_rows.numel():
             dev.merge_softmax_kernel[(work.split_rows.numel(),)](
                 ws_m, ws_l, ws_acc, work.split_rows, work.split_ptr, out, lse, num_dst,
@@ -175,19 +194,21 @@ def gat_backward(
     sums = dict(WIDE=meta["WIDE"], ACC=meta["ACC"])
     with _on(h.device):
         if rows.item_row.numel():
-            _backward_csr_kernel[(rows.item_row.numel(),)](
+            kernel, config = _launcher(_backward_csr_kernel, meta)
+            kernel[(rows.item_row.numel(),)](
                 dout, out, lse, h, s, d, t, t_loop, rowptr, col, seed_ptr, D, dd, dt, dt_loop,
                 ws_dd, rows.item_row, rows.item_ptr, rows.split_ptr, num_dst, num_slots,
-                num_loops, **scalars, **meta)
+                num_loops, **scalars, **meta, **config)
         if rows.split_rows.numel():
             dev.merge_sum_kernel[(rows.split_rows.numel(),)](
                 ws_dd, dd, ws_dd, dd, rows.split_rows, rows.split_ptr, num_dst,
                 WIDTH_A=heads, WIDTH_B=1, BLOCK_A=meta["H_P2"], BLOCK_B=1, HAS_B=False, **sums)
         if cols.item_row.numel():
-            _backward_csc_kernel[(cols.item_row.numel(),)](
+            kernel, config = _launcher(_backward_csc_kernel, meta)
+            kernel[(cols.item_row.numel(),)](
                 dout, lse, h, s, d, t, t_loop, colptr, csc_row, csc_eid, seed_ptr, D, dh, ds,
                 ws_ds, ws_dh, cols.item_row, cols.item_ptr, cols.split_ptr, num_src, num_slots,
-                num_loops, **scalars, **meta)
+                num_loops, **scalars, **meta, **config)
         if cols.split_rows.numel():
             dev.merge_sum_kernel[(cols.split_rows.numel(),)](
                 ws_ds, ds, ws_dh, dh, cols.split_rows, cols.split_ptr, num_src,
