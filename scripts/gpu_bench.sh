@@ -44,7 +44,7 @@ if ! MAX_JOBS=${MAX_JOBS:-16} timeout 240 $PY -m pip install --no-build-isolatio
   tail -40 "$LOG"
   exit 1
 fi
-$PY -c "import fastgat; print('backends on cuda:', fastgat.backends('cuda'))" 2>&1 | tee -a "$LOG"
+$PY -c "import fastgat; print('backends on cuda:', fastgat.available_backends('cuda'))" 2>&1 | tee -a "$LOG"
 
 step "pytest -m gpu"
 timeout $(( $(left) / 4 )) $PY -m pytest -m gpu -q -p no:cacheprovider tests >>"$LOG" 2>&1

@@ -48,7 +48,7 @@ if ! run build 180 env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST
   echo "gpu_check: ${summary[*]}"
   exit 1
 fi
-run backends 30 "$python" -c "import fastgat; b = fastgat.backends('cuda'); print(b);
+run backends 30 "$python" -c "import fastgat; b = fastgat.available_backends('cuda'); print(b);
 assert b['cuda'] == 'available', b"
 run pytest-gpu 120 "$python" -m pytest -m gpu -q -rs --junitxml="$out/pytest-gpu.xml"
 if command -v compute-sanitizer > /dev/null || [ -x "$CUDA_HOME/bin/compute-sanitizer" ]; then
