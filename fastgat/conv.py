@@ -1,4 +1,4 @@
-"""FastGATConv: torch_geometric.nn.GATConv with the edge stage fused (DESIGN §1).
+"""FastGATConv: torch_geometric.nn.GATConv with the edge stage fused (docs/design.md §1).
 
 It subclasses GATConv, so the constructor, parameters, initialisation, state_dict keys and
 repr are PyG's own; only `forward` differs, and it falls back to PyG's when explain mode or
