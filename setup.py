@@ -21,10 +21,18 @@ def build_cuda() -> bool:
     return CUDA_HOME is not None and torch.version.cuda is not None
 
 
+# CPython's stable ABI as of 3.10, the oldest Python supported (requires-python in
+# pyproject.toml): the library's only Python C calls (the module init in csrc/fastgat.cpp) are
+# limited-API, so one cp310-abi3 wheel serves 3.10 and later. The macro and the wheel tag must
+# name the same version; .ci/cuda_wheel.sh checks the tag against Requires-Python.
+LIMITED_API_MACRO = "-DPy_LIMITED_API=0x030A0000"
+LIMITED_API_TAG = "cp310"
+
+
 def extension():
     sources = ["csrc/fastgat.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
     # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 for 2.14).
-    cxx = ["-O3", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp", LIMITED_API_MACRO]
     kwargs = dict(extra_link_args=["-fopenmp"], py_limited_api=True)
     if not build_cuda():
         return CppExtension("fastgat._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
@@ -38,5 +46,5 @@ def extension():
 setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={"bdist_wheel": {"py_limited_api": LIMITED_API_TAG}},
 )

@@ -75,9 +75,9 @@ def layer(arm: str, backend: str = "auto"):
             "pyg_philox": PhiloxGATConv, "pyg_rand": RandGATConv}[arm]
 
 
-def _init_worker(dataset: str, root, backend: str) -> None:
+def _init_worker(dataset: str, root, offline, backend: str) -> None:
     torch.set_num_threads(1)  # workers share the cores
-    _worker.update(data=load_planetoid(dataset, root), backend=backend)
+    _worker.update(data=load_planetoid(dataset, root, offline), backend=backend)
 
 
 def _run(job):
@@ -134,7 +134,8 @@ def main() -> None:
     print(f"{args.dataset}: {len(jobs)} runs to go ({len(done)} in {out}), "
           f"{args.workers} worker(s)")
     with multiprocessing.get_context("spawn").Pool(
-            args.workers, _init_worker, (args.dataset, args.root, args.backend)) as pool:
+            args.workers, _init_worker,
+            (args.dataset, args.root, args.offline_copy, args.backend)) as pool:
         for record in pool.imap_unordered(_run, jobs):
             records.append(record)
             with open(out, "a") as f:

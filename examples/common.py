@@ -1,8 +1,10 @@
-"""What the Planetoid examples share: offline data loading and the GAT paper's model.
+"""What the Planetoid examples share: data loading and the GAT paper's model.
 
-The raw Planetoid files lie in the project's shared folder (`<repo>/../shared`, read-only);
-PyG's `Planetoid` reads them without a network as long as its root is writable (it writes
-`processed/`), so they are copied once into a cache directory.
+Data comes from PyG's `Planetoid(root, name)`, which downloads the raw files into
+`<root>/<name>/raw` the first time. Offline, point `--offline-copy` (or $FASTGAT_PLANETOID_RAW)
+at a folder holding `<name>/raw/ind.<name>.*` (as the Planetoid authors publish them): missing
+raw files are copied from it into the root, which must be writable (PyG writes `processed/`),
+so nothing is downloaded. CI runs the tests that way.
 """
 import argparse
 import importlib.util
@@ -20,44 +22,52 @@ import torch_geometric.transforms as T
 
 from fastgat import FastGATConv
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_PLANETOID = REPO.parent / "shared" / "data" / "planetoid"
 DATASETS = ("Cora", "CiteSeer")
 CONVS = ("fast", "pyg")
 RAW_PARTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
+OFFLINE_COPY_VAR = "FASTGAT_PLANETOID_RAW"
 
 
 def default_root() -> Path:
-    """Writable cache for the copied raw files: $FASTGAT_DATA or ~/.cache/fastgat/planetoid."""
+    """Where data sets go: $FASTGAT_DATA, else ~/.cache/fastgat/planetoid."""
     return Path(os.environ.get("FASTGAT_DATA", Path.home() / ".cache" / "fastgat" / "planetoid"))
 
 
-def shared_raw_dir(name: str) -> Path:
-    return SHARED_PLANETOID / name / "raw"
+def offline_copy():
+    """The folder named by $FASTGAT_PLANETOID_RAW, or None."""
+    folder = os.environ.get(OFFLINE_COPY_VAR)
+    return Path(folder) if folder else None
 
 
-def load_planetoid(name: str, root=None):
+def raw_files(name: str):
+    return [f"ind.{name.lower()}.{part}" for part in RAW_PARTS]
+
+
+def copy_raw(name: str, root: Path, source: Path) -> None:
+    """Copy the raw files of `name` missing from `<root>/<name>/raw` from `<source>/<name>/raw`."""
+    raw, origin = root / name / "raw", source / name / "raw"
+    missing = [file for file in raw_files(name) if not (raw / file).exists()]
+    absent = [file for file in missing if not (origin / file).is_file()]
+    if absent:
+        raise FileNotFoundError(f"the offline copy {source} lacks {', '.join(absent)} in "
+                                f"{origin}")
+    raw.mkdir(parents=True, exist_ok=True)
+    for file in missing:  # copyfile keeps no read-only bits; the rename keeps no half copy
+        shutil.copyfile(origin / file, raw / f"{file}.part")
+        os.replace(raw / f"{file}.part", raw / file)
+
+
+def load_planetoid(name: str, root=None, offline=None):
     """Planetoid `name` with row-normalised features (the GAT paper's preprocessing).
 
-    root (default: default_root()) must be writable; raw files missing from `<root>/<name>/raw`
-    are copied there from the shared folder first."""
+    root (default: default_root()) must be writable. With `offline` (default: the folder named
+    by $FASTGAT_PLANETOID_RAW, if set) the raw files come from there, not from the network."""
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
     root = Path(root) if root is not None else default_root()
-    raw = root / name / "raw"
-    source = shared_raw_dir(name)
-    needed = [f"ind.{name.lower()}.{part}" for part in RAW_PARTS]
-    missing = [file for file in needed if not (raw / file).exists()]
-    if missing:
-        if not all((source / file).is_file() for file in missing):
-            raise FileNotFoundError(
-                f"the Planetoid raw files for {name} are neither in {raw} nor in the shared "
-                f"folder {source}; the examples read them offline: put "
-                f"{', '.join(needed)} in one of them")
-        raw.mkdir(parents=True, exist_ok=True)
-        for file in missing:  # copyfile keeps no read-only bits; the rename keeps no half copy
-            shutil.copyfile(source / file, raw / f"{file}.part")
-            os.replace(raw / f"{file}.part", raw / file)
+    offline = Path(offline) if offline is not None else offline_copy()
+    if offline is not None:
+        copy_raw(name, root, offline)
     processed = (root / name / "processed" / "data.pt").exists()
     if not processed and importlib.util.find_spec("scipy") is None:
         raise ImportError("PyG's Planetoid reader unpickles scipy sparse matrices: "
@@ -115,5 +125,9 @@ def example_parser(doc: str, conv: bool = True) -> argparse.ArgumentParser:
                         help="FastGATConv backend: auto, torch, triton, cuda or cpu")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--root", default=None,
-                        help="writable Planetoid root (default: a cache of the shared raw files)")
+                        help="writable Planetoid root, as PyG's Planetoid(root, name) (default: "
+                             "$FASTGAT_DATA or ~/.cache/fastgat/planetoid)")
+    parser.add_argument("--offline-copy", default=None,
+                        help="folder with <name>/raw/ind.<name>.* to copy instead of "
+                             f"downloading (default: ${OFFLINE_COPY_VAR} if set)")
     return parser

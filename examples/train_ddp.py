@@ -79,7 +79,7 @@ def worker(rank: int, world_size: int, args) -> None:
     try:
         if rank != 0:  # rank 0 copies and processes the data set first; the rest read its cache
             dist.barrier()
-        data = load_planetoid(args.dataset, args.root)
+        data = load_planetoid(args.dataset, args.root, args.offline_copy)
         if rank == 0:
             dist.barrier()
         data = data.to(device)

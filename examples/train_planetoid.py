@@ -68,7 +68,7 @@ def main() -> None:
         parser.error("--seeds and --epochs must be at least 1")
 
     device = torch.device(args.device)
-    data = load_planetoid(args.dataset, args.root).to(device)
+    data = load_planetoid(args.dataset, args.root, args.offline_copy).to(device)
     num_classes = int(data.y.max()) + 1
     conv = conv_factory(args.conv, args.backend)
     layer = (f"FastGATConv (backend {resolve(args.backend, device.type)})"

@@ -9,7 +9,7 @@ the parameters) and the step's peak memory, then prints a table and writes it wi
 PNG of the speedups into --out.
 
 Implementations: `pyg` (torch_geometric.nn.GATConv), one FastGATConv per backend that
-fastgat.backends() reports available on the device (the rest are listed as skipped, with the
+fastgat.available_backends() reports available on the device (the rest are listed as skipped, with the
 reason), and `spmm`, the floor: the same layer with the attention replaced by fixed weights
 1/in-degree, i.e. x·W then torch.sparse.mm of the same graph (self loops added, multi-edges
 kept) as CSR at width heads·channels. "fwd / floor" is a forward time over the floor's.
@@ -62,10 +62,11 @@ _RESULT = "@@fastgat-bench "   # prefix of the worker's result lines on its stdo
 
 # -- what is measured -------------------------------------------------------------------------
 def fastgat_backends(device: str) -> Tuple[List[str], Dict[str, str]]:
-    """(backends to measure on `device`, {skipped backend: reason}) from fastgat.backends()."""
-    from . import backends
+    """(backends to measure on `device`, {skipped backend: reason}) from
+    fastgat.available_backends()."""
+    from .backends import available_backends
     run, skipped = [], {}
-    for name, status in backends(device).items():
+    for name, status in available_backends(device).items():
         if status != "available":
             skipped[name] = status
         elif name == "triton" and device == "cpu":

@@ -1,9 +1,10 @@
-"""FastGATConv: torch_geometric.nn.GATConv with the edge stage fused (DESIGN §1).
+"""FastGATConv: torch_geometric.nn.GATConv with the edge stage fused (docs/design.md §1).
 
 It subclasses GATConv, so the constructor, parameters, initialisation, state_dict keys and
 repr are PyG's own; only `forward` differs, and it falls back to PyG's when explain mode or
 message-passing hooks need the per-edge messages that the fused path never materialises.
 """
+import operator
 from typing import Optional, Tuple, Union
 
 import torch
@@ -15,6 +16,7 @@ from torch_geometric.utils.sparse import set_sparse_value
 
 from .backends import NAMES as BACKEND_NAMES, resolve
 from .dropout import draw_seed, keep_scale
+from .errors import FeatureTypeError, InputShapeError
 from .graph import Graph, SparseTensor, assert_in_range_async, coo_of, prepare
 from .ops import gat_attention
 
@@ -34,16 +36,28 @@ def _is_torch_sparse(edge_index) -> bool:
     return isinstance(edge_index, Tensor) and edge_index.layout != torch.strided
 
 
-def _check_constructor(in_channels, out_channels, heads, dropout, fill_value, backend):
-    channels = in_channels if isinstance(in_channels, tuple) else (in_channels,)
-    if len(channels) not in (1, 2) or not all(isinstance(c, int) and (c > 0 or c == -1)
-                                              for c in channels):
-        raise ValueError(f"in_channels must be a positive int, -1 (lazy) or a pair of them, "
-                         f"got {in_channels!r}")
-    if not isinstance(out_channels, int) or out_channels < 1:
-        raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
-    if not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"heads must be a positive int, got {heads!r}")
+def _count(value, name: str, lazy: bool = False) -> int:
+    """`value` as a positive int (or -1 where `lazy`); NumPy and other integral types count."""
+    kinds = "a positive int or -1 (lazy)" if lazy else "a positive int"
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be {kinds}, got {value!r}") from None
+    if count < 1 and not (lazy and count == -1):
+        raise ValueError(f"{name} must be {kinds}, got {value!r}")
+    return count
+
+
+def _in_channels(value) -> Union[int, Tuple[int, int]]:
+    """An int or a (src, dst) pair; a list pair counts too, as YAML and JSON configs write it."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"in_channels must be an int or a pair (src, dst), got {value!r}")
+        return tuple(_count(c, "in_channels", lazy=True) for c in value)
+    return _count(value, "in_channels", lazy=True)
+
+
+def _check_constructor(dropout, fill_value, backend):
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must lie in [0, 1], got {dropout!r}")
     if isinstance(fill_value, str) and fill_value not in _FILL_REDUCTIONS:
@@ -69,8 +83,9 @@ class FastGATConv(GATConv):
                  dropout: float = 0.0, add_self_loops: bool = True,
                  edge_dim: Optional[int] = None, fill_value: Union[float, Tensor, str] = "mean",
                  bias: bool = True, residual: bool = False, backend: str = "auto", **kwargs):
-        _check_constructor(in_channels, out_channels, heads, dropout, fill_value, backend)
-        super().__init__(in_channels, out_channels, heads=heads, concat=concat,
+        _check_constructor(dropout, fill_value, backend)
+        super().__init__(_in_channels(in_channels), _count(out_channels, "out_channels"),
+                         heads=_count(heads, "heads"), concat=concat,
                          negative_slope=negative_slope, dropout=dropout,
                          add_self_loops=add_self_loops, edge_dim=edge_dim,
                          fill_value=fill_value, bias=bias, residual=residual, **kwargs)
@@ -235,8 +250,9 @@ class FastGATConv(GATConv):
             self.lin_edge(edge_attr[:0])  # materialises a lazy edge_dim=-1 weight, as PyG's
         if (edge_attr.dim() != 2 or edge_attr.size(0) != graph.num_edges
                 or edge_attr.size(1) != self.lin_edge.in_channels):
-            raise ValueError(f"edge_attr must have shape ({graph.num_edges}, {self.edge_dim}) "
-                             f"for {graph.num_edges} edges, got {tuple(edge_attr.shape)}")
+            raise InputShapeError(f"edge_attr must have shape ({graph.num_edges}, "
+                                  f"{self.edge_dim}) for {graph.num_edges} edges, got "
+                                  f"{tuple(edge_attr.shape)}")
         if edge_attr.device != graph.col.device:
             raise ValueError(f"edge_attr is on {edge_attr.device} but edge_index on "
                              f"{graph.col.device}")
@@ -302,4 +318,4 @@ def _check_features(x, name: str) -> None:
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D (num_nodes, channels), got shape {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {x.dtype}")
+        raise FeatureTypeError(f"{name} must be floating point, got {x.dtype}")

@@ -21,6 +21,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .errors import EdgeIndexTypeError, InputShapeError
+
 try:  # torch_sparse is optional; PyG exposes a placeholder class when it is absent
     from torch_geometric.typing import SparseTensor
 except ImportError:  # pragma: no cover
@@ -138,12 +140,13 @@ def coo_of(edge_index) -> Tuple[Tensor, Tensor]:
         (dst, src), _ = to_edge_index(edge_index)  # adj_t: rows are destinations
         return src, dst
     if not isinstance(edge_index, Tensor):
-        raise TypeError(f"edge_index must be a Tensor, EdgeIndex, SparseTensor or torch.sparse "
-                        f"tensor, got {type(edge_index).__name__}")
+        raise EdgeIndexTypeError(f"edge_index must be a Tensor, EdgeIndex, SparseTensor or "
+                                 f"torch.sparse tensor, got {type(edge_index).__name__}")
     if edge_index.is_floating_point() or edge_index.is_complex() or edge_index.dtype == torch.bool:
-        raise TypeError(f"edge_index must hold integers, got dtype {edge_index.dtype}")
+        raise EdgeIndexTypeError(f"edge_index must hold integers, got dtype {edge_index.dtype}")
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"edge_index must have shape (2, num_edges), got {tuple(edge_index.shape)}")
+        raise InputShapeError(f"edge_index must have shape (2, num_edges), got "
+                              f"{tuple(edge_index.shape)}")
     if hasattr(edge_index, "as_tensor"):  # PyG EdgeIndex
         edge_index = edge_index.as_tensor()
     return edge_index[0], edge_index[1]

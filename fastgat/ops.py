@@ -1,4 +1,4 @@
-"""The fused GAT edge stage as autograd-aware custom ops (DESIGN §2).
+"""The fused GAT edge stage as autograd-aware custom ops (docs/design.md §2, §4).
 
     fastgat::gat_attention(h, s, d, t?, t_loop?, graph..., num_loops, negative_slope,
                            dropout, seed?, backend) -> (out, lse)

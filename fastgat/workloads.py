@@ -1,4 +1,4 @@
-"""Seeded synthetic graphs shaped like the standard GAT benchmarks (DESIGN §5).
+"""Seeded synthetic graphs shaped like the standard GAT benchmarks, for fastgat.bench.
 
 Each workload keeps the node and edge counts, the input feature width and a power-law in-degree
 skew of its namesake; no data set is downloaded. Edges are drawn Chung–Lu style: destination i
@@ -45,7 +45,8 @@ WORKLOADS: Dict[str, Workload] = {w.name: w for w in (
     Workload("arxiv", 169_343, 2_315_598, 128, ((8, 32), (4, 64)), 0.65),
     Workload("reddit", 232_965, 114_615_892, 602, ((8, 32), (4, 64)), 0.3),
     Workload("products", 2_449_029, 123_718_280, 100, ((8, 32), (4, 64)), 0.44),
-    # The CPU bar of issue 6 / DESIGN §6: 40k nodes, 800k power-law edges, 64 -> 4 x 32.
+    # The CPU reference layer (benchmarks/RESULTS.md): 40k nodes, 800k power-law edges,
+    # 64 -> 4 heads x 32, where PyG GATConv takes seconds and ~1.8 GB per training step.
     Workload("cpubar", 40_000, 800_000, 64, ((4, 32),), 0.65),
 )}
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# One 10-minute call on the GPU machine (torch 2.11 cu130, triton 3.6, PyG 2.8, nvcc; no
-# network): build fastgat in place with its CUDA kernels, run `pytest -m gpu`, then the full
+# GPU benchmark in under 10 minutes on a machine with a CUDA GPU, python3 with torch, triton
+# and PyG installed (tested setup: torch 2.11 cu130, triton 3.6, PyG 2.8.1), nvcc and no network
+# needed: build fastgat in place with its CUDA kernels, run `pytest -m gpu`, then the full
 # benchmark in float32 and bfloat16 at full size, Reddit 8x64 included (PyG GATConv's E x H x C
 # messages there need ~235 GB in float32: its OOM is recorded, not a crash).
 #
 #   bash scripts/gpu_bench.sh            # from the repository root; files go to $OUT
 #
-# Writes 7 files into $OUT (default ./bench-out), flat, as the device tool returns at most 8:
+# Writes 7 files into $OUT (default ./bench-out), flat:
 #   gpu.log                                      nvidia-smi, build, pytest -m gpu, bench progress
 #   bench-cuda-float32.{md,json,png}             table, results + metadata, speedup plot
 #   bench-cuda-bfloat16.{md,json,png}
@@ -44,7 +45,7 @@ if ! MAX_JOBS=${MAX_JOBS:-16} timeout 240 $PY -m pip install --no-build-isolatio
   tail -40 "$LOG"
   exit 1
 fi
-$PY -c "import fastgat; print('backends on cuda:', fastgat.backends('cuda'))" 2>&1 | tee -a "$LOG"
+$PY -c "import fastgat; print('backends on cuda:', fastgat.available_backends('cuda'))" 2>&1 | tee -a "$LOG"
 
 step "pytest -m gpu"
 timeout $(( $(left) / 4 )) $PY -m pytest -m gpu -q -p no:cacheprovider tests >>"$LOG" 2>&1

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One command for a GPU machine (the device image: python3 with torch 2.11 cu130, triton 3.6,
-# PyG 2.8, nvcc 13.0, ninja, compute-sanitizer; no network). From the repository root:
+# GPU correctness check in under 10 minutes, for a machine with a CUDA GPU, python3 with torch,
+# triton, PyG, pytest and pytest-timeout, nvcc, ninja and (optional) compute-sanitizer; no
+# network needed (tested setup: torch 2.11 cu130, triton 3.6, PyG 2.8.1, nvcc 13.0). From the
+# repository root:
 #   OUT=/some/folder bash scripts/gpu_check.sh
 # 1. builds fastgat in place for this GPU (TORCH_CUDA_ARCH_LIST, default 9.0);
 # 2. `pytest -m gpu` on the GPU;
@@ -48,7 +50,7 @@ if ! run build 180 env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST
   echo "gpu_check: ${summary[*]}"
   exit 1
 fi
-run backends 30 "$python" -c "import fastgat; b = fastgat.backends('cuda'); print(b);
+run backends 30 "$python" -c "import fastgat; b = fastgat.available_backends('cuda'); print(b);
 assert b['cuda'] == 'available', b"
 run pytest-gpu 120 "$python" -m pytest -m gpu -q -rs --junitxml="$out/pytest-gpu.xml"
 if command -v compute-sanitizer > /dev/null || [ -x "$CUDA_HOME/bin/compute-sanitizer" ]; then

@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 .venv/bin/pip install -q --upgrade pip setuptools wheel ninja
 .venv/bin/pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 MAX_JOBS=${MAX_JOBS:-2} .venv/bin/pip install -q --no-build-isolation -e ".[test,bench]"
-.venv/bin/python -c "import fastgat; print('fastgat backends on cpu:', fastgat.backends('cpu'))"
+.venv/bin/python -c "import fastgat; print('fastgat backends on cpu:', fastgat.available_backends('cpu'))"

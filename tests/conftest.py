@@ -10,7 +10,7 @@ import emulated_cuda
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-GPU_REASON = "needs a CUDA device; runs on the device machine (scripts/gpu_check.sh)"
+GPU_REASON = "needs a CUDA device (scripts/gpu_check.sh runs these on a GPU machine)"
 
 
 def pytest_collection_modifyitems(config, items):

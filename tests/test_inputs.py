@@ -1,8 +1,12 @@
-"""Bad input gets a clear Python exception naming the problem, never a crash or a wrong answer."""
+"""Bad input gets a clear Python exception naming the problem, never a crash or a wrong answer;
+what GATConv accepts, FastGATConv accepts."""
 import importlib.metadata
+import types
 
+import numpy as np
 import pytest
 import torch
+from torch_geometric.nn import GATConv
 
 import fastgat.graph
 from fastgat import FastGATConv, Graph
@@ -68,10 +72,66 @@ def test_invalid_constructor_arguments(kwargs, match):
         layer(**kwargs)
 
 
-@pytest.mark.parametrize("in_channels,out_channels", [(0, 3), ((4, 4, 4), 3), (4, 0), ("4", 3)])
+@pytest.mark.parametrize("in_channels,out_channels", [(0, 3), ((4, 4, 4), 3), (4, 0), ("4", 3),
+                                                     (4.0, 3), ([4, "4"], 3), (4, np.float64(3))])
 def test_invalid_channel_counts(in_channels, out_channels):
     with pytest.raises(ValueError, match="channels"):
         FastGATConv(in_channels, out_channels)
+
+
+@pytest.mark.parametrize("in_channels,out_channels,heads,pair", [
+    (8, np.int64(4), np.int64(2), False),           # NumPy integers, as from an array of configs
+    ([8, 8], 4, 2, True),                           # a list pair, as YAML and JSON write it
+    ((np.int64(8), np.int32(8)), np.int32(4), 1, True),
+    (np.int64(8), 4, 2, False),                     # GATConv itself fails on this one
+])
+def test_constructor_takes_config_integers(in_channels, out_channels, heads, pair):
+    plain = (tuple(map(int, in_channels)) if isinstance(in_channels, (list, tuple))
+             else int(in_channels))
+    pyg = GATConv(plain, int(out_channels), heads=int(heads))
+    fast = FastGATConv(in_channels, out_channels, heads=heads)
+    assert type(fast.heads) is int and type(fast.out_channels) is int
+    fast.load_state_dict(pyg.state_dict())
+    x, edge_index = torch.randn(N, 8), good_inputs()[1]
+    x = (x, torch.randn(N, 8)) if pair else x
+    torch.testing.assert_close(fast(x, edge_index), pyg(x, edge_index))
+
+
+def test_repr_names_the_class():  # what the README shows
+    assert repr(FastGATConv(8, 32, heads=2)) == "FastGATConv(8, 32, heads=2)"
+
+
+def _error_of(call) -> BaseException:
+    with pytest.raises(Exception) as info:
+        call()
+    return info.value
+
+
+# Bad inputs on which GATConv fails inside torch (IndexError, RuntimeError) or in PyG
+# (ValueError); FastGATConv names the problem in an exception of GATConv's type too.
+@pytest.mark.parametrize("x,edge_index,edge_attr,kwargs,match", [
+    (torch.ones(N, 4, dtype=torch.long), None, None, {}, "floating point"),
+    (None, torch.tensor([[0, 1, 2]]), None, {}, r"shape \(2, num_edges\)"),
+    (None, torch.tensor([[0, 1], [1, 2], [2, 3]]), None, {}, r"shape \(2, num_edges\)"),
+    (None, torch.tensor([0, 1, 2]), None, {}, r"shape \(2, num_edges\)"),
+    (None, torch.tensor([[0.0, 1.0], [1.0, 2.0]]), None, {}, "integers"),
+    (None, [[0, 1], [1, 2]], None, {}, "edge_index must be"),
+    (None, None, torch.randn(3, 2), {}, "edge_attr must have shape"),
+    (None, None, torch.randn(5, 2), dict(add_self_loops=False), "edge_attr must have shape"),
+    (None, None, torch.randn(4, 5), {}, "edge_attr must have shape"),
+    (None, None, torch.randn(4, 2, 2), dict(add_self_loops=False), "edge_attr must have shape"),
+], ids=["int64-x", "edge_index-1xE", "edge_index-3x2", "edge_index-1d", "float-edge_index",
+        "list-edge_index", "edge_attr-rows-loops", "edge_attr-rows-no-loops",
+        "edge_attr-width", "edge_attr-3d"])
+def test_bad_input_raises_what_gatconv_raises(x, edge_index, edge_attr, kwargs, match):
+    good_x, good_edge_index = good_inputs()
+    x = good_x if x is None else x
+    edge_index = good_edge_index if edge_index is None else edge_index
+    kwargs = dict(kwargs, edge_dim=2) if edge_attr is not None else kwargs
+    expected = type(_error_of(lambda: GATConv(4, 3, heads=2, **kwargs)(x, edge_index, edge_attr)))
+    assert expected in (IndexError, RuntimeError, ValueError)  # the case still fails in GATConv
+    with pytest.raises(expected, match=match):
+        layer(**kwargs)(x, edge_index, edge_attr)
 
 
 def test_unavailable_backend_says_why():
@@ -140,9 +200,22 @@ def test_package_without_compiled_library_says_why(monkeypatch):
                         lambda name, *args: None if name == "fastgat._C" else find_spec(name, *args))
     try:
         importlib.reload(extension)
-        status = fastgat.backends("cpu")
+        status = fastgat.available_backends("cpu")
         assert "fastgat._C is not built" in status["cpu"] and status["torch"] == "available"
     finally:
         monkeypatch.undo()
         importlib.reload(extension)
-    assert fastgat.backends("cpu")["cpu"] == "available"
+    assert fastgat.available_backends("cpu")["cpu"] == "available"
+
+
+def test_backends_is_the_subpackage_and_the_old_call_still_works():
+    import fastgat
+    import fastgat.backends as backends
+    assert isinstance(backends, types.ModuleType) and backends.resolve("torch", "cpu") == "torch"
+    expected = fastgat.available_backends("cpu")
+    assert expected["torch"] == "available"
+    with pytest.warns(DeprecationWarning, match="available_backends"):
+        assert fastgat.backends("cpu") == expected
+    with pytest.warns(DeprecationWarning, match="available_backends"):
+        from fastgat.backends import backends as old_function
+    assert old_function("cpu") == expected

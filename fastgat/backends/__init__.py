@@ -9,6 +9,9 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import sys
+import types
+import warnings
 from typing import Dict
 
 import torch
@@ -49,9 +52,33 @@ def unavailable_reason(name: str, device_type: str) -> str:
     return kernel_status(name.upper())
 
 
-def backends(device_type: str = "cuda" if torch.cuda.is_available() else "cpu") -> Dict[str, str]:
+def available_backends(device_type: str = "cuda" if torch.cuda.is_available() else "cpu"
+                       ) -> Dict[str, str]:
     """Every backend with 'available' or the reason it is not, for tensors on `device_type`."""
     return {name: unavailable_reason(name, device_type) or "available" for name in NAMES}
+
+
+_DEPRECATED = ("fastgat.backends(...) and fastgat.backends.backends(...) are deprecated and "
+               "will be removed in fastgat 0.3; call fastgat.available_backends(...)")
+
+
+class _CallableModule(types.ModuleType):
+    """This package, still callable as the function `fastgat.backends()` of fastgat 0.1 was,
+    while `import fastgat.backends` gives the package."""
+
+    def __call__(self, *args, **kwargs) -> Dict[str, str]:
+        warnings.warn(_DEPRECATED, DeprecationWarning, stacklevel=2)
+        return available_backends(*args, **kwargs)
+
+
+def __getattr__(name: str):
+    if name == "backends":  # `from fastgat.backends import backends`, the 0.1 spelling
+        warnings.warn(_DEPRECATED, DeprecationWarning, stacklevel=2)
+        return available_backends
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 
 @torch.compiler.assume_constant_result  # a pure lookup: torch.compile folds it to a constant

@@ -1,7 +1,7 @@
 """The op in plain torch scatter ops: the CPU fallback and the float64 reference.
 
 Differentiating `gat_forward` with autograd gives the reference gradients; `gat_backward` is the
-explicit formula of DESIGN §2 that the fused kernels implement. Both see the same edge list:
+explicit formula of docs/design.md §2 that the fused kernels implement. Both see the same edge list:
 the CSR slots (dead slots, i.e. dropped self loops past rowptr[-1], go to a dummy row N_dst)
 followed by the implicit self loops i -> i for i < num_loops, whose dropout slot is E + i.
 Materialises E x H x C gathers: fine for a reference, which is why the kernels exist.

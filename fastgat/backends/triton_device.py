@@ -1,4 +1,5 @@
-"""The Triton programs of the fused GAT edge stage (DESIGN §2, §4); launched by triton_kernels.
+"""The Triton programs of the fused GAT edge stage (docs/design.md §2, §5); launched
+by triton_kernels.
 
 A program owns one work item: a chunk of at most CHUNK in-edges of one destination row (forward,
 CSR backward) or out-edges of one source row (CSC backward), all heads at once as
