@@ -1,4 +1,4 @@
-// Fused GAT backward on CPU (DESIGN §2), deterministic: every gradient row is summed by one
+// Fused GAT backward on CPU (docs/design.md §2), deterministic: every gradient row is summed by one
 // thread in a fixed order, so results do not depend on the thread count and need no atomics.
 //   CSR pass, per destination i: D_i = <dout_i, out_i>; per in-edge recompute
 //     alpha = exp(x - lse_i), dz = alpha (keep <dout_i, h_j> - D_i) LeakyReLU'(z);

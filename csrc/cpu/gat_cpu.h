@@ -1,4 +1,4 @@
-// Pieces shared by the fused CPU forward and backward (DESIGN §2, §4): vectorised channel loops
+// Pieces shared by the fused CPU forward and backward (docs/design.md §2): vectorised channel loops
 // with float accumulation (double for float64), edge scores, dropout, and row partitioning by
 // edge count so that power-law degrees balance across threads.
 // Kernels assume inputs that passed csrc/common/checks.h and graph preparation (fastgat/graph.py).

@@ -1,4 +1,4 @@
-// Fused GAT forward on CPU (DESIGN §2): per destination row, all heads at once, the softmax
+// Fused GAT forward on CPU (docs/design.md §2): per destination row, all heads at once, the softmax
 // over the row's in-edges (plus its implicit self loop) and the weighted sum of source rows
 // written straight into out. Only out and lse are stored: no E x H or E x H x C tensor.
 #include <torch/library.h>

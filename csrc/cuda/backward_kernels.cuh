@@ -1,4 +1,4 @@
-// Fused GAT backward on CUDA (DESIGN §2): two passes, no atomics, bitwise deterministic.
+// Fused GAT backward on CUDA (docs/design.md §2): two passes, no atomics, bitwise deterministic.
 //
 //   CSR pass, a lane group per (destination i, head):
 //     D_i = <dout_i, out_i>; per in-edge dz = alpha (keep <dout_i, h_j> - D_i) * (z > 0 ? 1 : slope)

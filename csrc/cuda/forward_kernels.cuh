@@ -1,4 +1,4 @@
-// Fused GAT forward on CUDA (DESIGN §2, §4): per destination row and head, one pass over the
+// Fused GAT forward on CUDA (docs/design.md §2, §6): per destination row and head, one pass over the
 // in-edges with an online softmax; writes only out (N_dst, H, C) and lse (N_dst, H).
 //
 // Entries of row i: its CSR slots rowptr[i] .. rowptr[i+1]), then its implicit self loop

@@ -1,4 +1,4 @@
-// Device helpers shared by the fused CUDA kernels (gat_forward.cu, gat_backward.cu).
+// Device helpers shared by the fused CUDA kernels (forward_kernels.cuh, backward_kernels.cuh).
 //
 // Work unit: a *lane group* of G = 1..32 lanes (a power of two, from C) owns one (row, head)
 // and spans a tile of G * VEC channels, each lane VEC consecutive channels read with one

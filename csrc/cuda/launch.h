@@ -7,6 +7,7 @@
 //   void launch(kernel, blocks, threads, args...)  one kernel launch (errors are thrown)
 //   at::Tensor empty(sizes, options) const         an output buffer on the inputs' device
 #pragma once
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cumsum.h>
@@ -34,13 +35,19 @@ inline int64_t blocks_for(int64_t work, int64_t per_block) {
   return blocks;
 }
 
+// SMs the split plan assumes under torch.use_deterministic_algorithms(True), whatever the GPU:
+// the split length sets the summation order, so bitwise results must not depend on the device.
+constexpr int64_t kDeterministicPlanSms = 132;
+
 // The forward's split length and a bound on the chunk count, from shapes alone (see
 // forward_kernels.cuh): a row of more than split_len entries is cut into chunks.
 struct SplitPlan {
   int64_t split_len;
   int64_t chunk_bound;  // 0: no row can split
 
-  SplitPlan(int64_t num_dst, int64_t num_slots, int64_t num_loops, int64_t sms) {
+  SplitPlan(int64_t num_dst, int64_t num_slots, int64_t num_loops, int64_t device_sms) {
+    const int64_t sms = at::globalContext().deterministicAlgorithms() ? kDeterministicPlanSms
+                                                                      : device_sms;
     const int64_t entries = num_slots + num_loops;
     split_len = std::max<int64_t>(
         256, std::min(4 * ceil_div(entries, num_dst), ceil_div(entries, 8 * sms)));
