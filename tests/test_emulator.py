@@ -60,6 +60,7 @@ def test_invalid_launch_is_reported(ops):
                              1, SUM)
 
 
+@pytest.mark.timeout(1800)  # builds the library (minutes) and runs ~130 emulated tests
 def test_emulated_cuda_suite_under_sanitizers():
     """Every `emulated` test, in a child pytest with ASan loaded first (tests/emulated_cuda.py)."""
     if emulated_cuda.active():
