@@ -1,15 +1,16 @@
-// Fused GAT backward on CUDA (docs/design.md §2): two passes, no atomics, bitwise deterministic.
+// Fused GAT backward on CUDA (docs/design.md §2): one gather of the E x H x C stream, no
+// atomics, bitwise deterministic.
 //
-//   CSR pass, a lane group per (destination i, head):
-//     D_i = <dout_i, out_i>; per in-edge dz = alpha (keep <dout_i, h_j> - D_i) * (z > 0 ? 1 : slope)
-//     writes dt (per CSR slot), dt_loop, dd_i = sum dz, and D_i for the CSC pass.
-//   CSC pass, a lane group per (source j, head, channel tile):
-//     recomputes dz of each out-edge from lse and D; ds_j = sum dz, dh_j = sum alpha keep dout_i.
+//   dot kernel, a lane group per (destination i, head):  D_i = <dout_i, out_i>.
+//   CSC pass, a lane group per (source j, head, channel tile), over the out-edges i of j:
+//     dz = alpha (keep <dout_i, h_j> - D_i) * (z > 0 ? 1 : slope), written per CSR slot (and
+//     to dt / dt_loop); ds_j = sum dz; dh_j = sum alpha keep dout_i.
+//   row-sum kernel, a lane group per (destination i, head):  dd_i = sum of dz over row i.
 // alpha = exp(LeakyReLU(z) - lse_i) with z = s_j + d_i + t_ij; the self loop of node i < num_loops
 // is the last entry of row i (and of column i), with dropout slot E + i and score t_loop[i].
 // Each edge's <dout_i, h_j> spans all C channels: a group loops over the channel tiles, so for
 // C beyond one tile (32 vectors: 128 float, 256 half) the CSC pass repeats that dot per tile.
-// Long rows are not split here: a hub's row (or column) runs in one group.
+// Long columns are not split here: a hub's column runs in one group.
 // Kernels assume valid input (fastgat/graph.py builds it; csrc/common/checks.h checks shapes).
 // Device code only, included by gat_cuda.cu (nvcc) and by csrc/emulated/gat_emulated.cpp (the
 // host compiler with the SIMT emulator): the launch code lives in launch.h.
@@ -38,7 +39,9 @@ struct BackwardArgs {
   const Index* colptr;
   const Index* csc_row;
   const Index* csc_eid;
-  A* D;  // (N_dst, H): written by the CSR pass, read by the CSC pass
+  A* D;        // (N_dst, H): written by dot_kernel, read by the CSC pass
+  A* dz;       // (E, H): dz per CSR slot, written by the CSC pass, summed per row for dd
+  A* dz_loop;  // (num_loops, H): dz of the self loops
   T* dh;
   T* ds;
   T* dd;
@@ -69,79 +72,43 @@ __device__ __forceinline__ A lane_dot(const A (&x_first)[VEC], const T* x, const
   return dot;
 }
 
+// D_i = <dout_i, out_i> per (row, head): the softmax's Jacobian term, a dense product.
 template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) csr_kernel(const BackwardArgs<T, Index> a) {
+__global__ void __launch_bounds__(kBlock) dot_kernel(const BackwardArgs<T, Index> a) {
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
   const Group g(a.group_size);
-  const int64_t group = g.index();
-  if (group >= a.num_dst * a.heads) return;
-  const int heads = a.heads;
-  const int64_t i = group / heads, row_head = group;
-  const int head = static_cast<int>(group % heads);
+  const int64_t row_head = g.index();
+  if (row_head >= a.num_dst * a.heads) return;
   const int64_t channels = a.channels, stride = static_cast<int64_t>(g.size) * VEC;
   const int64_t c0 = static_cast<int64_t>(g.lane) * VEC;
   const T* dout_i = a.dout + row_head * channels;
-
-  A dout_first[VEC], out_first[VEC];
+  A dout_first[VEC];
   load<ALIGNED>(dout_i, c0, channels, dout_first);
   const A D = g.sum(lane_dot<ALIGNED>(dout_first, dout_i, a.out + row_head * channels, c0, stride,
                                       channels));
   if (g.lane == 0) a.D[row_head] = D;
+}
 
-  const int64_t row_begin = a.rowptr[i];
-  const int64_t degree = static_cast<int64_t>(a.rowptr[i + 1]) - row_begin;
-  const int64_t entries = degree + (i < a.num_loops);
-  const A d_i = static_cast<A>(a.d[row_head]);
-  const A lse_i = entries > 0 ? a.lse[row_head] : A(0);
-  const uint64_t seed = a.dropout.seed_value();
+// Lanes per (row, head) of row_sum_kernel: rows are short on average, hubs are strided.
+constexpr int kRowSumLanes = 8;
+
+// dd_i = sum of dz over row i's slots and its self loop, in a fixed order (lane strides, then
+// a shuffle tree): deterministic.
+template <typename T, typename Index>
+__global__ void __launch_bounds__(kBlock) row_sum_kernel(const BackwardArgs<T, Index> a) {
+  using A = at::opmath_type<T>;
+  const Group g(kRowSumLanes);
+  const int64_t row_head = g.index();
+  if (row_head >= a.num_dst * a.heads) return;
+  const int heads = a.heads;
+  const int64_t i = row_head / heads;
+  const int head = static_cast<int>(row_head % heads);
+  const int64_t row_end = a.rowptr[i + 1];
   A dd = A(0);
-  for (int64_t base = 0; base < entries; base += g.size) {
-    // Lane k scores entry base + k (q == degree: the self loop).
-    const int64_t q = base + g.lane;
-    const bool valid = q < entries;
-    Index j = 0;
-    int64_t slot = 0;
-    A t_q = A(0);
-    if (valid && q < degree) {
-      slot = row_begin + q;
-      j = a.col[slot];
-      if (a.t != nullptr) t_q = static_cast<A>(a.t[slot * heads + head]);
-    } else if (valid) {
-      slot = a.num_slots + i;
-      j = static_cast<Index>(i);
-      if (a.t_loop != nullptr) t_q = static_cast<A>(a.t_loop[row_head]);
-    }
-    const A z = valid ? static_cast<A>(a.s[static_cast<int64_t>(j) * heads + head]) + d_i + t_q
-                      : A(0);
-    const A alpha = valid ? weight_of(leaky_relu(z, a.slope), lse_i) : A(0);
-    const A keep = valid ? a.dropout.template keep<A>(seed, slot, heads, head) : A(0);
-
-    // <dout_i, h_j> for the chunk's entries, four in flight; lane k keeps entry k's.
-    const int n = static_cast<int>(std::min<int64_t>(g.size, entries - base));
-    A my_dot = A(0);
-    for (int e = 0; e < n; e += 4) {
-      A part[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const Index src = g.broadcast(j, (e + u) & (g.size - 1));
-        part[u] = e + u < n ? lane_dot<ALIGNED>(dout_first, dout_i,
-                                                a.h + (static_cast<int64_t>(src) * heads + head) * channels,
-                                                c0, stride, channels)
-                            : A(0);
-      }
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const A dot = g.sum(part[u]);
-        if (g.lane == e + u) my_dot = dot;
-      }
-    }
-    // Only entries of the row: an inf or NaN D must not reach dd through idle lanes.
-    const A dz = valid ? alpha * (keep * my_dot - D) * (z > A(0) ? A(1) : a.slope) : A(0);
-    if (valid && q < degree && a.dt != nullptr) a.dt[slot * heads + head] = static_cast<T>(dz);
-    if (valid && q == degree && a.dt_loop != nullptr) a.dt_loop[row_head] = static_cast<T>(dz);
-    dd += g.sum(dz);
-  }
+  for (int64_t k = a.rowptr[i] + g.lane; k < row_end; k += g.size) dd += a.dz[k * heads + head];
+  if (g.lane == 0 && i < a.num_loops) dd += a.dz_loop[row_head];
+  dd = g.sum(dd);
   if (g.lane == 0) a.dd[row_head] = static_cast<T>(dd);
 }
 
@@ -222,7 +189,17 @@ __global__ void __launch_bounds__(kBlock) csc_kernel(const BackwardArgs<T, Index
         if (g.lane == e + u) my_dot = dot;
       }
     }
-    ds += g.sum(alpha * (keep * my_dot - D) * (z > A(0) ? A(1) : a.slope));
+    const A dz = alpha * (keep * my_dot - D) * (z > A(0) ? A(1) : a.slope);
+    if (valid && tile == 0) {  // one writer per entry: lane k holds entry base + k
+      if (q < degree) {
+        a.dz[slot * heads + head] = dz;
+        if (a.dt != nullptr) a.dt[slot * heads + head] = static_cast<T>(dz);
+      } else {
+        a.dz_loop[col_head] = dz;
+        if (a.dt_loop != nullptr) a.dt_loop[col_head] = static_cast<T>(dz);
+      }
+    }
+    ds += g.sum(dz);
   }
   store<ALIGNED>(a.dh + col_head * channels, c_own, channels, dh, A(1));
   if (tile == 0 && g.lane == 0) a.ds[col_head] = static_cast<T>(ds);

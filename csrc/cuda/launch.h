@@ -163,6 +163,8 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
   at::Tensor D = device.empty({d.size(0), d.size(1)}, lse.options());
+  at::Tensor dz = device.empty({col.numel(), h.size(1)}, lse.options());
+  at::Tensor dz_loop = device.empty({num_loops, h.size(1)}, lse.options());
   BackwardArgs<T, Index> a{};
   a.dout = dout.data_ptr<T>();
   a.out = out.data_ptr<T>();
@@ -178,6 +180,8 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
   a.csc_row = csc_row.data_ptr<Index>();
   a.csc_eid = csc_eid.data_ptr<Index>();
   a.D = D.data_ptr<A>();
+  a.dz = dz.data_ptr<A>();
+  a.dz_loop = dz_loop.data_ptr<A>();
   a.dh = dh.data_ptr<T>();
   a.ds = ds.data_ptr<T>();
   a.dd = dd.data_ptr<T>();
@@ -197,8 +201,8 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
   const bool aligned = a.channels % VEC == 0 && is_aligned_16(a.dout) && is_aligned_16(a.out) &&
                        is_aligned_16(a.h) && is_aligned_16(a.dh);
   const int64_t per_block = kBlock / a.group_size;
-  if (a.num_dst > 0) {  // CSR pass: D, dd, dt, dt_loop
-    device.launch(aligned ? csr_kernel<true, T, Index> : csr_kernel<false, T, Index>,
+  if (a.num_dst > 0) {  // D
+    device.launch(aligned ? dot_kernel<true, T, Index> : dot_kernel<false, T, Index>,
                   blocks_for(a.num_dst * a.heads, per_block), kBlock, a);
   }
   if (a.dt != nullptr && a.num_slots > 0) {
@@ -206,9 +210,13 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
                   std::min<int64_t>(blocks_for(a.num_slots * a.heads, kBlock), 1024), kBlock,
                   a.rowptr, a.num_dst, a.num_slots, a.heads, a.dt);
   }
-  if (a.num_src > 0) {  // CSC pass: dh, ds
+  if (a.num_src > 0) {  // CSC pass: dz per slot (dt, dt_loop), ds, dh
     device.launch(aligned ? csc_kernel<true, T, Index> : csc_kernel<false, T, Index>,
                   blocks_for(a.num_src * a.heads * a.tiles, per_block), kBlock, a);
+  }
+  if (a.num_dst > 0) {  // dd
+    device.launch(row_sum_kernel<T, Index>, blocks_for(a.num_dst * a.heads,
+                                                       kBlock / kRowSumLanes), kBlock, a);
   }
 }
 
