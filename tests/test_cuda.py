@@ -93,10 +93,11 @@ def with_int64_indices(graph):
                                csc_eid=graph.csc_eid.long())
 
 
-def star_rows(target, entries, num_nodes, seed=0):
+def star_rows(target, entries, num_nodes, seed=0, transpose=False):
     """Random background edges plus rows 0, 1, ... with exactly entries[r] in-edges counting
-    the self loop. With ~1 edge per node the forward's split length is its floor of 256, so
-    entries around 256 and 512 land on chunk boundaries."""
+    the self loop (out-edges with `transpose`: the backward splits columns). With ~1 edge per
+    node the split length is its floor of 256, so entries around 256 and 512 land on chunk
+    boundaries."""
     g = torch.Generator().manual_seed(seed)
     src = [torch.randint(1, num_nodes, (num_nodes,), generator=g)]
     dst = [torch.randint(len(entries), num_nodes, (num_nodes,), generator=g)]
@@ -105,7 +106,10 @@ def star_rows(target, entries, num_nodes, seed=0):
         others = others[others != row][: count - 1]  # distinct sources, no self loop
         src.append(others)
         dst.append(torch.full_like(others, row))
-    return coo_graph(target, torch.cat(src), torch.cat(dst), num_nodes, num_nodes)
+    src, dst = torch.cat(src), torch.cat(dst)
+    if transpose:
+        src, dst = dst, src
+    return coo_graph(target, src, dst, num_nodes, num_nodes)
 
 
 def forward(target, inputs, graph, dropout=0.0, seed=None, slope=0.2):
@@ -154,11 +158,15 @@ def test_graph_kinds_against_reference(target, kind, dtype, edge_scores, loops, 
     check_against_reference(target, inputs, graph, dtype, dropout, seed)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("channels", [1, 3, 5, 8, 12, 64, 130, 300])
+# 130 channels span several tiles for float64 and float32 (64 and 128 per tile), 300 for the
+# 16-bit types (256 per tile).
+WIDTHS = [(c, dtype) for c in (1, 3, 5, 8, 12, 64, 130) for dtype in DTYPES] + \
+    [(300, torch.bfloat16), (300, torch.float16)]
+
+
+@pytest.mark.parametrize("channels,dtype", WIDTHS, ids=lambda x: str(x))
 def test_channel_widths_against_reference(target, channels, dtype):
-    """C below one vector, odd C (scalar path), one tile, and C spanning several tiles (130 for
-    float64 and float32, 300 for the 16-bit types)."""
+    """C below one vector, odd C (scalar path), one tile, and C spanning several tiles."""
     graph = graph_of(target, "hub", channels)
     inputs = make_inputs(target, graph, channels, heads=2, channels=channels, dtype=dtype)
     check_against_reference(target, inputs, graph, dtype)
@@ -186,9 +194,12 @@ def test_misaligned_h_takes_the_scalar_path(target, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_rows_split_at_chunk_boundaries(target, dtype, dropout):
-    """Rows of 255..257 and 511..513 entries: one chunk, exactly full, and split in two/three."""
-    graph = star_rows(target, [255, 256, 257, 511, 512, 513], target.sized(2000, 600))
+@pytest.mark.parametrize("transpose", [False, True], ids=["rows", "columns"])
+def test_rows_split_at_chunk_boundaries(target, dtype, dropout, transpose):
+    """Rows (forward) or columns (backward) of 255..257 and 511..513 entries: one chunk,
+    exactly full, and split in two/three."""
+    graph = star_rows(target, [255, 256, 257, 511, 512, 513], target.sized(2000, 600),
+                      transpose=transpose)
     inputs = make_inputs(target, graph, 1, heads=3, channels=8, dtype=dtype)
     seed = torch.tensor([77], device=target.device) if dropout else None
     check_against_reference(target, inputs, graph, dtype, dropout, seed)
@@ -196,11 +207,16 @@ def test_rows_split_at_chunk_boundaries(target, dtype, dropout):
 
 @pytest.mark.parametrize("sms", [132, 1], indirect=True, ids=lambda n: f"{n}sm")
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_hub_far_beyond_one_block(target, sms, dropout):
-    """A destination hub of thousands of in-edges: dozens of chunks merged in order. With one
-    (pretend) SM the chunk and merge kernels run on 8 blocks and stride over the chunks."""
-    hub = target.sized(20_000, 6_000)
-    graph = graph_of(target, "hub", 9, num_nodes=300, num_edges=1200, hub_degree=hub)
+@pytest.mark.parametrize("transpose", [False, True], ids=["in", "out"])
+def test_hub_far_beyond_one_block(target, sms, dropout, transpose):
+    """A hub of thousands of in-edges (the forward splits its row) or out-edges (the backward
+    splits its column): dozens of chunks merged in order. With one (pretend) SM the chunk and
+    merge kernels run on 8 blocks and stride over the chunks."""
+    src, dst, num_src, num_dst = random_graph("hub", 9, num_nodes=300, num_edges=1200,
+                                              hub_degree=target.sized(20_000, 4_000))
+    if transpose:
+        src, dst = dst, src
+    graph = coo_graph(target, src, dst, num_src, num_dst)
     inputs = make_inputs(target, graph, 9, heads=2, channels=32, dtype=torch.float32)
     seed = torch.tensor([2**33 + 5], device=target.device) if dropout else None
     check_against_reference(target, inputs, graph, torch.float32, dropout, seed)

@@ -10,7 +10,8 @@
 // is the last entry of row i (and of column i), with dropout slot E + i and score t_loop[i].
 // Each edge's <dout_i, h_j> spans all C channels: a group loops over the channel tiles, so for
 // C beyond one tile (32 vectors: 128 float, 256 half) the CSC pass repeats that dot per tile.
-// Long columns are not split here: a hub's column runs in one group.
+// Columns longer than the split length (as in the forward, from shapes alone) are cut into
+// chunks that write partial (dh, ds); csc_merge_kernel adds a column's partials in order.
 // Kernels assume valid input (fastgat/graph.py builds it; csrc/common/checks.h checks shapes).
 // Device code only, included by gat_cuda.cu (nvcc) and by csrc/emulated/gat_emulated.cpp (the
 // host compiler with the SIMT emulator): the launch code lives in launch.h.
@@ -42,6 +43,10 @@ struct BackwardArgs {
   A* D;        // (N_dst, H): written by dot_kernel, read by the CSC pass
   A* dz;       // (E, H): dz per CSR slot, written by the CSC pass, summed per row for dd
   A* dz_loop;  // (num_loops, H): dz of the self loops
+  A* part_dh;                // (chunks, H, C) partial dh of split columns
+  A* part_ds;                // (chunks, H)
+  const int64_t* chunk_ptr;  // (N_src + 1) first chunk of each column; nullptr: nothing splits
+  int64_t split_len;
   T* dh;
   T* ds;
   T* dd;
@@ -112,17 +117,15 @@ __global__ void __launch_bounds__(kBlock) row_sum_kernel(const BackwardArgs<T, I
   if (g.lane == 0) a.dd[row_head] = static_cast<T>(dd);
 }
 
+// One work item of the CSC pass: out-edges [begin, end) of source j for one head and channel
+// tile; chunk >= 0 for a piece of a split column (writes a partial dh, ds), -1 for a whole one.
 template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) csc_kernel(const BackwardArgs<T, Index> a) {
+__device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const Group& g,
+                                         int64_t j, int head, int64_t tile, int64_t begin,
+                                         int64_t end, int64_t chunk) {
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
-  const Group g(a.group_size);
-  const int64_t group = g.index();
-  const int64_t per_col = a.heads * a.tiles;
-  if (group >= a.num_src * per_col) return;
   const int heads = a.heads;
-  const int64_t j = group / per_col, tile = group % a.tiles;
-  const int head = static_cast<int>(group % per_col / a.tiles);
   const int64_t col_head = j * heads + head;
   const int64_t channels = a.channels, stride = static_cast<int64_t>(g.size) * VEC;
   const int64_t c_own = tile * stride + static_cast<int64_t>(g.lane) * VEC;  // this group's tile
@@ -133,16 +136,15 @@ __global__ void __launch_bounds__(kBlock) csc_kernel(const BackwardArgs<T, Index
   load<ALIGNED>(h_j, c0, channels, h_first);
   const int64_t col_begin = a.colptr[j];
   const int64_t degree = static_cast<int64_t>(a.colptr[j + 1]) - col_begin;
-  const int64_t entries = degree + (j < a.num_loops);
   const A s_j = static_cast<A>(a.s[col_head]);
   const uint64_t seed = a.dropout.seed_value();
   A dh[VEC], ds = A(0);
 #pragma unroll
   for (int v = 0; v < VEC; ++v) dh[v] = A(0);
-  for (int64_t base = 0; base < entries; base += g.size) {
+  for (int64_t base = begin; base < end; base += g.size) {
     // Lane k scores out-edge base + k (q == degree: the self loop j -> j).
     const int64_t q = base + g.lane;
-    const bool valid = q < entries;
+    const bool valid = q < end;
     Index i = 0;
     int64_t slot = 0;
     A t_q = A(0), z = A(0), alpha = A(0), keep = A(0), D = A(0);
@@ -165,7 +167,7 @@ __global__ void __launch_bounds__(kBlock) csc_kernel(const BackwardArgs<T, Index
     const A w = alpha * keep;
 
     // Per out-edge: <dout_i, h_j> over all channels, and dh_j += w dout_i on this group's tile.
-    const int n = static_cast<int>(std::min<int64_t>(g.size, entries - base));
+    const int n = static_cast<int>(std::min<int64_t>(g.size, end - base));
     A my_dot = A(0);
     for (int e = 0; e < n; e += 4) {
       A part[4];
@@ -201,9 +203,75 @@ __global__ void __launch_bounds__(kBlock) csc_kernel(const BackwardArgs<T, Index
     }
     ds += g.sum(dz);
   }
-  store<ALIGNED>(a.dh + col_head * channels, c_own, channels, dh, A(1));
-  if (tile == 0 && g.lane == 0) a.ds[col_head] = static_cast<T>(ds);
+  if (chunk < 0) {
+    store<ALIGNED>(a.dh + col_head * channels, c_own, channels, dh, A(1));
+    if (tile == 0 && g.lane == 0) a.ds[col_head] = static_cast<T>(ds);
+  } else {
+    store<false>(a.part_dh + (chunk * heads + head) * channels, c_own, channels, dh, A(1));
+    if (tile == 0 && g.lane == 0) a.part_ds[chunk * heads + head] = ds;
+  }
 }
+
+// A group per (source, head, tile); columns that split are left to csc_chunk_kernel.
+template <bool ALIGNED, typename T, typename Index>
+__global__ void __launch_bounds__(kBlock) csc_kernel(const BackwardArgs<T, Index> a) {
+  const Group g(a.group_size);
+  const int64_t per_col = a.heads * a.tiles;
+  const int64_t item = g.index();
+  if (item >= a.num_src * per_col) return;
+  const int64_t j = item / per_col;
+  const int64_t entries = static_cast<int64_t>(a.colptr[j + 1]) - a.colptr[j] + (j < a.num_loops);
+  if (a.chunk_ptr != nullptr && entries > a.split_len) return;
+  csc_item<ALIGNED>(a, g, j, static_cast<int>(item % per_col / a.tiles), item % a.tiles, 0,
+                    entries, -1);
+}
+
+// A group per (chunk, head, tile) of split columns, striding over the chunk count read on the
+// device (as forward_kernels.cuh's chunk_kernel).
+template <bool ALIGNED, typename T, typename Index>
+__global__ void __launch_bounds__(kBlock) csc_chunk_kernel(const BackwardArgs<T, Index> a) {
+  const Group g(a.group_size);
+  const int64_t per_col = a.heads * a.tiles;
+  const int64_t items = a.chunk_ptr[a.num_src] * per_col;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * (kBlock / g.size);
+  for (int64_t item = g.index(); item < items; item += stride) {
+    const int64_t chunk = item / per_col;
+    const int64_t j = row_of_chunk(a.chunk_ptr, a.num_src, chunk);
+    const int64_t entries = static_cast<int64_t>(a.colptr[j + 1]) - a.colptr[j] + (j < a.num_loops);
+    const int64_t begin = (chunk - a.chunk_ptr[j]) * a.split_len;
+    csc_item<ALIGNED>(a, g, j, static_cast<int>(item % per_col / a.tiles), item % a.tiles,
+                      begin, std::min(begin + a.split_len, entries), chunk);
+  }
+}
+
+// A thread per (chunk, head, channel), striding over the chunk count on the device; the thread
+// of a column's first chunk adds the column's partials in chunk order (deterministic).
+template <typename T, typename Index>
+__global__ void csc_merge_kernel(const BackwardArgs<T, Index> a) {
+  using A = at::opmath_type<T>;
+  const int heads = a.heads;
+  const int64_t channels = a.channels, width = std::max<int64_t>(channels, 1);
+  const int64_t work = a.chunk_ptr[a.num_src] * heads * width;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < work;
+       index += stride) {
+    const int64_t c = index % width, chunk_head = index / width;
+    const int64_t chunk = chunk_head / heads, head = chunk_head % heads;
+    const int64_t j = row_of_chunk(a.chunk_ptr, a.num_src, chunk);
+    const int64_t first = a.chunk_ptr[j], last = a.chunk_ptr[j + 1];
+    if (chunk != first) continue;
+    A dh = A(0), ds = A(0);
+    for (int64_t q = first; q < last; ++q) {
+      if (c < channels) dh += a.part_dh[(q * heads + head) * channels + c];
+      ds += a.part_ds[q * heads + head];
+    }
+    const int64_t col_head = j * heads + head;
+    if (c < channels) a.dh[col_head * channels + c] = static_cast<T>(dh);
+    if (c == 0) a.ds[col_head] = static_cast<T>(ds);
+  }
+}
+
+
 
 // Dead CSR slots (dropped self loops, past rowptr[-1]) get dt = 0: read on the device, so a
 // fixed grid strides over the tail without a host sync.

@@ -48,29 +48,6 @@ struct ForwardArgs {
   Dropout dropout;
 };
 
-// chunk_ptr[i + 1] = chunks of row i if it splits (more than L entries), else 0.
-template <typename Index>
-__global__ void count_chunks_kernel(const Index* __restrict__ rowptr, int64_t num_dst,
-                                    int64_t num_loops, int64_t split_len,
-                                    int64_t* __restrict__ counts) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i == 0) counts[0] = 0;
-  if (i >= num_dst) return;
-  const int64_t entries = static_cast<int64_t>(rowptr[i + 1]) - rowptr[i] + (i < num_loops);
-  counts[i + 1] = entries > split_len ? (entries + split_len - 1) / split_len : 0;
-}
-
-// Row i of a split row's chunk: the r with chunk_ptr[r] <= chunk < chunk_ptr[r + 1].
-__device__ __forceinline__ int64_t row_of_chunk(const int64_t* __restrict__ chunk_ptr,
-                                                int64_t num_dst, int64_t chunk) {
-  int64_t lo = 0, hi = num_dst;
-  while (hi - lo > 1) {
-    const int64_t mid = (lo + hi) / 2;
-    if (chunk_ptr[mid] <= chunk) lo = mid; else hi = mid;
-  }
-  return lo;
-}
-
 // One work item: entries [begin, end) of row i for one head and channel tile; chunk >= 0 for a
 // piece of a split row (writes a partial), -1 for a whole row (writes out and lse).
 template <bool ALIGNED, typename T, typename Index>

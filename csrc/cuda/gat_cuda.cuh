@@ -141,6 +141,31 @@ __device__ __forceinline__ A weight_of(A x, A lse) {
   return x == minus_infinity<A>() ? A(0) : exp_(x - lse);
 }
 
+// Splitting long rows (the forward, over CSR rows) and long columns (the backward, over CSC
+// columns) into chunks of split_len entries; entry counts include node i's self loop.
+// chunk_ptr[i + 1] = chunks of row i if it splits (more than split_len entries), else 0.
+template <typename Index>
+__global__ void count_chunks_kernel(const Index* __restrict__ rowptr, int64_t num_dst,
+                                    int64_t num_loops, int64_t split_len,
+                                    int64_t* __restrict__ counts) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i == 0) counts[0] = 0;
+  if (i >= num_dst) return;
+  const int64_t entries = static_cast<int64_t>(rowptr[i + 1]) - rowptr[i] + (i < num_loops);
+  counts[i + 1] = entries > split_len ? (entries + split_len - 1) / split_len : 0;
+}
+
+// Row i of a split row's chunk: the r with chunk_ptr[r] <= chunk < chunk_ptr[r + 1].
+__device__ __forceinline__ int64_t row_of_chunk(const int64_t* __restrict__ chunk_ptr,
+                                                int64_t num_dst, int64_t chunk) {
+  int64_t lo = 0, hi = num_dst;
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (chunk_ptr[mid] <= chunk) lo = mid; else hi = mid;
+  }
+  return lo;
+}
+
 // Dropout of fastgat/dropout.py: 0 or 1 / (1 - p) for weight `slot * H + head`; 1 without.
 struct Dropout {
   const int64_t* seed;  // device tensor, read in the kernel: no host sync

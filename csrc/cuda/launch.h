@@ -39,18 +39,19 @@ inline int64_t blocks_for(int64_t work, int64_t per_block) {
 // the split length sets the summation order, so bitwise results must not depend on the device.
 constexpr int64_t kDeterministicPlanSms = 132;
 
-// The forward's split length and a bound on the chunk count, from shapes alone (see
-// forward_kernels.cuh): a row of more than split_len entries is cut into chunks.
+// The split length and a bound on the chunk count, from shapes alone (see forward_kernels.cuh):
+// a row (forward: CSR rows; backward: CSC columns) of more than split_len entries is cut into
+// chunks. num_rows > 0.
 struct SplitPlan {
   int64_t split_len;
   int64_t chunk_bound;  // 0: no row can split
 
-  SplitPlan(int64_t num_dst, int64_t num_slots, int64_t num_loops, int64_t device_sms) {
+  SplitPlan(int64_t num_rows, int64_t num_slots, int64_t num_loops, int64_t device_sms) {
     const int64_t sms = at::globalContext().deterministicAlgorithms() ? kDeterministicPlanSms
                                                                       : device_sms;
     const int64_t entries = num_slots + num_loops;
     split_len = std::max<int64_t>(
-        256, std::min(4 * ceil_div(entries, num_dst), ceil_div(entries, 8 * sms)));
+        256, std::min(4 * ceil_div(entries, num_rows), ceil_div(entries, 8 * sms)));
     const int64_t max_row_entries = num_slots + (num_loops > 0);
     chunk_bound = max_row_entries > split_len ? ceil_div(2 * entries, split_len) : 0;
   }
@@ -210,9 +211,33 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
                   std::min<int64_t>(blocks_for(a.num_slots * a.heads, kBlock), 1024), kBlock,
                   a.rowptr, a.num_dst, a.num_slots, a.heads, a.dt);
   }
-  if (a.num_src > 0) {  // CSC pass: dz per slot (dt, dt_loop), ds, dh
+  if (a.num_src > 0) {  // CSC pass: dz per slot (dt, dt_loop), ds, dh; long columns split
+    const int64_t sms = device.sms();
+    const SplitPlan plan(a.num_src, a.num_slots, num_loops, sms);
+    a.split_len = plan.split_len;
+    at::Tensor chunk_ptr, part_dh, part_ds;
+    if (plan.chunk_bound > 0) {
+      at::Tensor counts = device.empty({a.num_src + 1}, colptr.options().dtype(at::kLong));
+      device.launch(count_chunks_kernel<Index>, blocks_for(a.num_src, kBlock), kBlock, a.colptr,
+                    a.num_src, num_loops, a.split_len, counts.data_ptr<int64_t>());
+      chunk_ptr = counts.cumsum(0);
+      part_dh = device.empty({plan.chunk_bound, a.heads, a.channels}, lse.options());
+      part_ds = device.empty({plan.chunk_bound, a.heads}, lse.options());
+      a.chunk_ptr = chunk_ptr.data_ptr<int64_t>();
+      a.part_dh = part_dh.data_ptr<A>();
+      a.part_ds = part_ds.data_ptr<A>();
+    }
     device.launch(aligned ? csc_kernel<true, T, Index> : csc_kernel<false, T, Index>,
                   blocks_for(a.num_src * a.heads * a.tiles, per_block), kBlock, a);
+    if (plan.chunk_bound > 0) {
+      const int64_t wave = kWave * sms;
+      device.launch(aligned ? csc_chunk_kernel<true, T, Index> : csc_chunk_kernel<false, T, Index>,
+                    std::min(blocks_for(plan.chunk_bound * a.heads * a.tiles, per_block), wave),
+                    kBlock, a);
+      const int64_t threads = plan.chunk_bound * a.heads * std::max<int64_t>(a.channels, 1);
+      device.launch(csc_merge_kernel<T, Index>, std::min(blocks_for(threads, kBlock), wave),
+                    kBlock, a);
+    }
   }
   if (a.num_dst > 0) {  // dd
     device.launch(row_sum_kernel<T, Index>, blocks_for(a.num_dst * a.heads,
