@@ -188,10 +188,11 @@ def gat_backward(
     dt_loop = torch.empty_like(t_loop) if t_loop is not None else h.new_empty(0)
     # dz is stored in dt / dt_loop when they hold the accumulation dtype, else in scratch: dd
     # sums it, and that sum nearly cancels, so it is never rounded to bfloat16 / float16 first.
-    copy_t, copy_t_loop = t is not None and dt.dtype != acc, t_loop is not None and dt.dtype != acc
-    dz = dt if t is not None and not copy_t else h.new_empty(num_slots, heads, dtype=acc)
-    dz_loop = (dt_loop if t_loop is not None and not copy_t_loop
+    in_place = h.dtype == acc
+    dz = dt if t is not None and in_place else h.new_empty(num_slots, heads, dtype=acc)
+    dz_loop = (dt_loop if t_loop is not None and in_place
                else h.new_empty(num_loops, heads, dtype=acc))
+    copy_t, copy_t_loop = t is not None and not in_place, t_loop is not None and not in_place
     meta, scalars, seed_ptr = _meta(h, num_dst, num_slots, t, t_loop, negative_slope, dropout,
                                     seed)
     D = h.new_empty(num_dst, heads, dtype=acc)
