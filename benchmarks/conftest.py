@@ -3,12 +3,12 @@
 Cases are every workload layer of fastgat.workloads (or --bench-workloads), on the CPU fitted
 under 40k nodes / 800k edges so the suite ends in minutes on 2 cores; full size on CUDA.
 Implementations: PyG's GATConv, FastGATConv per backend available on the device, and the SpMM
-floor (fastgat.bench.Layer); float32, and bfloat16 too on CUDA.
+floors, CSR and COO (fastgat.bench.Layer); float32, and bfloat16 too on CUDA.
 """
 import pytest
 import torch
 
-from fastgat.bench import FLOOR, PYG, fastgat_backends
+from fastgat.bench import FLOORS, PYG, fastgat_backends
 from fastgat.workloads import CPU_MAX_EDGES, CPU_MAX_NODES, WORKLOADS, make_graph, parse_cases
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -33,7 +33,7 @@ def pytest_generate_tests(metafunc):
     backends, _ = fastgat_backends(DEVICE)
     dtypes = ["float32"] + (["bfloat16"] if DEVICE == "cuda" else [])
     metafunc.parametrize("case", cases, ids=[c.label for c in cases])
-    metafunc.parametrize("impl", [PYG, *backends, FLOOR])
+    metafunc.parametrize("impl", [PYG, *backends, *FLOORS])
     metafunc.parametrize("dtype", dtypes)
 
 

@@ -10,9 +10,10 @@ PNG of the speedups into --out.
 
 Implementations: `pyg` (torch_geometric.nn.GATConv), one FastGATConv per backend that
 fastgat.available_backends() reports available on the device (the rest are listed as skipped, with the
-reason), and `spmm`, the floor: the same layer with the attention replaced by fixed weights
+reason), and the floor: the same layer with the attention replaced by fixed weights
 1/in-degree, i.e. x·W then torch.sparse.mm of the same graph (self loops added, multi-edges
-kept) as CSR at width heads·channels. "fwd / floor" is a forward time over the floor's.
+kept) at width heads·channels, as CSR (`spmm`) and as COO (`spmm-coo`). "fwd / floor" and
+"fwd+bwd / floor" are a time over the faster floor's.
 
 Timing: medians over repeats after warm-up (at least `min_repeats`, more while the time budget
 per measurement lasts); on CUDA each repeat is bracketed by CUDA events after a synchronize.
@@ -53,7 +54,8 @@ import torch
 from .workloads import (CPU_MAX_EDGES, CPU_MAX_NODES, WORKLOADS, Case, Workload, make_graph,
                         parse_cases)
 
-PYG, FLOOR = "pyg", "spmm"
+PYG, FLOOR, FLOOR_COO = "pyg", "spmm", "spmm-coo"
+FLOORS = (FLOOR, FLOOR_COO)  # torch.sparse.mm on CSR and on COO: the floor is the faster
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 QUICK_WORKLOADS = "cora,pubmed:8x32,arxiv:4x64"
 QUICK_MAX_NODES, QUICK_MAX_EDGES = 20_000, 100_000
@@ -110,9 +112,11 @@ class Layer:
         from .conv import FastGATConv
         w, heads, channels = case.workload, case.heads, case.out_channels
         torch.manual_seed(seed)  # every implementation starts from the same parameters
-        if impl == FLOOR:
+        if impl in FLOORS:
             self.module = torch.nn.Linear(w.in_channels, heads * channels)
             self.adj = floor_adjacency(edge_index, w.num_nodes, x.dtype)
+            if impl == FLOOR_COO:
+                self.adj = self.adj.to_sparse_coo()
             self.run = lambda: torch.sparse.mm(self.adj, self.module(x))
         else:
             if impl == PYG:
@@ -262,19 +266,23 @@ def _exit_reason(returncode: int, stderr) -> str:
 
 # -- the report -------------------------------------------------------------------------------
 def add_ratios(results: List[dict]) -> None:
-    """Speedup vs PyG (forward, step) and forward / floor, per case, where both were measured."""
+    """Speedup vs PyG (forward, step) and time / floor (forward, step; the faster of the CSR
+    and COO floors for each), per case, where both were measured."""
     by_case: Dict[str, Dict[str, dict]] = {}
     for r in results:
         by_case.setdefault(r["case"], {})[r["impl"]] = r
     for r in results:
         if r["status"] != "ok" or r["impl"] == PYG:
             continue
-        pyg, floor = by_case[r["case"]].get(PYG), by_case[r["case"]].get(FLOOR)
+        pyg = by_case[r["case"]].get(PYG)
         if pyg is not None and pyg["status"] == "ok":
             r["speedup_fwd"] = pyg["fwd_ms"] / r["fwd_ms"]
             r["speedup_fwd_bwd"] = pyg["fwd_bwd_ms"] / r["fwd_bwd_ms"]
-        if floor is not None and floor["status"] == "ok" and r["impl"] != FLOOR:
-            r["floor_ratio"] = r["fwd_ms"] / floor["fwd_ms"]
+        floors = [f for name, f in by_case[r["case"]].items()
+                  if name in FLOORS and f["status"] == "ok"]
+        if floors and r["impl"] not in FLOORS:
+            r["floor_ratio"] = r["fwd_ms"] / min(f["fwd_ms"] for f in floors)
+            r["floor_ratio_fwd_bwd"] = r["fwd_bwd_ms"] / min(f["fwd_bwd_ms"] for f in floors)
 
 
 def _fmt(value: Optional[float], suffix: str = "") -> str:
@@ -286,15 +294,15 @@ def _fmt(value: Optional[float], suffix: str = "") -> str:
 def table(results: List[dict]) -> str:
     """A Markdown table, one row per case and implementation."""
     head = ["layer", "nodes", "edges", "impl", "fwd ms", "fwd+bwd ms", "peak MiB",
-            "vs PyG fwd", "vs PyG fwd+bwd", "fwd / floor"]
+            "vs PyG fwd", "vs PyG fwd+bwd", "fwd / floor", "fwd+bwd / floor"]
     rows = []
     for r in results:
         if r["status"] == "ok":
             cells = [_fmt(r["fwd_ms"]), _fmt(r["fwd_bwd_ms"]), _fmt(r["peak_mib"]),
                      _fmt(r.get("speedup_fwd"), "x"), _fmt(r.get("speedup_fwd_bwd"), "x"),
-                     _fmt(r.get("floor_ratio"), "x")]
+                     _fmt(r.get("floor_ratio"), "x"), _fmt(r.get("floor_ratio_fwd_bwd"), "x")]
         else:
-            cells = [r["status"].upper() + ": " + r["reason"]] + ["-"] * 5
+            cells = [r["status"].upper() + ": " + r["reason"]] + ["-"] * 6
         rows.append([r["case"], f"{r['num_nodes']:,}", f"{r['num_edges']:,}", r["impl"]] + cells)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -321,9 +329,11 @@ def plot(results: List[dict], meta: dict, path: Path) -> None:
                 if value is not None:
                     xs.append(i + (k - (len(impls) - 1) / 2) * width)
                     ys.append(value)
-            label = "SpMM floor" if impl == FLOOR else f"FastGATConv {impl}"
-            ax.bar(xs, ys, width, label=label, hatch="//" if impl == FLOOR else None,
-                   color="0.75" if impl == FLOOR else None)
+            floor = impl in FLOORS
+            label = f"SpMM floor ({'COO' if impl == FLOOR_COO else 'CSR'})" if floor \
+                else f"FastGATConv {impl}"
+            ax.bar(xs, ys, width, label=label, hatch=("//" if impl == FLOOR else "\\\\")
+                   if floor else None, color="0.75" if floor else None)
         for i, case in enumerate(cases):
             pyg = by_key.get((case, PYG))
             if pyg is not None and pyg["status"] != "ok":
@@ -449,7 +459,7 @@ def plan(args: argparse.Namespace) -> Tuple[List[Case], dict, Dict[str, str]]:
     if cpu and mem_limit is None:
         mem_limit = int(0.6 * _meminfo_available_mib())
     spec = dict(device=args.device, dtype=args.dtype, seed=args.seed,
-                impls=[FLOOR, *backends, PYG],  # PyG last: its OOM costs no other result
+                impls=[*FLOORS, *backends, PYG],  # PyG last: its OOM costs no other result
                 warmup=1, min_repeats=3, max_repeats=args.repeats or (5 if args.quick else 20),
                 budget_s=0.5 if args.quick else 2.0, cpu_mem_limit_mib=mem_limit or 0)
     return cases, spec, skipped

@@ -42,9 +42,9 @@ SWEEP = {
     (dtype, *((3, 40) if full else (4, 16)), full, full, 0.1 if full else 0.0, wide, arch, "all")
     for dtype in DTYPES for full in (False, True) for wide in (False, True) for arch in ARCHS
 }
-# Names as launched; merge_sum_kernel runs twice in the backward: dd, then (ds, dh).
-LAUNCHES = ("forward_kernel", "merge_softmax_kernel", "backward_csr_kernel",
-            "merge_sum_kernel[dd]", "backward_csc_kernel", "merge_sum_kernel[ds,dh]")
+# Names as launched; merge_sum_kernel runs twice in the backward: (ds, dh), then dd.
+LAUNCHES = ("forward_kernel", "merge_softmax_kernel", "row_dot_kernel", "backward_csc_kernel",
+            "merge_sum_kernel[ds,dh]", "segment_sum_kernel", "merge_sum_kernel[dd]")
 NUM_NODES = 8
 
 

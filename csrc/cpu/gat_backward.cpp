@@ -1,10 +1,14 @@
-// Fused GAT backward on CPU (docs/design.md §2), deterministic: every gradient row is summed by one
-// thread in a fixed order, so results do not depend on the thread count and need no atomics.
-//   CSR pass, per destination i: D_i = <dout_i, out_i>; per in-edge recompute
-//     alpha = exp(x - lse_i), dz = alpha (keep <dout_i, h_j> - D_i) LeakyReLU'(z);
-//     dd_i = sum dz, dt = dz, and keep (dz, alpha keep) per slot for the second pass.
-//   CSC pass, per source j: ds_j = sum dz, dh_j = sum alpha keep dout_i over j's out-edges.
-// The per-slot scratch is (E + num_loops) x 2H floats, the size of t: no E x H x C tensor.
+// Fused GAT backward on CPU (docs/design.md §2), one gather of the E x H x C operand, and
+// deterministic: every gradient row is summed by one thread in a fixed order, so results do not
+// depend on the thread count and need no atomics.
+//   D pass, per destination i: D_i = <dout_i, out_i> (dense, N_dst x H).
+//   CSC pass, per source j, over j's out-edges and then its self loop: recompute
+//     alpha = exp(x - lse_i), dz = alpha (keep <dout_i, h_j> - D_i) LeakyReLU'(z), write dz to
+//     the edge's CSR slot, ds_j = sum dz, dh_j = sum alpha keep dout_i. dout_i is the only
+//     per-edge row read, and it serves both the dot and the axpy.
+//   CSR pass, per destination i: dd_i = sum of its slots' dz, the self loop last: E x H reads.
+// dz goes straight into dt / dt_loop when they exist in the accumulation dtype; otherwise into
+// an (E or num_loops) x H scratch, from which the CSR pass also writes a reduced-precision dt.
 #include <torch/library.h>
 
 #include "../common/checks.h"
@@ -21,53 +25,27 @@ struct Backward {
   const acc* lse;
   const scalar_t* h;
   const index_t* rowptr;
-  const index_t* col;
   const index_t* colptr;
   const index_t* csc_row;
   const index_t* csc_eid;
   Scores<scalar_t> sc;
   int64_t num_loops, channels;
-  acc* edge;  // per slot (E + num_loops): dz[H] then alpha * keep[H]
+  acc* D;             // (N_dst, H)
+  acc* dz;            // (E, H) by CSR slot: dt itself or scratch
+  acc* dz_loop;       // (num_loops, H): dt_loop itself or scratch
+  scalar_t* dt;       // dt to fill from the scratch dz (reduced precision), or nullptr
+  scalar_t* dt_loop;  // likewise for dt_loop
   scalar_t* dd;
-  scalar_t* dt;       // or nullptr
-  scalar_t* dt_loop;  // or nullptr
   scalar_t* dh;
   scalar_t* ds;
 
-  FASTGAT_CLONES void destinations(int64_t begin, int64_t end) const {
-    const int64_t H = sc.heads, HC = H * channels, E = sc.num_slots;
-    std::vector<acc> D(H), dd_i(H);
+  FASTGAT_CLONES void row_dots(int64_t begin, int64_t end) const {
+    const int64_t H = sc.heads, HC = H * channels;
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t first = rowptr[i], last = rowptr[i + 1];
-      const scalar_t* dout_i = dout + i * HC;
       for (int64_t hd = 0; hd < H; ++hd) {
-        D[hd] = dot(dout_i + hd * channels, out + i * HC + hd * channels, channels);
+        D[i * H + hd] = dot(dout + i * HC + hd * channels, out + i * HC + hd * channels,
+                            channels);
       }
-      std::fill(dd_i.begin(), dd_i.end(), acc(0));
-      // In-edges in CSR order, then the self loop (slot E + i); no lambda, so the loop body
-      // is compiled into each FASTGAT_CLONES version.
-      for (int64_t k = first; k < last + (i < num_loops); ++k) {
-        const int64_t j = k < last ? int64_t(col[k]) : i, slot = k < last ? k : E + i;
-        const scalar_t* h_j = h + j * HC;
-        for (int64_t hd = 0; hd < H; ++hd) {
-          const acc z = sc.score(j, i, slot, hd);
-          const acc alpha = std::exp(sc.leaky_relu(z) - lse_for_alpha(lse[i * H + hd]));
-          const acc keep = sc.keep(slot, hd);
-          const acc dalpha =
-              keep != acc(0) ? keep * dot(dout_i + hd * channels, h_j + hd * channels, channels)
-                             : acc(0);
-          const acc dz = alpha * (dalpha - D[hd]) * sc.slope_at(z);
-          dd_i[hd] += dz;
-          edge[slot * 2 * H + hd] = dz;
-          edge[slot * 2 * H + H + hd] = alpha * keep;
-          if (slot < E) {
-            if (dt != nullptr) dt[slot * H + hd] = static_cast<scalar_t>(dz);
-          } else if (dt_loop != nullptr) {
-            dt_loop[i * H + hd] = static_cast<scalar_t>(dz);
-          }
-        }
-      }
-      store(dd + i * H, dd_i.data(), H);
     }
   }
 
@@ -80,20 +58,48 @@ struct Backward {
       if constexpr (direct) dh_j = dh + j * HC;
       std::fill(dh_j, dh_j + HC, acc(0));
       std::fill(ds_j.begin(), ds_j.end(), acc(0));
-      // Out-edges in CSC order, then the self loop (slot E + j).
+      const scalar_t* h_j = h + j * HC;
+      // Out-edges in CSC order, then the self loop (slot E + j); no lambda, so the loop body
+      // is compiled into each FASTGAT_CLONES version.
       const int64_t first = colptr[j], last = colptr[j + 1];
       for (int64_t e = first; e < last + (j < num_loops); ++e) {
         const int64_t i = e < last ? int64_t(csc_row[e]) : j;
-        const acc* g = edge + (e < last ? int64_t(csc_eid[e]) : E + j) * 2 * H;
+        const int64_t slot = e < last ? int64_t(csc_eid[e]) : E + j;
+        acc* dz_e = slot < E ? dz + slot * H : dz_loop + j * H;
         const scalar_t* dout_i = dout + i * HC;
         for (int64_t hd = 0; hd < H; ++hd) {
-          ds_j[hd] += g[hd];
-          const acc w = g[H + hd];
+          const acc z = sc.score(j, i, slot, hd);
+          const acc alpha = std::exp(sc.leaky_relu(z) - lse_for_alpha(lse[i * H + hd]));
+          const acc keep = sc.keep(slot, hd);
+          const acc dalpha =
+              keep != acc(0) ? keep * dot(dout_i + hd * channels, h_j + hd * channels, channels)
+                             : acc(0);
+          const acc g = alpha * (dalpha - D[i * H + hd]) * sc.slope_at(z);
+          dz_e[hd] = g;
+          ds_j[hd] += g;
+          const acc w = alpha * keep;
           if (w != acc(0)) axpy(dh_j + hd * channels, w, dout_i + hd * channels, channels);
         }
       }
       if constexpr (!direct) store(dh + j * HC, dh_j, HC);
       store(ds + j * H, ds_j.data(), H);
+    }
+  }
+
+  void destinations(int64_t begin, int64_t end) const {
+    const int64_t H = sc.heads;
+    std::vector<acc> dd_i(H);
+    for (int64_t i = begin; i < end; ++i) {
+      std::fill(dd_i.begin(), dd_i.end(), acc(0));
+      for (int64_t k = rowptr[i]; k < rowptr[i + 1]; ++k) {
+        for (int64_t hd = 0; hd < H; ++hd) dd_i[hd] += dz[k * H + hd];
+        if (dt != nullptr) store(dt + k * H, dz + k * H, H);
+      }
+      if (i < num_loops) {
+        for (int64_t hd = 0; hd < H; ++hd) dd_i[hd] += dz_loop[i * H + hd];
+        if (dt_loop != nullptr) store(dt_loop + i * H, dz_loop + i * H, H);
+      }
+      store(dd + i * H, dd_i.data(), H);
     }
   }
 };
@@ -117,31 +123,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
     const int64_t live = rowptr[num_dst].item<int64_t>();
     dt.narrow(0, live, num_slots - live).zero_();
   }
-  at::Tensor edge = at::empty({num_slots + num_loops, 2 * heads}, lse.options());
+  // dz lives in dt / dt_loop when they hold the accumulation dtype (lse's), else in scratch:
+  // dd sums it, and a reduced-precision dz would lose dd, a sum that nearly cancels (§2).
+  const bool in_place = h.scalar_type() == lse.scalar_type();
+  const bool dz_in_dt = t.has_value() && in_place;
+  const bool dz_in_dt_loop = t_loop.has_value() && in_place;
+  at::Tensor dz = dz_in_dt ? dt : at::empty({num_slots, heads}, lse.options());
+  at::Tensor dz_loop = dz_in_dt_loop ? dt_loop : at::empty({num_loops, heads}, lse.options());
+  at::Tensor D = at::empty({num_dst, heads}, lse.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "fastgat_backward",
                                   [&] {
     AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_backward", [&] {
+      using acc = acc_t<scalar_t>;
       Backward<scalar_t, index_t> bw{
           dout.const_data_ptr<scalar_t>(),
           out.const_data_ptr<scalar_t>(),
-          lse.const_data_ptr<acc_t<scalar_t>>(),
+          lse.const_data_ptr<acc>(),
           h.const_data_ptr<scalar_t>(),
           rowptr.const_data_ptr<index_t>(),
-          col.const_data_ptr<index_t>(),
           colptr.const_data_ptr<index_t>(),
           csc_row.const_data_ptr<index_t>(),
           csc_eid.const_data_ptr<index_t>(),
           make_scores<scalar_t>(s, d, t, t_loop, num_slots, negative_slope, dropout, seed),
           num_loops,
           h.size(2),
-          edge.mutable_data_ptr<acc_t<scalar_t>>(),
+          D.mutable_data_ptr<acc>(),
+          dz.mutable_data_ptr<acc>(),
+          dz_loop.mutable_data_ptr<acc>(),
+          t.has_value() && !dz_in_dt ? dt.mutable_data_ptr<scalar_t>() : nullptr,
+          t_loop.has_value() && !dz_in_dt_loop ? dt_loop.mutable_data_ptr<scalar_t>() : nullptr,
           dd.mutable_data_ptr<scalar_t>(),
-          t.has_value() ? dt.mutable_data_ptr<scalar_t>() : nullptr,
-          t_loop.has_value() ? dt_loop.mutable_data_ptr<scalar_t>() : nullptr,
           dh.mutable_data_ptr<scalar_t>(),
           ds.mutable_data_ptr<scalar_t>()};
-      parallel_rows(bw.rowptr, num_dst, [&](int64_t b, int64_t e) { bw.destinations(b, e); });
+      at::parallel_for(0, num_dst, 256, [&](int64_t b, int64_t e) { bw.row_dots(b, e); });
       parallel_rows(bw.colptr, num_src, [&](int64_t b, int64_t e) { bw.sources(b, e); });
+      parallel_rows(bw.rowptr, num_dst, [&](int64_t b, int64_t e) { bw.destinations(b, e); });
     });
   });
   return {dh, ds, dd, dt, dt_loop};

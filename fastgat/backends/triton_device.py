@@ -2,8 +2,8 @@
 by triton_kernels.
 
 A program owns one work item: a chunk of at most CHUNK in-edges of one destination row (forward,
-CSR backward) or out-edges of one source row (CSC backward), all heads at once as
-[BLOCK_E, H_P2, C_P2] tiles gathered coalesced over C. A row longer than CHUNK is split over
+the backward's dd segment sum) or out-edges of one source row (the backward's CSC pass, its one
+gather), all heads at once as [BLOCK_E, H_P2, C_P2] tiles gathered coalesced over C. A row longer than CHUNK is split over
 several programs that write partial states; a merge program per split row combines them in
 chunk order, so results are bitwise deterministic (no atomics). Chunk 0 of a row also takes
 its implicit self loop. Item and split tables come from triton_kernels.plan.
@@ -204,75 +204,34 @@ def _dz(z, alpha, dalpha, D, slope):
     return tl.where(z > 0, dx, dx * slope)
 
 
-@triton.jit(do_not_specialize=["num_dst"] + _SCALARS)
-def backward_csr_kernel(dout, out, lse, h, s, d, t, t_loop, ptr, col, seed_ptr, D_buf, dd,
-                        dt, dt_loop, ws_dd, item_row, item_ptr, split_ptr, num_dst, num_slots,
-                        num_loops, slope_bits, threshold, scale_bits, H: tl.constexpr,
-                        C: tl.constexpr, H_P2: tl.constexpr, C_P2: tl.constexpr,
-                        CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, HAS_T: tl.constexpr,
-                        HAS_T_LOOP: tl.constexpr, DROPOUT: tl.constexpr, WIDE: tl.constexpr,
-                        ACC: tl.constexpr):
-    """Per destination chunk: dt_ij = dz_ij per CSR slot and dd_i = sum_j dz_ij; chunk 0 also
-    stores D_i = <dout_i, out_i> for the CSC pass."""
-    row, chunk, start, end, split = _item(item_row, item_ptr, ptr, tl.program_id(0), num_dst,
-                                          CHUNK, WIDE)
-    if row < num_dst:
-        slope = _f64(slope_bits).to(ACC)
-        scale = _f64(scale_bits).to(ACC)
-        seed = tl.load(seed_ptr) if DROPOUT else 0
-        heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
-        dout_i = tl.load(dout + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
-        D_i = tl.sum(dout_i * tl.load(out + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC),
-                     1)
-        d_i = tl.load(d + row * H + heads, mask=hmask, other=0.0).to(ACC)
-        lse_i = tl.load(lse + row * H + heads, mask=hmask, other=0.0).to(ACC)
-        dd_i = tl.zeros([H_P2], ACC)
-        if chunk == 0:
-            tl.store(D_buf + row * H + heads, D_i, mask=hmask)
-            if row < num_loops:
-                z = tl.load(s + row * H + heads, mask=hmask, other=0.0).to(ACC) + d_i
-                if HAS_T_LOOP:
-                    z += tl.load(t_loop + row * H + heads, mask=hmask, other=0.0).to(ACC)
-                alpha = _alpha(tl.where(z > 0, z, z * slope), lse_i)
-                h_i = tl.load(h + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
-                dalpha = tl.sum(dout_i * h_i, 1)
-                if DROPOUT:
-                    dalpha *= _keep(seed, (num_slots + row) * H + heads, threshold, scale)
-                dd_i = _dz(z, alpha, dalpha, D_i, slope)
-                if HAS_T_LOOP:
-                    tl.store(dt_loop + row * H + heads, dd_i.to(dt_loop.dtype.element_ty),
-                             mask=hmask)
-        for e0 in range(start, end, BLOCK_E):
-            k = e0 + tl.arange(0, BLOCK_E)
-            j, emask, ehmask, z = _row_block_scores(s, t, col, k, end, d_i, heads, hmask, H,
-                                                    HAS_T, WIDE, ACC)
-            alpha = tl.where(ehmask, _alpha(tl.where(z > 0, z, z * slope), lse_i[None, :]), 0.0)
-            h_j = tl.load(h + j[:, None, None] * (H * C) + hc[None, :, :],
-                          mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
-            dalpha = tl.sum(h_j * dout_i[None, :, :], 2)
-            if DROPOUT:
-                dalpha *= _keep(seed, k[:, None] * H + heads[None, :], threshold, scale)
-            dz = _dz(z, alpha, dalpha, D_i[None, :], slope)
-            dd_i += tl.sum(dz, 0)
-            if HAS_T:
-                tl.store(dt + k[:, None] * H + heads[None, :], dz.to(dt.dtype.element_ty),
-                         mask=ehmask)
-        if split:
-            tl.store(ws_dd + _part(split_ptr, row, chunk, WIDE) * H + heads, dd_i, mask=hmask)
-        else:
-            tl.store(dd + row * H + heads, dd_i.to(dd.dtype.element_ty), mask=hmask)
+@triton.jit(do_not_specialize=["num_rows"])
+def row_dot_kernel(dout, out, D, num_rows, H: tl.constexpr, C: tl.constexpr,
+                   H_P2: tl.constexpr, C_P2: tl.constexpr, ROWS: tl.constexpr,
+                   WIDE: tl.constexpr, ACC: tl.constexpr):
+    """D_i = <dout_i, out_i> per head for ROWS destination rows: the dense part of dz."""
+    rows = _wide(tl.program_id(0), WIDE) * ROWS + tl.arange(0, ROWS)
+    rmask = rows < num_rows
+    heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
+    offs = rows[:, None, None] * (H * C) + hc[None, :, :]
+    mask = rmask[:, None, None] & hcmask[None, :, :]
+    prod = tl.load(dout + offs, mask=mask, other=0.0).to(ACC) * \
+        tl.load(out + offs, mask=mask, other=0.0).to(ACC)
+    tl.store(D + rows[:, None] * H + heads[None, :], tl.sum(prod, 2),
+             mask=rmask[:, None] & hmask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_src"] + _SCALARS)
 def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, seed_ptr, D_buf,
-                        dh, ds, ws_ds, ws_dh, item_row, item_ptr, split_ptr, num_src, num_slots,
-                        num_loops, slope_bits, threshold, scale_bits, H: tl.constexpr,
-                        C: tl.constexpr, H_P2: tl.constexpr, C_P2: tl.constexpr,
-                        CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, HAS_T: tl.constexpr,
-                        HAS_T_LOOP: tl.constexpr, DROPOUT: tl.constexpr, WIDE: tl.constexpr,
-                        ACC: tl.constexpr):
-    """Per source chunk: ds_j = sum_i dz_ij and dh_j = sum_i alpha_ij keep_ij dout_i over j's
-    out-edges (t and the dropout slot addressed by the CSR slot csc_eid)."""
+                        dz, dz_loop, dh, ds, ws_ds, ws_dh, item_row, item_ptr, split_ptr,
+                        num_src, num_slots, num_loops, slope_bits, threshold, scale_bits,
+                        H: tl.constexpr, C: tl.constexpr, H_P2: tl.constexpr,
+                        C_P2: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr,
+                        HAS_T: tl.constexpr, HAS_T_LOOP: tl.constexpr, DROPOUT: tl.constexpr,
+                        WIDE: tl.constexpr, ACC: tl.constexpr):
+    """Per source chunk, the backward's one gather (of dout_i): dz_ij = alpha_ij (keep_ij
+    <dout_i, h_j> - D_i) LeakyReLU'(z_ij) stored at the edge's CSR slot csc_eid (row j's self
+    loop: dz_loop[j]), ds_j = sum_i dz_ij and dh_j = sum_i alpha_ij keep_ij dout_i over j's
+    out-edges (t and the dropout slot addressed by the CSR slot too)."""
     row, chunk, start, end, split = _item(item_row, item_ptr, ptr, tl.program_id(0), num_src,
                                           CHUNK, WIDE)
     if row < num_src:
@@ -299,6 +258,7 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
                 weight *= keep
             D_i = tl.load(D_buf + row * H + heads, mask=hmask, other=0.0)
             ds_j = _dz(z, alpha, dalpha, D_i, slope)
+            tl.store(dz_loop + row * H + heads, ds_j, mask=hmask)
             dh_j = weight[:, None] * dout_i
         for e0 in range(start, end, BLOCK_E):
             q = e0 + tl.arange(0, BLOCK_E)
@@ -324,7 +284,9 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
                 dalpha *= keep
                 weight *= keep
             D_i = tl.load(D_buf + eh_i, mask=ehmask, other=0.0)
-            ds_j += tl.sum(_dz(z, alpha, dalpha, D_i, slope), 0)
+            dz_e = _dz(z, alpha, dalpha, D_i, slope)
+            tl.store(dz + k[:, None] * H + heads[None, :], dz_e, mask=ehmask)
+            ds_j += tl.sum(dz_e, 0)
             dh_j += tl.sum(weight[:, :, None] * dout_i, 0)
         if split:
             part = _part(split_ptr, row, chunk, WIDE)
@@ -333,6 +295,38 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
         else:
             tl.store(ds + row * H + heads, ds_j.to(ds.dtype.element_ty), mask=hmask)
             tl.store(dh + row * (H * C) + hc, dh_j.to(dh.dtype.element_ty), mask=hcmask)
+
+
+@triton.jit(do_not_specialize=["num_dst", "num_loops"])
+def segment_sum_kernel(dz, dz_loop, dt, dt_loop, dd, ws_dd, ptr, item_row, item_ptr, split_ptr,
+                       num_dst, num_loops, H: tl.constexpr, H_P2: tl.constexpr,
+                       CHUNK: tl.constexpr, COPY_T: tl.constexpr, COPY_T_LOOP: tl.constexpr,
+                       WIDE: tl.constexpr, ACC: tl.constexpr):
+    """Per destination chunk: dd_i = sum_j dz_ij over its CSR slots (chunk 0 adds the self
+    loop's), reading the dz the CSC pass stored; with COPY_T(_LOOP) also dt = dz rounded to
+    dt's dtype (dz is kept in ACC, since dd nearly cancels)."""
+    row, chunk, start, end, split = _item(item_row, item_ptr, ptr, tl.program_id(0), num_dst,
+                                          CHUNK, WIDE)
+    if row < num_dst:
+        heads = tl.arange(0, H_P2)
+        hmask = heads < H
+        dd_i = tl.zeros([H_P2], ACC)
+        if (chunk == 0) & (row < num_loops):
+            dd_i = tl.load(dz_loop + row * H + heads, mask=hmask, other=0.0)
+            if COPY_T_LOOP:
+                tl.store(dt_loop + row * H + heads, dd_i.to(dt_loop.dtype.element_ty),
+                         mask=hmask)
+        k = start + tl.arange(0, CHUNK)
+        ehmask = (k < end)[:, None] & hmask[None, :]
+        dz_k = tl.load(dz + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0)
+        dd_i += tl.sum(dz_k, 0)
+        if COPY_T:
+            tl.store(dt + k[:, None] * H + heads[None, :], dz_k.to(dt.dtype.element_ty),
+                     mask=ehmask)
+        if split:
+            tl.store(ws_dd + _part(split_ptr, row, chunk, WIDE) * H + heads, dd_i, mask=hmask)
+        else:
+            tl.store(dd + row * H + heads, dd_i.to(dd.dtype.element_ty), mask=hmask)
 
 
 @triton.jit(do_not_specialize=["num_rows"])

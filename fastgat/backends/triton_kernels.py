@@ -3,9 +3,9 @@
 CUDA tensors run compiled kernels, autotuned per (H, C, dtype) (a pinned configuration under
 torch.use_deterministic_algorithms(True), see pinned_config); CPU tensors run under the
 Triton interpreter (TRITON_INTERPRET=1, read when this module is imported) with one fixed
-configuration. Launches per call: forward 1, backward 2, each followed by a merge launch once
-the graph holds more than CHUNK edges (its programs return at once for rows that were not
-split). No host sync: every grid size comes from tensor shapes, and the item tables of a
+configuration. Launches per call: forward 1 and its merge; backward 3 (D = <dout, out>, the
+CSC pass, the dd segment sum), the last two each with a merge. A merge launches once the graph
+holds more than CHUNK edges (its programs return at once for rows that were not split). No host sync: every grid size comes from tensor shapes, and the item tables of a
 pointer array are built by torch ops on the device (`plan`).
 """
 import contextlib
@@ -25,6 +25,7 @@ from . import triton_device as dev
 CHUNK = 64 if dev.INTERPRET else 256
 _BLOCK_E_INTERPRET = 64
 _TILE_LIMIT = 16384  # BLOCK_E * H_P2 * C_P2 float32 elements per gathered tile (register budget)
+_DOT_TILE = 4096  # rows * H_P2 * C_P2 elements per program of the dense D = <dout, out>
 _INT32_LIMIT = 2**31
 
 
@@ -101,7 +102,6 @@ def _launcher(kernel, meta):
 
 
 _forward_kernel = _tuned(dev.forward_kernel)
-_backward_csr_kernel = _tuned(dev.backward_csr_kernel)
 _backward_csc_kernel = _tuned(dev.backward_csc_kernel)
 
 
@@ -177,6 +177,8 @@ def gat_backward(
     colptr: Tensor, csc_row: Tensor, csc_eid: Tensor, num_loops: int, negative_slope: float,
     dropout: float, seed: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """D, then one CSC pass (the only gather: dz per CSR slot, ds, dh), then dd as a segment
+    sum of dz per CSR row (docs/design.md §2, §5)."""
     num_src, heads, channels = h.shape
     num_dst, num_slots = d.size(0), col.numel()
     acc = _acc_dtype(h.dtype)[0]
@@ -184,6 +186,13 @@ def gat_backward(
     # Dead slots (dropped self loops) get no program; their dt stays 0 as in the reference.
     dt = torch.zeros_like(t) if t is not None else h.new_empty(0)
     dt_loop = torch.empty_like(t_loop) if t_loop is not None else h.new_empty(0)
+    # dz is stored in dt / dt_loop when they hold the accumulation dtype, else in scratch: dd
+    # sums it, and that sum nearly cancels, so it is never rounded to bfloat16 / float16 first.
+    in_place = h.dtype == acc
+    dz = dt if t is not None and in_place else h.new_empty(num_slots, heads, dtype=acc)
+    dz_loop = (dt_loop if t_loop is not None and in_place
+               else h.new_empty(num_loops, heads, dtype=acc))
+    copy_t, copy_t_loop = t is not None and not in_place, t_loop is not None and not in_place
     meta, scalars, seed_ptr = _meta(h, num_dst, num_slots, t, t_loop, negative_slope, dropout,
                                     seed)
     D = h.new_empty(num_dst, heads, dtype=acc)
@@ -193,25 +202,28 @@ def gat_backward(
     ws_dh = h.new_empty(cols.num_parts, heads, channels, dtype=acc)
     sums = dict(WIDE=meta["WIDE"], ACC=meta["ACC"])
     with _on(h.device):
-        if rows.item_row.numel():
-            kernel, config = _launcher(_backward_csr_kernel, meta)
-            kernel[(rows.item_row.numel(),)](
-                dout, out, lse, h, s, d, t, t_loop, rowptr, col, seed_ptr, D, dd, dt, dt_loop,
-                ws_dd, rows.item_row, rows.item_ptr, rows.split_ptr, num_dst, num_slots,
-                num_loops, **scalars, **meta, **config)
-        if rows.split_rows.numel():
-            dev.merge_sum_kernel[(rows.split_rows.numel(),)](
-                ws_dd, dd, ws_dd, dd, rows.split_rows, rows.split_ptr, num_dst,
-                WIDTH_A=heads, WIDTH_B=1, BLOCK_A=meta["H_P2"], BLOCK_B=1, HAS_B=False, **sums)
+        if num_dst:
+            dot_rows = max(1, _DOT_TILE // (meta["H_P2"] * meta["C_P2"]))
+            dev.row_dot_kernel[(triton.cdiv(num_dst, dot_rows),)](
+                dout, out, D, num_dst, ROWS=dot_rows, **_merge_meta(meta))
         if cols.item_row.numel():
             kernel, config = _launcher(_backward_csc_kernel, meta)
             kernel[(cols.item_row.numel(),)](
-                dout, lse, h, s, d, t, t_loop, colptr, csc_row, csc_eid, seed_ptr, D, dh, ds,
-                ws_ds, ws_dh, cols.item_row, cols.item_ptr, cols.split_ptr, num_src, num_slots,
-                num_loops, **scalars, **meta, **config)
+                dout, lse, h, s, d, t, t_loop, colptr, csc_row, csc_eid, seed_ptr, D, dz,
+                dz_loop, dh, ds, ws_ds, ws_dh, cols.item_row, cols.item_ptr, cols.split_ptr,
+                num_src, num_slots, num_loops, **scalars, **meta, **config)
         if cols.split_rows.numel():
             dev.merge_sum_kernel[(cols.split_rows.numel(),)](
                 ws_ds, ds, ws_dh, dh, cols.split_rows, cols.split_ptr, num_src,
                 WIDTH_A=heads, WIDTH_B=heads * channels, BLOCK_A=meta["H_P2"],
                 BLOCK_B=triton.next_power_of_2(heads * channels), HAS_B=True, **sums)
+        if rows.item_row.numel():
+            dev.segment_sum_kernel[(rows.item_row.numel(),)](
+                dz, dz_loop, dt, dt_loop, dd, ws_dd, rowptr, rows.item_row, rows.item_ptr,
+                rows.split_ptr, num_dst, num_loops, H=heads, H_P2=meta["H_P2"], CHUNK=CHUNK,
+                COPY_T=copy_t, COPY_T_LOOP=copy_t_loop, **sums)
+        if rows.split_rows.numel():
+            dev.merge_sum_kernel[(rows.split_rows.numel(),)](
+                ws_dd, dd, ws_dd, dd, rows.split_rows, rows.split_ptr, num_dst,
+                WIDTH_A=heads, WIDTH_B=1, BLOCK_A=meta["H_P2"], BLOCK_B=1, HAS_B=False, **sums)
     return dh, ds, dd, dt, dt_loop
