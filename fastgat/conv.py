@@ -119,10 +119,7 @@ class FastGATConv(GATConv):
                             num_loops=num_loops)
             self._check_graph(graph, num_src, num_dst, num_loops, x_src.device)
 
-        # <h, att> per head as a batched product: no N x H x C temporary.
-        s = torch.einsum("nhc,hc->nh", x_src, self.att_src[0])
-        d = (torch.einsum("nhc,hc->nh", x_dst, self.att_dst[0]) if x_dst is not None
-             else s.new_zeros(num_dst, H))
+        s, d = self._node_scores(x_src, x_dst, num_dst)
         t_edges, t_loop = self._edge_scores(edge_attr, graph)
         t = t_edges.index_select(0, graph.perm) if t_edges is not None else None
 
@@ -187,6 +184,25 @@ class FastGATConv(GATConv):
         if x_dst is not None:
             x_dst = lin_dst(x_dst).view(-1, H, C)
         return x_src, x_dst, res
+
+    def _node_scores(self, x_src, x_dst, num_dst) -> Tuple[Tensor, Tensor]:
+        """s = <h_src, att_src> and d = <h_dst, att_dst> per head (docs/design.md §2) as one
+        matrix product of h (N x HC) with the attention vectors laid out block-diagonally
+        (HC x 2H): no bmm, no N x H x C temporary, and h stays the contiguous GEMM output."""
+        H, C = self.heads, self.out_channels
+        eye = torch.eye(H, dtype=self.att_src.dtype, device=self.att_src.device)
+
+        def blocks(att):  # (HC, H): column k holds att[k] in rows k*C .. k*C + C - 1
+            return (att.view(H, C, 1) * eye.view(H, 1, H)).reshape(H * C, H)
+
+        if x_dst is x_src:
+            sd = x_src.reshape(-1, H * C) @ torch.cat([blocks(self.att_src),
+                                                       blocks(self.att_dst)], dim=1)
+            return sd[:, :H], sd[:, H:]
+        s = x_src.reshape(-1, H * C) @ blocks(self.att_src)
+        d = (x_dst.reshape(-1, H * C) @ blocks(self.att_dst) if x_dst is not None
+             else s.new_zeros(num_dst, H))
+        return s, d
 
     @staticmethod
     def _sizes(edge_index, x_src, x_dst, size) -> Tuple[int, int]:

@@ -364,6 +364,17 @@ def test_graph_rebuilds_the_input_edges_in_order(kind, drop_self_loops, index_li
     assert torch.equal(got_src, src.long()) and torch.equal(got_dst, dst.long())
 
 
+def test_scores_are_matrix_products_not_bmm():
+    src, dst, num_nodes, _ = random_graph("random", 25)
+    _, fast = pair(dict(heads=4, edge_dim=3), backend=CPU_BACKENDS[-1])
+    x, edge_attr = features(2, num_nodes, num_nodes, src.numel(), False)
+    x.requires_grad_()
+    with torch.profiler.profile() as prof:
+        fast(x, torch.stack([src, dst]), edge_attr).sum().backward()
+    names = {event.key for event in prof.key_averages()}
+    assert "aten::mm" in names and not names & {"aten::bmm", "aten::einsum"}
+
+
 def test_cache_entries_die_with_their_edges_and_never_alias_them():
     import gc
 
