@@ -19,7 +19,7 @@ seen: build a `Graph` yourself for those.
 import threading
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Optional, Tuple
 
 import torch
@@ -40,7 +40,7 @@ _INT32_MAX = 2**31 - 1
 class Graph:
     """Edges sorted for the fused op. Slot k of the CSR holds input edge `perm[k]`; dropped
     self loops sit in dead slots past rowptr[-1]; nodes i < num_loops get implicit self loops.
-    The CSC (colptr, csc_row, csc_eid) is built when first read."""
+    The CSC (colptr, csc_row, csc_eid) may be given, else it is built when first read."""
     rowptr: Tensor
     col: Tensor
     perm: Tensor          # (E,) input edge id of each CSR slot
@@ -48,20 +48,15 @@ class Graph:
     num_dst: int
     num_loops: int
     dropped_self_loops: bool
-    _csc: Optional[Tuple[Tensor, Tensor, Tensor]] = field(default=None, repr=False,
+    colptr: InitVar[Optional[Tensor]] = None
+    csc_row: InitVar[Optional[Tensor]] = None
+    csc_eid: InitVar[Optional[Tensor]] = None
+    _csc: Optional[Tuple[Tensor, Tensor, Tensor]] = field(default=None, init=False, repr=False,
                                                           compare=False)
 
-    @property
-    def colptr(self) -> Tensor:
-        return self.csc()[0]
-
-    @property
-    def csc_row(self) -> Tensor:
-        return self.csc()[1]
-
-    @property
-    def csc_eid(self) -> Tensor:
-        return self.csc()[2]
+    def __post_init__(self, colptr, csc_row, csc_eid):
+        if colptr is not None:
+            object.__setattr__(self, "_csc", (colptr, csc_row, csc_eid))
 
     def csc(self) -> Tuple[Tensor, Tensor, Tensor]:
         """(colptr, csc_row, csc_eid), built once. Two threads may both build it; the results
@@ -136,6 +131,13 @@ class Graph:
         perm = self.perm.long()
         return torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.numel(),
                                                                      device=perm.device))
+
+
+# Read access to the CSC by name; set after the dataclass is made, since a property in the class
+# body would become the InitVars' default (dataclasses.replace(graph, colptr=...) still works).
+Graph.colptr = property(lambda self: self.csc()[0], doc="(N_src + 1) CSC pointers")
+Graph.csc_row = property(lambda self: self.csc()[1], doc="(E) destination of each CSC entry")
+Graph.csc_eid = property(lambda self: self.csc()[2], doc="(E) CSR slot of each CSC entry")
 
 
 def _compiled_graph_ops(like: Tensor) -> bool:
