@@ -7,7 +7,7 @@ with the reason "PyG GATConv OOM" (or "<backend> OOM"), not failed.
 import pytest
 import torch
 
-from fastgat.bench import PYG, Layer, is_oom
+from fastgat.bench import PYG, Layer, TaskRunner, is_oom
 
 
 def _synchronized(fn, device):
@@ -45,3 +45,14 @@ def test_forward(benchmark, graphs, rounds, device, case, impl, dtype):
 
 def test_forward_backward(benchmark, graphs, rounds, device, case, impl, dtype):
     _bench(benchmark, graphs, rounds, device, case, impl, dtype, "forward+backward")
+
+
+@pytest.mark.parametrize("mode", ["training", "inference"])
+def test_model_step(benchmark, rounds, task_batches_for, task_case, impl, mode):
+    """A model workload's step, each round on a graph fastgat has not prepared before."""
+    batches, infer = task_batches_for(task_case.workload, rounds + 1)
+    benchmark.group = f"{task_case.label} {mode} step"
+    runner = TaskRunner(task_case, impl, batches, infer, seed=0)
+    fn = runner.step if mode == "training" else runner.forward
+    fn()  # warm-up
+    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=0, iterations=1)

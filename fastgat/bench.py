@@ -51,8 +51,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .workloads import (CPU_MAX_EDGES, CPU_MAX_NODES, WORKLOADS, Case, Workload, make_graph,
-                        parse_cases)
+from .workloads import (CPU_MAX_EDGES, CPU_MAX_NODES, TASKS, WORKLOADS, Case, Task, Workload,
+                        csr_by_destination, make_graph, molecule_batch, parse_cases,
+                        power_law_edges, sample_neighbors)
 
 PYG, FLOOR, FLOOR_COO = "pyg", "spmm", "spmm-coo"
 FLOORS = (FLOOR, FLOOR_COO)  # torch.sparse.mm on CSR and on COO: the floor is the faster
@@ -138,6 +139,125 @@ class Layer:
         self.run().backward(self.dout)
 
 
+class TaskModel(torch.nn.Module):
+    """The model of a Task (fastgat.workloads) built from one conv class: PyG's GATConv or
+    FastGATConv(backend=...)."""
+
+    def __init__(self, task: Task, heads: int, channels: int, conv):
+        super().__init__()
+        width = heads * channels
+        if task.kind == "minibatch":
+            self.convs = torch.nn.ModuleList([conv(task.in_channels, channels, heads=heads),
+                                              conv(width, task.classes, heads=1)])
+            self.head = None
+        else:
+            self.convs = torch.nn.ModuleList(
+                [conv(task.in_channels if i == 0 else width, channels, heads=heads)
+                 for i in range(task.layers)])
+            self.head = torch.nn.Linear(width, 1)
+        self.dropout = task.feature_dropout
+
+    def forward(self, x, edge_index, batch=None, num_graphs=None):
+        for i, conv in enumerate(self.convs):
+            x = torch.nn.functional.dropout(x, self.dropout, self.training)
+            x = conv(x, edge_index)
+            if self.head is not None or i + 1 < len(self.convs):
+                x = torch.nn.functional.elu(x)
+        if self.head is None:
+            return x
+        from torch_geometric.nn import global_mean_pool
+        return self.head(global_mean_pool(x, batch, num_graphs))
+
+
+def task_batches(task: Task, seed: int, count: int, distinct: int = 8) -> List[dict]:
+    """`count` batches (x, edge_index, batch, y) cycling through `distinct` draws; every one
+    has its own edge_index object, so no step finds its graph in fastgat's cache."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = []
+    if task.kind == "minibatch":
+        base = WORKLOADS["arxiv"]  # full size: 169k nodes, 2.3M edges, 128 features
+        edge_index = power_law_edges(base.num_nodes, base.num_edges, base.skew, seed)
+        rowptr, col = csr_by_destination(edge_index, base.num_nodes)
+        x = torch.randn(base.num_nodes, task.in_channels, generator=generator)
+        for _ in range(distinct):
+            seeds = torch.randperm(base.num_nodes, generator=generator)[:task.seeds]
+            nodes, local = sample_neighbors(rowptr, col, seeds, task.fanouts, generator)
+            y = torch.randint(0, task.classes, (task.seeds,), generator=generator)
+            draws.append(dict(x=x[nodes], edge_index=local, batch=None, y=y))
+    else:
+        for _ in range(distinct):
+            x, edge_index, batch = molecule_batch(task.graphs, task.in_channels, generator)
+            draws.append(dict(x=x, edge_index=edge_index, batch=batch,
+                              y=torch.randn(task.graphs, 1, generator=generator)))
+    return [dict(draws[i % distinct], edge_index=draws[i % distinct]["edge_index"].clone())
+            for i in range(count)]
+
+
+class TaskRunner:
+    """One implementation of a Task: `forward()` is an inference step (inference_mode, the
+    batch's tensors made there too, as a loader inside that block makes them), `step()` a
+    training step (forward, loss, backward into the parameters); each on the next batch."""
+
+    def __init__(self, case: Case, impl: str, batches: List[dict], infer: List[dict],
+                 seed: int):
+        from torch_geometric.nn import GATConv
+
+        from .conv import FastGATConv
+        torch.manual_seed(seed)
+        conv = GATConv if impl == PYG else (lambda *a, **k: FastGATConv(*a, backend=impl, **k))
+        self.task = case.workload
+        self.model = TaskModel(self.task, case.heads, case.out_channels, conv)
+        self.batches, self.infer = iter(batches), iter(infer)
+
+    def _loss(self, out, b):
+        if self.task.kind == "minibatch":
+            return torch.nn.functional.cross_entropy(out[:b["y"].numel()], b["y"])
+        return torch.nn.functional.mse_loss(out, b["y"])
+
+    def forward(self) -> None:
+        b = next(self.infer)
+        self.model.eval()
+        with torch.inference_mode():
+            self.model(b["x"], b["edge_index"], b["batch"], self.task.graphs)
+
+    def step(self) -> None:
+        b = next(self.batches)
+        self.model.train()
+        self.model.zero_grad(set_to_none=True)
+        self._loss(self.model(b["x"], b["edge_index"], b["batch"], self.task.graphs),
+                   b).backward()
+
+
+def measure_task(spec: dict, case: Case) -> None:
+    """Like measure, for a Task; the implementations' steps interleave (one of each per round),
+    so a change in the machine's load hits all of them alike."""
+    impls = [impl for impl in spec["impls"] if impl != FLOOR]
+    rounds = spec["warmup"] + spec["max_repeats"]
+    count = 2 * rounds + 4  # timed steps, the peak's two steps, margin
+    batches = task_batches(case.workload, spec["seed"], count)
+    with torch.inference_mode():
+        infer = [dict(b, edge_index=b["edge_index"].clone()) for b in batches]
+    runners = {impl: TaskRunner(case, impl, batches, infer, spec["seed"]) for impl in impls}
+    times = {impl: ([], []) for impl in impls}
+    for r in range(rounds):
+        for impl, runner in runners.items():
+            for fn, out in ((runner.forward, times[impl][0]), (runner.step, times[impl][1])):
+                tic = time.perf_counter()
+                fn()
+                if r >= spec["warmup"]:
+                    out.append((time.perf_counter() - tic) * 1e3)
+    size = dict(num_nodes=round(statistics.mean(b["x"].size(0) for b in batches)),
+                num_edges=round(statistics.mean(b["edge_index"].size(1) for b in batches)))
+    print(_RESULT + json.dumps({"impl": FLOOR, "status": "skipped", **size,
+                                "reason": "no floor for a model workload"}), flush=True)
+    for impl, runner in runners.items():
+        result = dict(impl=impl, status="ok", **size, fwd_ms=statistics.median(times[impl][0]),
+                      fwd_bwd_ms=statistics.median(times[impl][1]),
+                      fwd_repeats=len(times[impl][0]), fwd_bwd_repeats=len(times[impl][1]))
+        result["peak_mib"] = peak_mib(runner.step, "cpu")
+        print(_RESULT + json.dumps(result), flush=True)
+
+
 # -- timing and memory ------------------------------------------------------------------------
 def time_ms(fn: Callable[[], None], device: str, warmup: int, min_repeats: int,
             max_repeats: int, budget_s: float) -> Tuple[float, int]:
@@ -195,6 +315,13 @@ def peak_mib(fn: Callable[[], None], device: str) -> float:
 def measure(spec: dict) -> None:
     """Runs in the worker process; prints one result line per implementation."""
     device, dtype = spec["device"], DTYPES[spec["dtype"]]
+    if spec["workload"]["name"] in TASKS:
+        if device != "cpu" or dtype != torch.float32:
+            raise SystemExit("model workloads run on the CPU in float32")
+        workload = spec["workload"]
+        workload["shapes"] = tuple(map(tuple, workload["shapes"]))
+        workload["fanouts"] = tuple(workload["fanouts"])
+        return measure_task(spec, Case(Task(**workload), spec["heads"], spec["out_channels"]))
     case = Case(Workload(**spec["workload"]), spec["heads"], spec["out_channels"])
     if device == "cpu" and spec["cpu_mem_limit_mib"]:
         limit = _proc_status_kib("VmSize") * 1024 + spec["cpu_mem_limit_mib"] * 2**20
@@ -423,8 +550,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     parser.add_argument("--workloads", default=None,
-                        help=f"comma list of {', '.join(WORKLOADS)}; NAME:HxC picks one layer "
-                             f"shape (default: all, each with its shapes)")
+                        help=f"comma list of {', '.join(WORKLOADS)} (layers) and "
+                             f"{', '.join(TASKS)} (models, a new graph per step, CPU float32); "
+                             f"NAME:HxC picks one layer shape (default: all layers, each with "
+                             f"its shapes)")
     parser.add_argument("--scale", type=float, default=None,
                         help="shrink every graph by this factor (default: full size on CUDA; "
                              "on the CPU each graph fitted under --max-nodes / --max-edges)")
@@ -472,8 +601,10 @@ def run(cases: List[Case], spec: dict, time_budget: Optional[float]) -> List[dic
     start = time.monotonic()
     with tqdm(total=len(cases) * len(spec["impls"]), desc="fastgat.bench", unit="run") as bar:
         for case in cases:
+            # a Task's worker reports its batches' mean sizes
             info = dict(case=case.label, workload=case.workload.name,
-                        num_nodes=case.workload.num_nodes, num_edges=case.workload.num_edges,
+                        num_nodes=getattr(case.workload, "num_nodes", 0),
+                        num_edges=getattr(case.workload, "num_edges", 0),
                         in_channels=case.workload.in_channels, heads=case.heads,
                         out_channels=case.out_channels)
 

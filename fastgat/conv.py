@@ -132,9 +132,12 @@ class FastGATConv(GATConv):
         s, d = s.to(x_src.dtype), d.to(x_src.dtype)
         t = t.to(x_src.dtype) if t is not None else None
         t_loop = t_loop.to(x_src.dtype) if t_loop is not None else None
+        # The CSC serves only the backward: not built for a call no backward can follow.
+        backward = torch.is_grad_enabled() and any(
+            x is not None and x.requires_grad for x in (x_src, s, d, t, t_loop))
         out, _ = gat_attention(x_src.contiguous(), s.contiguous(), d.contiguous(), t, t_loop,
-                               *graph.op_args(), num_loops, float(self.negative_slope),
-                               0.0 if drop_all else p, seed, backend)
+                               *graph.op_args(csc=backward), num_loops,
+                               float(self.negative_slope), 0.0 if drop_all else p, seed, backend)
         if drop_all:
             out = out * 0.0  # zeros that still pass GATConv's (zero) gradients
         out = out.reshape(-1, H * C) if self.concat else out.mean(dim=1)

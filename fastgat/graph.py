@@ -1,26 +1,31 @@
 """Graph preparation: any PyG edge form -> CSR by destination + CSC by source, cached.
 
 A `Graph` holds the five index tensors of the op contract (fastgat/ops.py) plus what
-FastGATConv needs to map results back to the caller's edge order. Building one sorts the
-edges once; `prepare` caches Graphs so a graph passed again is not re-sorted.
+FastGATConv needs to map results back to the caller's edge order. On the CPU both orders are
+counting sorts in the compiled library (csrc/cpu/graph_cpu.cpp: O(E), one thread, no
+comparison sort); elsewhere, without the library and under torch.compile, stable argsorts.
+The CSC, which only the backward reads, is built on first use (docs/design.md §3).
+`prepare` caches Graphs so a graph passed again is not re-sorted.
 
 Cache key and invalidation: the edge object's identity (checked through a weak reference, so
 an id reused by a new object never hits) together with its autograd version counter (bumped
 by every in-place write, so a graph edited in place is rebuilt), the node counts and the
-self-loop settings. An entry dies with its edge object (a Graph holds copies, never views of
-it), and at most 16 are kept; threads share it under a lock. Writes that bypass the version
-counter (through `.data`, NumPy or DLPack aliases) are not seen: build a `Graph` yourself for
-those. Inference-mode tensors have no version counter and are never cached.
+self-loop settings and whether inference mode is on. Inference tensors have no version counter:
+their entry keeps a copy of the edges and is reused only while the tensor still equals it. An entry dies with its edge object
+(a Graph holds copies, never views of it), and at most 16 are kept; threads share it under a
+lock. Writes that bypass the version counter (through `.data`, NumPy or DLPack aliases) are not
+seen: build a `Graph` yourself for those.
 """
 import threading
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from ._extension import LOAD_ERROR
 from .errors import EdgeIndexTypeError, InputShapeError
 
 try:  # torch_sparse is optional; PyG exposes a placeholder class when it is absent
@@ -34,17 +39,35 @@ _INT32_MAX = 2**31 - 1
 @dataclass(frozen=True)
 class Graph:
     """Edges sorted for the fused op. Slot k of the CSR holds input edge `perm[k]`; dropped
-    self loops sit in dead slots past rowptr[-1]; nodes i < num_loops get implicit self loops."""
+    self loops sit in dead slots past rowptr[-1]; nodes i < num_loops get implicit self loops.
+    The CSC (colptr, csc_row, csc_eid) may be given, else it is built when first read."""
     rowptr: Tensor
     col: Tensor
-    colptr: Tensor
-    csc_row: Tensor
-    csc_eid: Tensor
     perm: Tensor          # (E,) input edge id of each CSR slot
     num_src: int
     num_dst: int
     num_loops: int
     dropped_self_loops: bool
+    colptr: InitVar[Optional[Tensor]] = None
+    csc_row: InitVar[Optional[Tensor]] = None
+    csc_eid: InitVar[Optional[Tensor]] = None
+    _csc: Optional[Tuple[Tensor, Tensor, Tensor]] = field(default=None, init=False, repr=False,
+                                                          compare=False)
+
+    def __post_init__(self, colptr, csc_row, csc_eid):
+        if colptr is not None:
+            object.__setattr__(self, "_csc", (colptr, csc_row, csc_eid))
+
+    def csc(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """(colptr, csc_row, csc_eid), built once. Two threads may both build it; the results
+        are equal and the later one is kept (one attribute store: atomic)."""
+        if self._csc is None:
+            if _compiled_graph_ops(self.col):
+                csc = torch.ops.fastgat.csc_from_csr(self.rowptr, self.col, self.num_src)
+            else:
+                csc = _csc_by_argsort(self.rowptr, self.col, self.num_src, self.num_dst)
+            object.__setattr__(self, "_csc", tuple(csc))
+        return self._csc
 
     @property
     def num_edges(self) -> int:
@@ -76,6 +99,12 @@ class Graph:
             raise ValueError("src and dst must be 1-D tensors of equal length")
         if not 0 <= num_loops <= min(num_src, num_dst):
             raise ValueError(f"num_loops={num_loops} must lie in [0, min(num_src, num_dst)]")
+        index_dtype = (torch.int32 if max(num_src, num_dst, src.numel()) <= _INT32_MAX
+                       else torch.int64)
+        if _compiled_graph_ops(src):  # validates while it reads, whatever `validate` says
+            rowptr, col, perm = torch.ops.fastgat.csr_from_coo(src, dst, num_src, num_dst,
+                                                               drop_self_loops, index_dtype)
+            return cls(rowptr, col, perm, num_src, num_dst, num_loops, drop_self_loops)
         src, dst = src.long(), dst.long()
         if validate and src.numel() > 0:
             _check_range(src, num_src, "source")
@@ -83,29 +112,51 @@ class Graph:
         dead = src == dst if drop_self_loops else torch.zeros_like(src, dtype=torch.bool)
         dst_key = torch.where(dead, num_dst, dst)
         perm = torch.argsort(dst_key * num_src + src, stable=True)
-        row = dst_key[perm]
-        col = src[perm]
-        rowptr = _pointer(row, num_dst)
-        src_key = torch.where(dead[perm], num_src, col)
-        csc_eid = torch.argsort(src_key * (num_dst + 1) + row, stable=True)
-        colptr = _pointer(src_key[csc_eid], num_src)
-        csc_row = dst[perm][csc_eid]
-        index_dtype = (torch.int32 if max(num_src, num_dst, src.numel()) <= _INT32_MAX
-                       else torch.int64)
+        rowptr = _pointer(dst_key[perm], num_dst)
         # Copies, so a Graph neither aliases nor keeps alive the caller's edge tensor.
         to_index = lambda x: x.to(index_dtype, copy=True).contiguous()  # noqa: E731
-        return cls(to_index(rowptr), to_index(col), to_index(colptr), to_index(csc_row),
-                   to_index(csc_eid), to_index(perm), num_src, num_dst, num_loops,
-                   drop_self_loops)
+        return cls(to_index(rowptr), to_index(src[perm]), to_index(perm), num_src, num_dst,
+                   num_loops, drop_self_loops)
 
-    def op_args(self) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        return self.rowptr, self.col, self.colptr, self.csc_row, self.csc_eid
+    def op_args(self, csc: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The op's index tensors; csc=False passes empty ones for a call that no backward
+        will follow (the forward never reads the CSC)."""
+        if csc:
+            return (self.rowptr, self.col, *self.csc())
+        empty = self.col.new_empty(0)
+        return self.rowptr, self.col, empty, empty, empty
 
     def edge_slots(self) -> Tensor:
         """(E,) the CSR slot of each input edge (the inverse of perm), int64."""
         perm = self.perm.long()
         return torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.numel(),
                                                                      device=perm.device))
+
+
+# Read access to the CSC by name; set after the dataclass is made, since a property in the class
+# body would become the InitVars' default (dataclasses.replace(graph, colptr=...) still works).
+Graph.colptr = property(lambda self: self.csc()[0], doc="(N_src + 1) CSC pointers")
+Graph.csc_row = property(lambda self: self.csc()[1], doc="(E) destination of each CSC entry")
+Graph.csc_eid = property(lambda self: self.csc()[2], doc="(E) CSR slot of each CSC entry")
+
+
+def _compiled_graph_ops(like: Tensor) -> bool:
+    """Whether the counting sorts of csrc/cpu/graph_cpu.cpp serve tensors like `like`."""
+    return (LOAD_ERROR is None and like.device.type == "cpu"
+            and not torch.compiler.is_compiling())
+
+
+def _csc_by_argsort(rowptr: Tensor, col: Tensor, num_src: int, num_dst: int):
+    """csc_from_csr of csrc/cpu/graph_cpu.cpp in torch ops (static shapes: no host sync)."""
+    slots = torch.arange(col.numel(), device=col.device, dtype=rowptr.dtype)
+    row = (torch.searchsorted(rowptr, slots, right=True) - 1).long()
+    col = col.long()
+    dead = row == num_dst
+    src_key = torch.where(dead, num_src, col)
+    csc_eid = torch.argsort(src_key, stable=True)  # slots in order: by destination per source
+    colptr = _pointer(src_key[csc_eid], num_src)
+    csc_row = torch.where(dead, col, row)[csc_eid]  # a dead slot is a loop: dst = src
+    return tuple(x.to(rowptr.dtype).contiguous() for x in (colptr, csc_row, csc_eid))
 
 
 def _pointer(sorted_key: Tensor, num_rows: int) -> Tensor:
@@ -179,8 +230,20 @@ def _drop(ref, key) -> None:
         del _CACHE[key]
 
 
-def _version(edge_index) -> Optional[int]:
-    return edge_index._version if isinstance(edge_index, Tensor) else None
+def _version(edge_index):
+    """What tells an edited edge object: its version counter, or for an inference tensor
+    (which has none) a copy of its values."""
+    if not isinstance(edge_index, Tensor):
+        return None
+    if edge_index.is_inference():
+        return edge_index.clone()
+    return edge_index._version
+
+
+def _unchanged(edge_index, version) -> bool:
+    if isinstance(version, Tensor):  # inference tensor: compare values (O(E), no sort)
+        return torch.equal(version, edge_index)
+    return version == _version(edge_index)
 
 
 def prepare(edge_index, num_src: int, num_dst: int, *, drop_self_loops: bool,
@@ -188,17 +251,15 @@ def prepare(edge_index, num_src: int, num_dst: int, *, drop_self_loops: bool,
     """The Graph of `edge_index`, built once per edge object and settings (see module doc)."""
     if isinstance(edge_index, Graph):
         return edge_index
-    if isinstance(edge_index, Tensor) and edge_index.is_inference():
-        # Inference tensors have no version counter to tell an edited graph: never cached.
-        src, dst = coo_of(edge_index)
-        return Graph.from_coo(src, dst, num_src, num_dst, drop_self_loops=drop_self_loops,
-                              num_loops=num_loops)
-    key = (id(edge_index), num_src, num_dst, drop_self_loops, num_loops)
+    # A Graph built under inference_mode holds inference tensors, which autograd cannot save:
+    # it serves only calls under inference_mode.
+    key = (id(edge_index), num_src, num_dst, drop_self_loops, num_loops,
+           torch.is_inference_mode_enabled())
     with _LOCK:
         while _DEAD:
             _drop(*_DEAD.pop())
         hit = _CACHE.get(key)
-        if hit is not None and hit[0]() is edge_index and hit[1] == _version(edge_index):
+        if hit is not None and hit[0]() is edge_index and _unchanged(edge_index, hit[1]):
             _CACHE.move_to_end(key)
             return hit[2]
     # Built outside the lock, so threads sort different graphs in parallel; two threads

@@ -56,8 +56,9 @@ CPU_MAX_NODES, CPU_MAX_EDGES = 40_000, 800_000
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmarked layer: a (scaled) workload and a (heads, out_channels) shape."""
-    workload: Workload
+    """One benchmarked layer: a (scaled) workload and a (heads, out_channels) shape; or a Task
+    and the shape of its first layer."""
+    workload: "Workload | Task"
     heads: int
     out_channels: int
 
@@ -72,9 +73,10 @@ def parse_cases(spec: str, scale: Optional[float], max_nodes: int, max_edges: in
     cases = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         name, _, shape = item.partition(":")
-        if name not in WORKLOADS:
-            raise ValueError(f"unknown workload {name!r}; choose from {sorted(WORKLOADS)}")
-        workload = WORKLOADS[name]
+        if name not in WORKLOADS and name not in TASKS:
+            raise ValueError(f"unknown workload {name!r}; choose from "
+                             f"{sorted(WORKLOADS) + sorted(TASKS)}")
+        workload = WORKLOADS[name] if name in WORKLOADS else TASKS[name]
         workload = workload.scaled(scale if scale is not None else
                                    workload.fit(max_nodes, max_edges))
         if shape:
@@ -119,3 +121,92 @@ def make_graph(workload: Workload, seed: int = 0, device="cpu",
     x = torch.randn(workload.num_nodes, workload.in_channels, generator=generator,
                     device=device, dtype=dtype)
     return x, edge_index
+
+
+# -- model workloads: a new graph every step ----------------------------------------------------
+@dataclass(frozen=True)
+class Task:
+    """A training regime timed per model step on a graph drawn anew for each step.
+
+    `minibatch`: neighbour-sampled subgraphs (`seeds` seed nodes, `fanouts` per hop, in-edges
+    as PyG's NeighborLoader samples them) of a full-size arxiv-shaped graph, a 2-layer GAT
+    (heads x out_channels, then 1 head to `classes`), loss on the seeds. `molecules`: a batch
+    of `graphs` small molecule-like graphs (a ring with a tail, a few extra bonds, both
+    directions, 20-40 atoms), a 3-layer GAT, mean pooling, a linear head."""
+    name: str
+    kind: str                         # "minibatch" or "molecules"
+    in_channels: int
+    shapes: Tuple[Tuple[int, int], ...]
+    feature_dropout: float = 0.0
+    seeds: int = 1024
+    fanouts: Tuple[int, ...] = (15, 10)
+    graphs: int = 64
+    layers: int = 3
+    classes: int = 40
+
+    # parse_cases treats a Task like a Workload: full size on every device.
+    def fit(self, max_nodes: int, max_edges: int) -> float:
+        return 1.0
+
+    def scaled(self, scale: float) -> "Task":
+        return self
+
+
+TASKS: Dict[str, Task] = {t.name: t for t in (
+    Task("minibatch", "minibatch", 128, ((8, 8),)),
+    Task("minibatch-drop", "minibatch", 128, ((8, 8),), feature_dropout=0.5),
+    Task("molecules", "molecules", 32, ((4, 16),)),
+)}
+
+
+def csr_by_destination(edge_index: torch.Tensor, num_nodes: int):
+    """(rowptr, sources sorted by destination) of the in-edges, for sampling."""
+    order = torch.argsort(edge_index[1], stable=True)
+    counts = torch.bincount(edge_index[1], minlength=num_nodes)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)]), edge_index[0, order]
+
+
+def sample_neighbors(rowptr: torch.Tensor, col: torch.Tensor, seeds: torch.Tensor,
+                     fanouts: Tuple[int, ...], generator: torch.Generator):
+    """(node ids, local edge_index) of a uniform neighbour sample without replacement, PyG's
+    NeighborLoader layout: seeds first, then each hop's new nodes; edges point to the node
+    that sampled them. Vectorised: per frontier node, its in-edges ordered by random keys."""
+    num_nodes = rowptr.numel() - 1
+    local = torch.full((num_nodes,), -1, dtype=torch.long)
+    local[seeds] = torch.arange(seeds.numel())
+    nodes, frontier, srcs, dsts = [seeds], seeds, [], []
+    for fanout in fanouts:
+        start, degree = rowptr[frontier], rowptr[frontier + 1] - rowptr[frontier]
+        owner = torch.repeat_interleave(torch.arange(frontier.numel()), degree)
+        offset = torch.arange(owner.numel()) - torch.repeat_interleave(
+            degree.cumsum(0) - degree, degree)
+        order = torch.argsort(owner.double() + torch.rand(owner.numel(), generator=generator,
+                                                          dtype=torch.float64))
+        keep = offset < fanout  # the rank of order[k] within its owner's group is offset[k]
+        picked = order[keep]
+        src = col[start[owner[picked]] + offset[picked]]
+        fresh = torch.unique(src[local[src] < 0])
+        local[fresh] = torch.arange(fresh.numel()) + sum(n.numel() for n in nodes)
+        srcs.append(local[src])
+        dsts.append(local[frontier[owner[picked]]])
+        nodes.append(fresh)
+        frontier = fresh
+    return torch.cat(nodes), torch.stack([torch.cat(srcs), torch.cat(dsts)])
+
+
+def molecule_batch(count: int, in_channels: int, generator: torch.Generator):
+    """(x, edge_index, batch) of `count` molecule-like graphs as one disjoint union."""
+    edges, batch, offset = [], [], 0
+    for g in range(count):
+        n = int(torch.randint(20, 41, (1,), generator=generator))
+        ring = int(torch.randint(5, 7, (1,), generator=generator))
+        src = torch.cat([torch.arange(1, n), torch.tensor([ring - 1])])  # a chain whose
+        dst = torch.cat([torch.arange(0, n - 1), torch.tensor([0])])     # start closes a ring
+        extra = torch.randint(0, n, (2, n // 10), generator=generator)
+        pairs = torch.cat([torch.stack([src, dst]), extra], 1)
+        pairs = pairs[:, pairs[0] != pairs[1]] + offset
+        edges.append(torch.cat([pairs, pairs.flip(0)], 1))
+        batch.append(torch.full((n,), g))
+        offset += n
+    x = torch.randn(offset, in_channels, generator=generator)
+    return x, torch.cat(edges, 1), torch.cat(batch)

@@ -85,3 +85,38 @@ def test_cli_quick_writes_table_json_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     height, width, _ = matplotlib.image.imread(png).shape
     assert height > 200 and width > 400
+
+
+def test_neighbor_sampler_follows_in_edges_within_fanouts():
+    from fastgat.workloads import csr_by_destination, sample_neighbors
+    num_nodes = 500
+    edge_index = make_graph(WORKLOADS["cora"].scaled(num_nodes / 2708), seed=1)[1]
+    rowptr, col = csr_by_destination(edge_index, num_nodes)
+    seeds = torch.arange(0, 40)
+    nodes, local = sample_neighbors(rowptr, col, seeds, (5, 3), torch.Generator().manual_seed(0))
+    assert torch.equal(nodes[:40], seeds) and nodes.unique().numel() == nodes.numel()
+    src, dst = nodes[local[0]], nodes[local[1]]
+    graph_edges = set(map(tuple, edge_index.t().tolist()))
+    assert all((s, d) in graph_edges for s, d in zip(src.tolist(), dst.tolist()))
+    in_degree = torch.bincount(edge_index[1], minlength=num_nodes)
+    sampled = torch.bincount(local[1], minlength=nodes.numel())
+    assert torch.equal(sampled[:40], in_degree[seeds].clamp(max=5))  # without replacement
+    assert int(sampled[40:].max()) <= 3
+
+
+def test_model_workloads_run_pyg_and_fastgat_alike():
+    from fastgat.bench import TaskRunner, task_batches
+    from fastgat.workloads import TASKS, Case
+    task = TASKS["molecules"]
+    batches = task_batches(task, seed=0, count=2, distinct=2)
+    assert batches[0]["edge_index"] is not batches[1]["edge_index"]
+    x, edge_index, batch = batches[0]["x"], batches[0]["edge_index"], batches[0]["batch"]
+    assert int(batch.max()) == task.graphs - 1 and 20 <= x.size(0) / task.graphs <= 40
+    assert bool((batch[edge_index[0]] == batch[edge_index[1]]).all())  # no edge across graphs
+    outs = []
+    for impl in (PYG, "torch"):
+        runner = TaskRunner(Case(task, 4, 16), impl, batches, batches, seed=0)
+        runner.model.eval()
+        outs.append(runner.model(x, edge_index, batch, task.graphs))
+        runner.step()
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)

@@ -339,14 +339,81 @@ def test_lazy_edge_dim():
     torch.testing.assert_close(fast(x, edge_index, edge_attr), want)
 
 
-def test_inference_mode_edges_are_not_cached_but_work():
+def _count_preparations(monkeypatch):
+    from fastgat import graph as graph_module
+    graph_module._CACHE.clear()
+    calls = []
+    build = graph_module.Graph.from_coo
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return build(*args, **kwargs)
+    monkeypatch.setattr(graph_module.Graph, "from_coo", counted)
+    return calls
+
+
+@pytest.mark.parametrize("inference_edges", [True, False])
+def test_multi_layer_inference_prepares_each_graph_once(inference_edges, monkeypatch):
+    calls = _count_preparations(monkeypatch)
     src, dst, num_nodes, _ = random_graph("random", 21)
-    pyg, fast = pair(dict(heads=2))
+    pyg1, fast1 = pair(dict(heads=2), backend=CPU_BACKENDS[-1])
+    pyg2, fast2 = pair(dict(heads=1), in_channels=2 * OUT_CHANNELS, backend=CPU_BACKENDS[-1])
     x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
     with torch.inference_mode():
+        edge_index = torch.stack([src, dst]) if inference_edges else None
+    if edge_index is None:
         edge_index = torch.stack([src, dst])
-        torch.testing.assert_close(fast(x, edge_index), pyg(x, edge_index))
-    torch.testing.assert_close(fast(x, edge_index), pyg(x, edge_index))
+    with torch.inference_mode():
+        for _ in range(2):
+            got = fast2(fast1(x, edge_index).relu(), edge_index)
+            torch.testing.assert_close(got, pyg2(pyg1(x, edge_index).relu(), edge_index))
+        assert len(calls) == 1
+        edge_index[0, 0] = (edge_index[0, 0] + 1) % num_nodes  # an edit is seen: rebuilt
+        torch.testing.assert_close(fast1(x, edge_index), pyg1(x, edge_index))
+        assert len(calls) == 2
+    # Outside inference mode the graph is prepared anew: autograd cannot save inference tensors.
+    torch.testing.assert_close(fast1(x, edge_index), pyg1(x, edge_index))
+    torch.testing.assert_close(fast1(x, edge_index), pyg1(x, edge_index))
+    assert len(calls) == 3
+
+
+def test_csc_is_built_only_for_a_backward(monkeypatch):
+    from fastgat import graph as graph_module
+    graph_module._CACHE.clear()
+    src, dst, num_nodes, _ = random_graph("random", 24)
+    edge_index = torch.stack([src, dst])
+    pyg, fast = pair(dict(heads=2), backend=CPU_BACKENDS[-1])
+    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
+    kwargs = dict(drop_self_loops=True, num_loops=num_nodes)
+    with torch.no_grad():
+        fast(x, edge_index)
+    graph = graph_module.prepare(edge_index, num_nodes, num_nodes, **kwargs)
+    assert graph._csc is None
+    x = x.requires_grad_()
+    fast(x, edge_index).sum().backward()
+    assert graph._csc is not None
+    want = torch.autograd.grad(pyg(x, edge_index).sum(), x)[0]
+    torch.testing.assert_close(x.grad, want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("drop_self_loops", [True, False])
+@pytest.mark.parametrize("index_limit", [None, 0])  # 0: int64 index tensors
+def test_counting_sort_equals_the_argsort_path(kind, drop_self_loops, index_limit, monkeypatch):
+    from fastgat import graph as graph_module
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("the compiled library is not built")
+    if index_limit is not None:
+        monkeypatch.setattr(graph_module, "_INT32_MAX", index_limit)
+    src, dst, num_src, num_dst = random_graph(kind, 31)
+    built = graph_module.Graph.from_coo(src, dst, num_src, num_dst,
+                                        drop_self_loops=drop_self_loops)
+    monkeypatch.setattr(graph_module, "LOAD_ERROR", "torch path")
+    sorted_ = graph_module.Graph.from_coo(src, dst, num_src, num_dst,
+                                          drop_self_loops=drop_self_loops)
+    for a, b in zip((built.rowptr, built.col, built.perm, *built.csc()),
+                    (sorted_.rowptr, sorted_.col, sorted_.perm, *sorted_.csc())):
+        assert a.dtype == b.dtype and torch.equal(a, b)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -156,8 +156,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
           dh.mutable_data_ptr<scalar_t>(),
           ds.mutable_data_ptr<scalar_t>()};
       at::parallel_for(0, num_dst, 256, [&](int64_t b, int64_t e) { bw.row_dots(b, e); });
-      parallel_rows(bw.colptr, num_src, [&](int64_t b, int64_t e) { bw.sources(b, e); });
-      parallel_rows(bw.rowptr, num_dst, [&](int64_t b, int64_t e) { bw.destinations(b, e); });
+      const int64_t row_width = heads * h.size(2);  // a source row moves H x C per edge
+      parallel_rows(bw.colptr, num_src, [&](int64_t b, int64_t e) { bw.sources(b, e); },
+                    row_width);
+      parallel_rows(bw.rowptr, num_dst, [&](int64_t b, int64_t e) { bw.destinations(b, e); },
+                    heads);
     });
   });
   return {dh, ds, dd, dt, dt_loop};

@@ -150,14 +150,16 @@ Scores<scalar_t> make_scores(const at::Tensor& s, const at::Tensor& d,
 // Runs fn(begin, end) over row ranges of [0, n) in parallel, cutting where the cumulative cost
 // ptr[i] + i (edges plus one per row) crosses equal shares, so a few hub rows do not leave one
 // thread with most of the edges. Each row is handled whole by one call: results never depend on
-// the thread count.
+// the thread count. The number of pieces follows the elements moved, cost x row_width (H x C
+// when each edge reads a row of h), one per 4096: a small graph of wide rows still reaches
+// every thread (docs/design.md §5).
 template <typename index_t, typename Fn>
-void parallel_rows(const index_t* ptr, int64_t n, const Fn& fn) {
+void parallel_rows(const index_t* ptr, int64_t n, const Fn& fn, int64_t row_width = 1) {
   if (n == 0) return;
   const int64_t total = static_cast<int64_t>(ptr[n]) + n;
   const int64_t threads = at::get_num_threads();
-  const int64_t chunks =
-      std::clamp<int64_t>(total / 4096, 1, std::max<int64_t>(1, std::min(n, 8 * threads)));
+  const int64_t chunks = std::clamp<int64_t>(total * row_width / 4096, 1,
+                                             std::max<int64_t>(1, std::min(n, 8 * threads)));
   std::vector<int64_t> bounds(chunks + 1, n);
   bounds[0] = 0;
   for (int64_t c = 1; c < chunks; ++c) {

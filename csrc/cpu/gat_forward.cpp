@@ -96,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor> fused_forward(
         forward_rows(h.const_data_ptr<scalar_t>(), rowptr_p, col.const_data_ptr<index_t>(), sc,
                      num_loops, channels, out.mutable_data_ptr<scalar_t>(),
                      lse.mutable_data_ptr<acc_t<scalar_t>>(), begin, end);
-      });
+      }, heads * channels);
     });
   });
   return {out, lse};

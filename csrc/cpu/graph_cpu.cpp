@@ -1,0 +1,136 @@
+// Graph preparation on CPU (docs/design.md §3): CSR by destination and CSC by source as counting
+// sorts, O(E + N), on the calling thread. No comparison sort and no thread team: torch's stable
+// argsort runs a parallel radix sort whose barriers stall for hundreds of milliseconds when other
+// processes hold the cores, and a mini-batch pays this once per step.
+#include <ATen/Dispatch.h>
+#include <ATen/Functions.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+namespace fastgat::cpu {
+namespace {
+
+// Raises IndexError naming the first bad index kind, as fastgat/graph.py's torch path does.
+void check_range(int64_t low, int64_t high, int64_t bound, const char* what) {
+  const int64_t bad = low < 0 ? low : high;
+  TORCH_CHECK_INDEX(low >= 0 && high < bound, "edge_index holds ", what, " node index ", bad,
+                    ", outside [0, ", bound - 1, "] (", bound, " ", what, " nodes)");
+}
+
+// (rowptr, col, perm): edges sorted by (destination, source), stable, by two counting sorts
+// (least significant key first). With drop_self_loops, loops take key num_dst: dead slots past
+// rowptr[-1].
+template <typename in_t, typename index_t>
+void build_csr(const in_t* src, const in_t* dst, int64_t E, int64_t num_src, int64_t num_dst,
+               bool drop_self_loops, index_t* rowptr, index_t* col, index_t* perm) {
+  std::vector<int64_t> count(std::max(num_src, num_dst + 1) + 1, 0);
+  std::vector<int64_t> by_src(E);
+  for (int64_t e = 0; e < E; ++e) ++count[src[e] + 1];
+  for (int64_t j = 0; j < num_src; ++j) count[j + 1] += count[j];
+  for (int64_t e = 0; e < E; ++e) by_src[count[src[e]]++] = e;
+
+  const auto key = [&](int64_t e) -> int64_t {
+    return drop_self_loops && src[e] == dst[e] ? num_dst : static_cast<int64_t>(dst[e]);
+  };
+  std::fill(count.begin(), count.begin() + num_dst + 2, 0);
+  for (int64_t e = 0; e < E; ++e) ++count[key(e) + 1];
+  for (int64_t i = 0; i <= num_dst; ++i) count[i + 1] += count[i];  // count[i]: row i's start
+  for (int64_t i = 0; i <= num_dst; ++i) rowptr[i] = static_cast<index_t>(count[i]);
+  for (int64_t e : by_src) {
+    const int64_t slot = count[key(e)]++;
+    perm[slot] = static_cast<index_t>(e);
+    col[slot] = static_cast<index_t>(src[e]);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_from_coo(
+    const at::Tensor& src_in, const at::Tensor& dst_in, int64_t num_src, int64_t num_dst,
+    bool drop_self_loops, at::ScalarType index_dtype) {
+  TORCH_CHECK(src_in.dim() == 1 && src_in.sizes() == dst_in.sizes(),
+              "fastgat: src and dst must be 1-D tensors of equal length");
+  TORCH_CHECK(src_in.scalar_type() == dst_in.scalar_type(),
+              "fastgat: src and dst must share a dtype");
+  TORCH_CHECK(index_dtype == at::kInt || index_dtype == at::kLong,
+              "fastgat: index_dtype must be int32 or int64");
+  const at::Tensor src = src_in.contiguous(), dst = dst_in.contiguous();
+  const int64_t E = src.numel();
+  const auto options = src.options().dtype(index_dtype);
+  at::Tensor rowptr = at::empty({num_dst + 1}, options);
+  at::Tensor col = at::empty({E}, options), perm = at::empty({E}, options);
+  AT_DISPATCH_INDEX_TYPES(src.scalar_type(), "fastgat_csr_from_coo", [&] {
+    using in_t = index_t;
+    const in_t* s = src.const_data_ptr<in_t>();
+    const in_t* d = dst.const_data_ptr<in_t>();
+    if (E > 0) {  // one read before any write: the sorts index by these values
+      const auto [s_lo, s_hi] = std::minmax_element(s, s + E);
+      const auto [d_lo, d_hi] = std::minmax_element(d, d + E);
+      check_range(*s_lo, *s_hi, num_src, "source");
+      check_range(*d_lo, *d_hi, num_dst, "destination");
+    }
+    AT_DISPATCH_INDEX_TYPES(index_dtype, "fastgat_csr_from_coo", [&] {
+      build_csr<in_t, index_t>(s, d, E, num_src, num_dst, drop_self_loops,
+                               rowptr.mutable_data_ptr<index_t>(),
+                               col.mutable_data_ptr<index_t>(),
+                               perm.mutable_data_ptr<index_t>());
+    });
+  });
+  return {rowptr, col, perm};
+}
+
+// (colptr, csc_row, csc_eid) of a CSR from csr_from_coo: slots counting-sorted by source, so
+// each source lists its slots in slot order (by destination); dead slots (dropped loops, whose
+// destination is their source) go past colptr[-1].
+std::tuple<at::Tensor, at::Tensor, at::Tensor> csc_from_csr(const at::Tensor& rowptr,
+                                                            const at::Tensor& col,
+                                                            int64_t num_src) {
+  TORCH_CHECK(rowptr.dim() == 1 && col.dim() == 1 && rowptr.scalar_type() == col.scalar_type() &&
+                  rowptr.is_contiguous() && col.is_contiguous(),
+              "fastgat: rowptr and col must be contiguous 1-D tensors of one index dtype");
+  const int64_t num_dst = rowptr.numel() - 1, E = col.numel();
+  at::Tensor colptr = at::empty({num_src + 1}, rowptr.options());
+  at::Tensor csc_row = at::empty({E}, col.options()), csc_eid = at::empty({E}, col.options());
+  AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_csc_from_csr", [&] {
+    const index_t* rp = rowptr.const_data_ptr<index_t>();
+    const index_t* c = col.const_data_ptr<index_t>();
+    const int64_t live = rp[num_dst];
+    std::vector<int64_t> next(num_src + 1, 0);
+    for (int64_t k = 0; k < live; ++k) ++next[c[k]];
+    index_t* cp = colptr.mutable_data_ptr<index_t>();
+    int64_t sum = 0;
+    for (int64_t j = 0; j <= num_src; ++j) {
+      cp[j] = static_cast<index_t>(sum);
+      const int64_t n = j < num_src ? next[j] : 0;
+      next[j] = sum;
+      sum += n;
+    }
+    index_t* row_out = csc_row.mutable_data_ptr<index_t>();
+    index_t* eid_out = csc_eid.mutable_data_ptr<index_t>();
+    for (int64_t i = 0; i < num_dst; ++i) {
+      for (int64_t k = rp[i]; k < rp[i + 1]; ++k) {
+        const int64_t q = next[c[k]]++;
+        row_out[q] = static_cast<index_t>(i);
+        eid_out[q] = static_cast<index_t>(k);
+      }
+    }
+    for (int64_t k = live, q = sum; k < E; ++k, ++q) {
+      row_out[q] = c[k];
+      eid_out[q] = static_cast<index_t>(k);
+    }
+  });
+  return {colptr, csc_row, csc_eid};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgat, CPU, m) {
+  m.impl("csr_from_coo", &csr_from_coo);
+  m.impl("csc_from_csr", &csc_from_csr);
+}
+
+}  // namespace fastgat::cpu
