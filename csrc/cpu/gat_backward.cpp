@@ -144,7 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
           colptr.const_data_ptr<index_t>(),
           csc_row.const_data_ptr<index_t>(),
           csc_eid.const_data_ptr<index_t>(),
-          make_scores<scalar_t>(s, d, t, t_loop, num_slots, negative_slope, dropout, seed),
+          Scores<scalar_t>(s, d, t, t_loop, num_slots, negative_slope, dropout, seed),
           num_loops,
           h.size(2),
           D.mutable_data_ptr<acc>(),

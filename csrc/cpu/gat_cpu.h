@@ -90,7 +90,32 @@ inline void store(scalar_t* y, const acc_t<scalar_t>* x, int64_t n) {
   for (int64_t c = 0; c < n; ++c) y[c] = static_cast<scalar_t>(x[c]);
 }
 
-// Everything the edge score z = s[j] + d[i] + t and its dropout draw need.
+// Attention dropout of every rule (fastgat/dropout.py): edge slot k, head h keeps with the
+// Philox draw at index k * H + h and is scaled by 1 / (1 - p); node i's self loop is slot E + i.
+template <typename acc>
+struct EdgeDropout {
+  bool on;
+  uint64_t seed;
+  uint32_t threshold;
+  acc inv_keep;
+  int64_t heads;
+
+  EdgeDropout(double p, const c10::optional<at::Tensor>& seed_tensor, int64_t heads)
+      : on(p > 0.0),
+        seed(on ? static_cast<uint64_t>(seed_tensor->item<int64_t>()) : 0),
+        threshold(fastgat::dropout_threshold(p)),
+        inv_keep(static_cast<acc>(1.0 / (1.0 - p))),
+        heads(heads) {}
+
+  acc keep(int64_t slot, int64_t h) const {
+    if (!on) return acc(1);
+    // The shared rule decides keep; the scale stays in acc (float64 keeps 1 / (1 - p) exact).
+    const uint64_t index = static_cast<uint64_t>(slot) * static_cast<uint64_t>(heads) + h;
+    return fastgat::dropout_scale(seed, index, threshold, 1.0f) != 0.0f ? inv_keep : acc(0);
+  }
+};
+
+// Everything GAT's edge score z = s[j] + d[i] + t and its dropout draw need.
 template <typename scalar_t>
 struct Scores {
   using acc = acc_t<scalar_t>;
@@ -99,12 +124,21 @@ struct Scores {
   const scalar_t* t;       // (E, H) or nullptr
   const scalar_t* t_loop;  // (num_loops, H) or nullptr
   int64_t heads;
-  int64_t num_slots;  // E: node i's self loop draws dropout at slot E + i
+  int64_t num_slots;  // E: node i's self loop is slot E + i
   acc slope;
-  bool dropout;
-  uint64_t seed;
-  uint32_t threshold;
-  acc inv_keep;
+  EdgeDropout<acc> dropout;
+
+  Scores(const at::Tensor& s_, const at::Tensor& d_, const c10::optional<at::Tensor>& t_,
+         const c10::optional<at::Tensor>& t_loop_, int64_t num_slots, double negative_slope,
+         double p, const c10::optional<at::Tensor>& seed)
+      : s(s_.const_data_ptr<scalar_t>()),
+        d(d_.const_data_ptr<scalar_t>()),
+        t(t_.has_value() ? t_->const_data_ptr<scalar_t>() : nullptr),
+        t_loop(t_loop_.has_value() ? t_loop_->const_data_ptr<scalar_t>() : nullptr),
+        heads(s_.size(1)),
+        num_slots(num_slots),
+        slope(static_cast<acc>(negative_slope)),
+        dropout(p, seed, s_.size(1)) {}
 
   // z of the edge j -> i in CSR slot k (self loop: j = i and slot = E + i), head h.
   acc score(int64_t j, int64_t i, int64_t slot, int64_t h) const {
@@ -118,34 +152,8 @@ struct Scores {
   }
   acc leaky_relu(acc z) const { return z > 0 ? z : z * slope; }
   acc slope_at(acc z) const { return z > 0 ? acc(1) : slope; }
-  acc keep(int64_t slot, int64_t h) const {
-    if (!dropout) return acc(1);
-    // The shared rule decides keep; the scale stays in acc (float64 keeps 1 / (1 - p) exact).
-    const uint64_t index = static_cast<uint64_t>(slot) * static_cast<uint64_t>(heads) + h;
-    return fastgat::dropout_scale(seed, index, threshold, 1.0f) != 0.0f ? inv_keep : acc(0);
-  }
+  acc keep(int64_t slot, int64_t h) const { return dropout.keep(slot, h); }
 };
-
-template <typename scalar_t>
-Scores<scalar_t> make_scores(const at::Tensor& s, const at::Tensor& d,
-                             const c10::optional<at::Tensor>& t,
-                             const c10::optional<at::Tensor>& t_loop, int64_t num_slots,
-                             double negative_slope, double dropout,
-                             const c10::optional<at::Tensor>& seed) {
-  Scores<scalar_t> sc;
-  sc.s = s.const_data_ptr<scalar_t>();
-  sc.d = d.const_data_ptr<scalar_t>();
-  sc.t = t.has_value() ? t->const_data_ptr<scalar_t>() : nullptr;
-  sc.t_loop = t_loop.has_value() ? t_loop->const_data_ptr<scalar_t>() : nullptr;
-  sc.heads = s.size(1);
-  sc.num_slots = num_slots;
-  sc.slope = static_cast<acc_t<scalar_t>>(negative_slope);
-  sc.dropout = dropout > 0.0;
-  sc.seed = sc.dropout ? static_cast<uint64_t>(seed->item<int64_t>()) : 0;
-  sc.threshold = fastgat::dropout_threshold(dropout);
-  sc.inv_keep = static_cast<acc_t<scalar_t>>(1.0 / (1.0 - dropout));
-  return sc;
-}
 
 // Runs fn(begin, end) over row ranges of [0, n) in parallel, cutting where the cumulative cost
 // ptr[i] + i (edges plus one per row) crosses equal shares, so a few hub rows do not leave one

@@ -1,0 +1,110 @@
+// The fused CPU forward every attention layer runs on (docs/design.md §2, §7): per destination
+// row, all heads at once, the softmax over the row's in-edges (plus its implicit self loop)
+// and the weighted sum of the gathered values, written straight into out. Only out and lse are
+// stored: no E x H or E x H x C tensor.
+//
+// What differs between layers is a rule, a small struct with
+//   scalar_t, acc                  element and accumulation types
+//   heads, channels, num_slots     H, C of out, and E (node i's self loop is slot E + i)
+//   logit(i, j, slot, h)           the score of edge j -> i in head h, before the softmax
+//   keep(slot, h)                  its dropout factor (0 or 1 / (1 - p))
+//   gather(part, w, j, slot, h)    part[c] += w * value[c], the edge's value in head h
+// so a new layer costs a rule, not a copy of this loop.
+#pragma once
+#include "gat_cpu.h"
+
+namespace fastgat::cpu {
+
+template <typename Rule, typename index_t>
+FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, const index_t* col,
+                                   int64_t num_loops, typename Rule::scalar_t* out,
+                                   typename Rule::acc* lse, int64_t begin, int64_t end) {
+  using scalar_t = typename Rule::scalar_t;
+  using acc = typename Rule::acc;
+  constexpr bool direct = std::is_same_v<scalar_t, acc>;  // accumulate in out itself
+  const int64_t H = rule.heads, C = rule.channels, HC = H * C;
+  std::vector<acc> x;                         // (edges + loop) x H scores, then weights
+  std::vector<acc> row_acc(direct ? 0 : HC);  // float accumulator for reduced dtypes
+  std::vector<acc> m(H), l(H), l_part(H);
+  std::vector<acc> part(HC);  // the current chunk's weighted sum (see kChunk)
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t first = rowptr[i], last = rowptr[i + 1];
+    const bool loop = i < num_loops;
+    const int64_t n = last - first + loop;
+    acc* acc_row = direct ? reinterpret_cast<acc*>(out + i * HC) : row_acc.data();
+    std::fill(acc_row, acc_row + HC, acc(0));
+    if (n == 0) {
+      if (!direct) store(out + i * HC, acc_row, HC);
+      std::fill(lse + i * H, lse + (i + 1) * H, -std::numeric_limits<acc>::infinity());
+      continue;
+    }
+    // Edge e < n of row i is CSR slot k = first + e, or the self loop (slot E + i) last.
+    // Written out in each loop, not as lambdas, so FASTGAT_CLONES compiles them in.
+    x.resize(n * H);
+    std::fill(m.begin(), m.end(), -std::numeric_limits<acc>::infinity());
+    std::fill(l.begin(), l.end(), acc(0));
+    for (int64_t e = 0, k = first; e < n; ++e, ++k) {
+      const int64_t j = k < last ? int64_t(col[k]) : i;
+      const int64_t slot = k < last ? k : rule.num_slots + i;
+      for (int64_t hd = 0; hd < H; ++hd) {
+        const acc v = rule.logit(i, j, slot, hd);
+        x[e * H + hd] = v;
+        m[hd] = std::max(m[hd], v);
+      }
+    }
+    std::fill(l_part.begin(), l_part.end(), acc(0));
+    for (int64_t e = 0; e < n; ++e) {
+      if (e % kChunk == 0) flush(l.data(), l_part.data(), H);
+      for (int64_t hd = 0; hd < H; ++hd) {
+        // A -inf score weighs 0, also in a row of -inf scores only (m = -inf: no NaN), which
+        // ends with l = 0: out = 0 and lse = -inf, as a row without in-edges.
+        const acc v = x[e * H + hd];
+        const acc p = v == -std::numeric_limits<acc>::infinity() ? acc(0) : std::exp(v - m[hd]);
+        x[e * H + hd] = p;
+        l_part[hd] += p;
+      }
+    }
+    flush(l.data(), l_part.data(), H);
+    for (int64_t hd = 0; hd < H; ++hd) {
+      lse[i * H + hd] = m[hd] + std::log(l[hd]);
+      l[hd] = l[hd] > acc(0) ? acc(1) / l[hd] : acc(0);
+    }
+    std::fill(part.begin(), part.end(), acc(0));
+    for (int64_t e = 0, k = first; e < n; ++e, ++k) {
+      if (e % kChunk == 0) flush(acc_row, part.data(), HC);
+      const int64_t j = k < last ? int64_t(col[k]) : i;
+      const int64_t slot = k < last ? k : rule.num_slots + i;
+      for (int64_t hd = 0; hd < H; ++hd) {
+        const acc w = x[e * H + hd] * l[hd] * rule.keep(slot, hd);
+        if (w != acc(0)) rule.gather(part.data() + hd * C, w, j, slot, hd);
+      }
+    }
+    flush(acc_row, part.data(), HC);
+    if (!direct) store(out + i * HC, acc_row, HC);
+  }
+}
+
+// out (N_dst, H, C) and lse (N_dst, H) of `rule` over the CSR graph, rows split over threads by
+// elements moved. `like` gives out's dtype and device.
+template <typename Rule>
+std::tuple<at::Tensor, at::Tensor> attention_forward(const Rule& rule, const at::Tensor& like,
+                                                     const at::Tensor& rowptr,
+                                                     const at::Tensor& col, int64_t num_loops) {
+  using acc = typename Rule::acc;
+  const int64_t num_dst = rowptr.numel() - 1;
+  at::Tensor out = at::empty({num_dst, rule.heads, rule.channels}, like.options());
+  at::Tensor lse = at::empty({num_dst, rule.heads},
+                             like.options().dtype(c10::CppTypeToScalarType<acc>::value));
+  AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_attention_forward", [&] {
+    const index_t* rowptr_p = rowptr.const_data_ptr<index_t>();
+    const index_t* col_p = col.const_data_ptr<index_t>();
+    auto* out_p = out.mutable_data_ptr<typename Rule::scalar_t>();
+    acc* lse_p = lse.mutable_data_ptr<acc>();
+    parallel_rows(rowptr_p, num_dst, [&](int64_t begin, int64_t end) {
+      attention_rows(rule, rowptr_p, col_p, num_loops, out_p, lse_p, begin, end);
+    }, rule.heads * rule.channels);
+  });
+  return {out, lse};
+}
+
+}  // namespace fastgat::cpu
