@@ -9,6 +9,7 @@
 //   logit(i, j, slot, h)           the score of edge j -> i in head h, before the softmax
 //   keep(slot, h)                  its dropout factor (0 or 1 / (1 - p))
 //   gather(part, w, j, slot, h)    part[c] += w * value[c], the edge's value in head h
+//   prefetch(j)                    asks for source j's rows ahead of their use
 // so a new layer costs a rule, not a copy of this loop.
 #pragma once
 #include "gat_cpu.h"
@@ -27,6 +28,7 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
   std::vector<acc> row_acc(direct ? 0 : HC);  // float accumulator for reduced dtypes
   std::vector<acc> m(H), l(H), l_part(H);
   std::vector<acc> part(HC);  // the current chunk's weighted sum (see kChunk)
+  const int64_t stop = rowptr[end];
   for (int64_t i = begin; i < end; ++i) {
     const int64_t first = rowptr[i], last = rowptr[i + 1];
     const bool loop = i < num_loops;
@@ -46,6 +48,7 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
     for (int64_t e = 0, k = first; e < n; ++e, ++k) {
       const int64_t j = k < last ? int64_t(col[k]) : i;
       const int64_t slot = k < last ? k : rule.num_slots + i;
+      if (k + kPrefetch < stop) rule.prefetch(col[k + kPrefetch]);
       for (int64_t hd = 0; hd < H; ++hd) {
         const acc v = rule.logit(i, j, slot, hd);
         x[e * H + hd] = v;

@@ -53,6 +53,7 @@ struct Backward {
     constexpr bool direct = std::is_same_v<scalar_t, acc>;  // accumulate in dh itself
     const int64_t H = sc.heads, HC = H * channels, E = sc.num_slots;
     std::vector<acc> ds_j(H), row_acc(direct ? 0 : HC);
+    const int64_t stop = colptr[end];
     for (int64_t j = begin; j < end; ++j) {
       acc* dh_j = row_acc.data();
       if constexpr (direct) dh_j = dh + j * HC;
@@ -67,6 +68,13 @@ struct Backward {
         const int64_t slot = e < last ? int64_t(csc_eid[e]) : E + j;
         acc* dz_e = slot < E ? dz + slot * H : dz_loop + j * H;
         const scalar_t* dout_i = dout + i * HC;
+        if (e + kPrefetch < stop) {
+          const int64_t ahead = csc_row[e + kPrefetch];
+          prefetch(dout + ahead * HC, HC * sizeof(scalar_t));
+          prefetch(lse + ahead * H, H * sizeof(acc));
+          prefetch(D + ahead * H, H * sizeof(acc));
+          prefetch(sc.d + ahead * H, H * sizeof(scalar_t));
+        }
         for (int64_t hd = 0; hd < H; ++hd) {
           const acc z = sc.score(j, i, slot, hd);
           const acc alpha = std::exp(sc.leaky_relu(z) - lse_for_alpha(lse[i * H + hd]));

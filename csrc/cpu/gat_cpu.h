@@ -70,6 +70,17 @@ inline acc lse_for_alpha(acc lse) {
                                                        : lse;
 }
 
+// Gathered rows are random reads, latency-bound on sparse graphs: the row loops ask for the
+// rows of the edge kPrefetch slots ahead (across row boundaries) while the current one works.
+constexpr int64_t kPrefetch = 8;
+
+// Asks for the cache lines of [p, p + bytes). Always inlined: GCC deems a call to a function
+// that only prefetches free of effects and deletes it before it would inline it.
+[[gnu::always_inline]] inline void prefetch(const void* p, int64_t bytes) {
+  const char* at = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(at + b);
+}
+
 // Long rows are summed in chunks of kChunk edges, each chunk's sum then added to the row's:
 // the rounding error grows with n / kChunk + kChunk instead of n (a hub of 200k edges lost
 // ~2e-4 relative in float32 when summed edge by edge).

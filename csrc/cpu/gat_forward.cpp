@@ -24,6 +24,10 @@ struct GatRule {
   void gather(acc* part, acc w, int64_t j, int64_t, int64_t hd) const {
     axpy(part, w, h + (j * heads + hd) * channels, channels);
   }
+  [[gnu::always_inline]] void prefetch(int64_t j) const {
+    fastgat::cpu::prefetch(sc.s + j * heads, heads * sizeof(scalar_t));
+    fastgat::cpu::prefetch(h + j * heads * channels, heads * channels * sizeof(scalar_t));
+  }
 };
 
 std::tuple<at::Tensor, at::Tensor> fused_forward(
