@@ -77,7 +77,7 @@ def _check_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed) -> 
 def _(h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops, negative_slope,
       dropout, seed, backend):
     num_dst = rowptr.size(0) - 1
-    lse_dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
+    lse_dtype = torch_ref.accumulation_dtype(h.dtype)
     return h.new_empty(num_dst, h.size(1), h.size(2)), h.new_empty(num_dst, h.size(1),
                                                                    dtype=lse_dtype)
 
