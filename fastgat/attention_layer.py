@@ -81,12 +81,19 @@ def check_features(x, name: str) -> None:
 class AttentionLayer:
     """The steps of a fused attention layer's forward that do not depend on its score."""
 
-    def _needs_messages(self) -> bool:
+    def _needs_messages(self, edge_index) -> bool:
         """Whether PyG's own forward must run: explain mode, message-passing hooks and other
-        aggregations or flows observe or change the per-edge messages the fused op never forms."""
-        return (self._explain or self.decomposed_layers > 1 or self.aggr != "add"
-                or self.flow != "source_to_target"
-                or any(len(getattr(self, name)) for name in _HOOKS))
+        aggregations or flows observe or change the per-edge messages the fused op never forms.
+        PyG's forward cannot read a prepared Graph: that case is an error."""
+        # GATConv's default aggregation is spelled "add", GATv2Conv's "sum": the same sum.
+        needed = (self._explain or self.decomposed_layers > 1
+                  or self.aggr not in ("add", "sum") or self.flow != "source_to_target"
+                  or any(len(getattr(self, name)) for name in _HOOKS))
+        if needed and isinstance(edge_index, Graph):
+            raise ValueError("explain mode, message hooks and aggr/flow other than "
+                             "'add'/'source_to_target' need an edge_index tensor, "
+                             "not a prepared fastgat.Graph")
+        return needed
 
     def _graph(self, edge_index, x_src: Tensor, x_dst: Optional[Tensor], size
                ) -> Tuple[object, Graph]:

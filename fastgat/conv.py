@@ -42,11 +42,7 @@ class FastGATConv(AttentionLayer, GATConv):
 
     def forward(self, x, edge_index, edge_attr: Optional[Tensor] = None, size=None,
                 return_attention_weights: Optional[bool] = None):
-        if self._needs_messages():
-            if isinstance(edge_index, Graph):
-                raise ValueError("explain mode, message hooks and aggr/flow other than "
-                                 "'add'/'source_to_target' need an edge_index tensor, "
-                                 "not a prepared fastgat.Graph")
+        if self._needs_messages(edge_index):
             return super().forward(x, edge_index, edge_attr, size, return_attention_weights)
         x_src, x_dst, res = self._transform(x)
         edge_index, graph = self._graph(edge_index, x_src, x_dst, size)

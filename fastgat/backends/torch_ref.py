@@ -206,7 +206,8 @@ def gatv2_backward(
     if keep is not None:
         dalpha = dalpha * keep
     dz = alpha * (dalpha - D[dst])
-    du = dz.unsqueeze(-1) * att_acc * torch.where(u > 0, 1.0, negative_slope).to(acc)
+    da = dz.unsqueeze(-1) * att_acc  # dz * att, then * LeakyReLU'(u), branching on u
+    du = torch.where(u > 0, da, da * negative_slope)
     dxr = du.new_zeros(num_dst + 1, *xr.shape[1:]).index_add(0, dst, du)[:num_dst]
     dxl = du.new_zeros(num_src, *xl.shape[1:]).index_add(
         0, src, weight.unsqueeze(-1) * dout_acc[dst] + du)
