@@ -23,7 +23,8 @@ _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 _MODULES = {"torch": "torch_ref", "triton": "triton_kernels", "cuda": "compiled", "cpu": "compiled"}
 # The backends implementing each scoring rule ("gat": fastgat::gat_attention, "gatv2":
 # fastgat::gatv2_attention); a rule's missing backend is reported, never run in its place.
-RULES = {"gat": NAMES, "gatv2": ("torch",)}
+RULES = {"gat": NAMES, "gatv2": ("torch", "cpu")}
+_COMPILED_OPS = {"gat": "fused_forward", "gatv2": "gatv2_fused_forward"}
 
 
 def _triton_status(device_type: str) -> str:
@@ -54,7 +55,7 @@ def unavailable_reason(name: str, device_type: str, rule: str = "gat") -> str:
         return _triton_status(device_type)
     if name != device_type:
         return f"the {name!r} backend runs on {name.upper()} tensors, not {device_type.upper()}"
-    return kernel_status(name.upper())
+    return kernel_status(name.upper(), _COMPILED_OPS[rule])
 
 
 def available_backends(device_type: str = "cuda" if torch.cuda.is_available() else "cpu"
