@@ -37,28 +37,35 @@ def attention_op(
     rowptr: Tensor, col: Tensor, colptr: Tensor, csc_row: Tensor, csc_eid: Tensor,
     num_loops: int, negative_slope: float, dropout: float, seed: Optional[Tensor], backend: str,
 ) -> Tuple[Tensor, Tensor]:
-    _check_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed)
+    num_src, heads, _ = _value_shape("h", h)
+    _check_inputs("h", h, {"s": (s, (num_src, heads)), "d": (d, (rowptr.numel() - 1, heads)),
+                      "t": (t, (col.numel(), heads)), "t_loop": (t_loop, (num_loops, heads))},
+                  rowptr, col, num_loops, dropout, seed)
     impl = implementation(backend)
     return impl.gat_forward(h, s, d, t, t_loop, rowptr, col, num_loops, negative_slope,
                             dropout, seed)
 
 
-def _check_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed) -> None:
-    """Shapes, dtypes and devices of the contract (metadata only: no pass over the data)."""
+def _value_shape(name: str, h: Tensor) -> Tuple[int, int, int]:
+    """(N_src, H, C) of the gathered value tensor, which sets every other input's dtype."""
     if h.dim() != 3 or not h.is_floating_point():
-        raise ValueError(f"h must be a floating (N_src, H, C) tensor, got {h.dtype} "
+        raise ValueError(f"{name} must be a floating (N_src, H, C) tensor, got {h.dtype} "
                          f"{tuple(h.shape)}")
-    num_src, heads = h.shape[:2]
+    return tuple(h.shape)
+
+
+def _check_inputs(name, h, tensors, rowptr, col, num_loops, dropout, seed) -> None:
+    """Shapes, dtypes and devices of the contract (metadata only: no pass over the data):
+    `h` the values (named `name`), `tensors` maps each other float input's name to
+    (tensor or None, its expected shape)."""
     # Kernels index rows as dense (row, head, channel) offsets: a strided view would be read
-    # as if it were contiguous. The caller copies (FastGATConv does); the op never does silently.
-    tensors = {"h": h, "s": s, "d": d, "t": t, "t_loop": t_loop, "rowptr": rowptr, "col": col}
-    for name, x in tensors.items():
+    # as if it were contiguous. The caller copies (the layers do); the op never does silently.
+    named = {name: h, **{k: x for k, (x, _) in tensors.items()}, "rowptr": rowptr, "col": col}
+    for key, x in named.items():
         if x is not None and not x.is_contiguous():
-            raise ValueError(f"{name} must be contiguous, got strides {x.stride()} for shape "
+            raise ValueError(f"{key} must be contiguous, got strides {x.stride()} for shape "
                              f"{tuple(x.shape)}")
-    shapes = {"s": (s, (num_src, heads)), "d": (d, (rowptr.numel() - 1, heads)),
-              "t": (t, (col.numel(), heads)), "t_loop": (t_loop, (num_loops, heads))}
-    for name, (x, shape) in shapes.items():
+    for name, (x, shape) in tensors.items():
         if x is None:
             continue
         if tuple(x.shape) != shape or x.dtype != h.dtype or x.device != h.device:
@@ -67,19 +74,24 @@ def _check_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed) -> 
     if rowptr.dtype not in (torch.int32, torch.int64) or col.dtype != rowptr.dtype:
         raise ValueError(f"rowptr and col must share an int32 or int64 dtype, got "
                          f"{rowptr.dtype} and {col.dtype}")
-    if not 0 <= num_loops <= min(num_src, rowptr.numel() - 1):
+    if not 0 <= num_loops <= min(h.size(0), rowptr.numel() - 1):
         raise ValueError(f"num_loops={num_loops} must lie in [0, min(N_src, N_dst)]")
     if dropout > 0.0 and (seed is None or seed.numel() != 1 or seed.dtype != torch.int64):
         raise ValueError("dropout > 0 needs a 1-element int64 seed tensor")
 
 
-@attention_op.register_fake
-def _(h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops, negative_slope,
-      dropout, seed, backend):
+def _fake_outputs(h: Tensor, rowptr: Tensor) -> Tuple[Tensor, Tensor]:
+    """Empty (out, lse) of the contract's shapes and dtypes."""
     num_dst = rowptr.size(0) - 1
     lse_dtype = torch_ref.accumulation_dtype(h.dtype)
     return h.new_empty(num_dst, h.size(1), h.size(2)), h.new_empty(num_dst, h.size(1),
                                                                    dtype=lse_dtype)
+
+
+@attention_op.register_fake
+def _(h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops, negative_slope,
+      dropout, seed, backend):
+    return _fake_outputs(h, rowptr)
 
 
 @torch.library.custom_op("fastgat::gat_attention_backward", mutates_args=())
@@ -102,59 +114,94 @@ def _(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid,
     return torch.empty_like(h), torch.empty_like(s), torch.empty_like(d), dt, dt_loop
 
 
-def _setup_context(ctx, inputs, output):
-    (h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops, negative_slope,
-     dropout, seed, backend) = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, seed,
-                          out, lse)
-    ctx.attrs = (num_loops, negative_slope, dropout, backend)
+# -- Autograd plumbing shared by every attention op. Each op takes five float tensors (some
+# optional), then the graph (rowptr, col, colptr, csc_row, csc_eid), num_loops,
+# negative_slope, dropout, seed and backend, and returns (out, lse); its backward op takes
+# (dout, out, lse) then the same arguments and returns the five tensors' gradients. -----------
+_NUM_TENSORS = 5
 
 
-def _backward(ctx, dout, _dlse):
-    h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, seed, out, lse = ctx.saved_tensors
-    num_loops, negative_slope, dropout, backend = ctx.attrs
-    dh, ds, dd, dt, dt_loop = _call(
-        _AttentionBackward, gat_attention_backward, dout, out, lse, h, s, d, t, t_loop, rowptr,
-        col, colptr, csc_row, csc_eid, num_loops, negative_slope, dropout, seed, backend)
-    return (dh, ds, dd, dt if t is not None else None, dt_loop if t_loop is not None else None,
-            None, None, None, None, None, None, None, None, None, None)
+def _autograd(op, backward_op, reference, jvp=None):
+    """Registers the autograd of `op` (backward through `backward_op`, double backward by
+    autograd through `reference`, the torch forward) and vmap rules for both ops; returns the
+    autograd.Function that carries them into torch.func, with a forward-mode rule if `jvp`."""
 
+    def setup_context(ctx, inputs, output):
+        out, lse = output
+        ctx.mark_non_differentiable(lse)
+        seed = inputs[_NUM_TENSORS + 8]
+        ctx.save_for_backward(*inputs[:_NUM_TENSORS + 5], seed, out, lse)
+        ctx.attrs = tuple(inputs[_NUM_TENSORS + 5:_NUM_TENSORS + 8]) + (inputs[-1],)
 
-attention_op.register_autograd(_backward, setup_context=_setup_context)
+    def vjp(ctx, dout, _dlse):
+        *inputs, seed, out, lse = ctx.saved_tensors
+        num_loops, negative_slope, dropout, backend = ctx.attrs
+        grads = _call(Backward, backward_op, dout, out, lse, *inputs, num_loops, negative_slope,
+                      dropout, seed, backend)
+        return tuple(g if x is not None else None for g, x in zip(grads, inputs)) + (None,) * 10
 
+    def backward_setup_context(ctx, inputs, output):
+        dout, tensors, graph = inputs[0], inputs[3:3 + _NUM_TENSORS], inputs[3 + _NUM_TENSORS:]
+        rowptr, col, _colptr, _csc_row, _csc_eid, num_loops, negative_slope, dropout, seed, _ = \
+            graph
+        ctx.save_for_backward(dout, *tensors, rowptr, col, seed)
+        ctx.attrs = (num_loops, negative_slope, dropout)
 
-def _backward_setup_context(ctx, inputs, output):
-    (dout, _out, _lse, h, s, d, t, t_loop, rowptr, col, _colptr, _csc_row, _csc_eid, num_loops,
-     negative_slope, dropout, seed, _backend) = inputs
-    ctx.save_for_backward(dout, h, s, d, t, t_loop, rowptr, col, seed)
-    ctx.attrs = (num_loops, negative_slope, dropout)
+    def double_backward(ctx, *cotangents):
+        """Vector-Jacobian product of the backward op, by autograd through the reference.
 
+        The backward's outputs are functions of dout and the five tensors alone: out and lse
+        are functions of the same inputs, so they get no gradient of their own (it would count
+        twice)."""
+        dout, *tensors, rowptr, col, seed = ctx.saved_tensors
+        num_loops, negative_slope, dropout = ctx.attrs
+        primals = [x.detach().requires_grad_() if x is not None else None
+                   for x in (dout, *tensors)]
+        differentiable = [x for x in primals[1:] if x is not None]
+        live = [c for c, x in zip(cotangents, primals[1:]) if x is not None]
+        with torch.enable_grad():
+            out, _ = reference(*primals[1:], rowptr, col, num_loops, negative_slope, dropout,
+                               seed)
+            grads = torch.autograd.grad(out, differentiable, primals[0], create_graph=True)
+            second = torch.autograd.grad(grads, primals[:1] + differentiable, live,
+                                         allow_unused=True)
+        second = iter(second)
+        ddout, *dtensors = [next(second) if x is not None else None for x in primals]
+        return (ddout, None, None, *dtensors) + (None,) * 10
 
-def _double_backward(ctx, ddh, dds, ddd, ddt, ddt_loop):
-    """Vector-Jacobian product of the backward op, by autograd through the torch reference.
+    op.register_autograd(vjp, setup_context=setup_context)
+    backward_op.register_autograd(double_backward, setup_context=backward_setup_context)
+    op.register_vmap(_loop_vmap(op))
+    backward_op.register_vmap(_loop_vmap(backward_op))
 
-    The backward's outputs are functions of (dout, h, s, d, t, t_loop) alone: out and lse are
-    functions of the same inputs, so they get no gradient of their own (it would count twice)."""
-    dout, h, s, d, t, t_loop, rowptr, col, seed = ctx.saved_tensors
-    num_loops, negative_slope, dropout = ctx.attrs
-    primals = [x.detach().requires_grad_() if x is not None else None
-               for x in (dout, h, s, d, t, t_loop)]
-    differentiable = [x for x in primals[1:] if x is not None]
-    cotangents = [c for c, x in zip((ddh, dds, ddd, ddt, ddt_loop), primals[1:]) if x is not None]
-    with torch.enable_grad():
-        out, _ = torch_ref.gat_forward(*primals[1:], rowptr, col, num_loops, negative_slope,
-                                       dropout, seed)
-        grads = torch.autograd.grad(out, differentiable, primals[0], create_graph=True)
-        second = torch.autograd.grad(grads, primals[:1] + differentiable, cotangents,
-                                     allow_unused=True)
-    second = iter(second)
-    ddout, dh, ds, dd, dt, dt_loop = [next(second) if x is not None else None for x in primals]
-    return (ddout, None, None, dh, ds, dd, dt, dt_loop) + (None,) * 10
+    class Backward(torch.autograd.Function):
+        """The backward op with torch.func support (grad of grad, jacrev); as registered."""
+        generate_vmap_rule = True
+        forward = staticmethod(lambda *args: backward_op(*args))
+        setup_context = staticmethod(backward_setup_context)
+        backward = staticmethod(double_backward)
 
+    class Attention(torch.autograd.Function):
+        """The op with torch.func support: the registered backward, a jvp, and vmap through
+        the ops' vmap rules (generate_vmap_rule)."""
+        generate_vmap_rule = True
+        forward = staticmethod(lambda *args: op(*args))
+        backward = staticmethod(vjp)
 
-gat_attention_backward.register_autograd(_double_backward, setup_context=_backward_setup_context)
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            setup_context(ctx, inputs, output)
+            seed = inputs[_NUM_TENSORS + 8]
+            ctx.save_for_forward(*inputs[:_NUM_TENSORS + 2], seed, *output)
+
+    if jvp is not None:
+        def forward_rule(ctx, *tangents):
+            *inputs, rowptr, col, seed, out, lse = ctx.saved_tensors
+            num_loops, negative_slope, dropout, _ = ctx.attrs
+            return jvp(out, lse, *inputs, *tangents[:_NUM_TENSORS], rowptr, col, num_loops,
+                       negative_slope, dropout, seed), None
+        Attention.jvp = staticmethod(forward_rule)
+    return Attention
 
 
 def _call(function, op, *args):
@@ -163,38 +210,19 @@ def _call(function, op, *args):
     return op(*args) if torch.compiler.is_compiling() else function.apply(*args)
 
 
-class _AttentionBackward(torch.autograd.Function):
-    """The backward op with torch.func support (grad of grad, jacrev); as registered."""
-    generate_vmap_rule = True
-    forward = staticmethod(lambda *args: gat_attention_backward(*args))
-    setup_context = staticmethod(_backward_setup_context)
-    backward = staticmethod(_double_backward)
+def _loop_vmap(op):
+    """A vmap rule that runs `op` once per batch entry: correct for any in_dims, not fast."""
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        results = [op(*[x.select(dim, b).contiguous() if dim is not None else x
+                        for x, dim in zip(args, in_dims)]) for b in range(size)]
+        return tuple(torch.stack(parts) for parts in zip(*results)), (0,) * len(results[0])
+    return rule
 
 
-class _Attention(torch.autograd.Function):
-    """The op with torch.func support: the registered backward, a jvp, and vmap through the
-    ops' vmap rules (generate_vmap_rule)."""
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(*args):
-        return attention_op(*args)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _setup_context(ctx, inputs, output)
-        h, s, d, t, t_loop, rowptr, col, _colptr, _csc_row, _csc_eid, _, _, _, seed, _ = inputs
-        ctx.save_for_forward(h, s, d, t, t_loop, rowptr, col, seed, *output)
-
-    backward = staticmethod(_backward)
-
-    @staticmethod
-    def jvp(ctx, dh, ds, dd, dt, dt_loop, *_):
-        h, s, d, t, t_loop, rowptr, col, seed, out, lse = ctx.saved_tensors
-        num_loops, negative_slope, dropout, _ = ctx.attrs
-        dout = torch_ref.gat_jvp(out, lse, h, s, d, t, t_loop, dh, ds, dd, dt, dt_loop, rowptr,
-                                 col, num_loops, negative_slope, dropout, seed)
-        return dout, None
+# The jvp is the torch reference's explicit formula (E x H x C memory, like double backward).
+_Attention = _autograd(attention_op, gat_attention_backward, torch_ref.gat_forward,
+                       torch_ref.gat_jvp)
 
 
 def gat_attention(
@@ -208,15 +236,66 @@ def gat_attention(
                  csc_eid, num_loops, negative_slope, dropout, seed, backend)
 
 
-def _loop_vmap(op):
-    """A vmap rule that runs `op` once per batch entry: correct for any in_dims, not fast."""
-    def rule(info, in_dims, *args):
-        size = info.batch_size
-        results = [op(*[x.select(dim, b).contiguous() if dim is not None else x
-                        for x, dim in zip(args, in_dims)]) for b in range(size)]
-        return tuple(torch.stack(parts) for parts in zip(*results)), (0,) * len(results[0])
-    return rule
+# -- GATv2 (docs/design.md, "GATv2") --------------------------------------------------------
+#     fastgat::gatv2_attention(xl, xr, att, e?, e_loop?, graph..., num_loops, negative_slope,
+#                              dropout, seed?, backend) -> (out, lse)
+#     fastgat::gatv2_attention_backward(dout, out, lse, <same inputs>)
+#                                       -> (dxl, dxr, datt, de, de_loop)
+# xl (N_src, H, C) the source rows (the gathered values), xr (N_dst, H, C), att (H, C),
+# e (E, H, C) by CSR slot or None, e_loop (num_loops, H, C) or None; the score of edge j -> i
+# is <att, LeakyReLU(xl_j + xr_i + e_ij)>. Graph, dropout, out and lse as for gat_attention.
+@torch.library.custom_op("fastgat::gatv2_attention", mutates_args=())
+def gatv2_attention_op(
+    xl: Tensor, xr: Tensor, att: Tensor, e: Optional[Tensor], e_loop: Optional[Tensor],
+    rowptr: Tensor, col: Tensor, colptr: Tensor, csc_row: Tensor, csc_eid: Tensor,
+    num_loops: int, negative_slope: float, dropout: float, seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor]:
+    num_src, heads, channels = _value_shape("xl", xl)
+    _check_inputs("xl", xl, {"xr": (xr, (rowptr.numel() - 1, heads, channels)),
+                             "att": (att, (heads, channels)),
+                             "e": (e, (col.numel(), heads, channels)),
+                             "e_loop": (e_loop, (num_loops, heads, channels))},
+                  rowptr, col, num_loops, dropout, seed)
+    return implementation(backend).gatv2_forward(xl, xr, att, e, e_loop, rowptr, col, num_loops,
+                                                 negative_slope, dropout, seed)
 
 
-attention_op.register_vmap(_loop_vmap(attention_op))
-gat_attention_backward.register_vmap(_loop_vmap(gat_attention_backward))
+@gatv2_attention_op.register_fake
+def _(xl, xr, att, e, e_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops, negative_slope,
+      dropout, seed, backend):
+    return _fake_outputs(xl, rowptr)
+
+
+@torch.library.custom_op("fastgat::gatv2_attention_backward", mutates_args=())
+def gatv2_attention_backward(
+    dout: Tensor, out: Tensor, lse: Tensor, xl: Tensor, xr: Tensor, att: Tensor,
+    e: Optional[Tensor], e_loop: Optional[Tensor], rowptr: Tensor, col: Tensor, colptr: Tensor,
+    csc_row: Tensor, csc_eid: Tensor, num_loops: int, negative_slope: float, dropout: float,
+    seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return implementation(backend).gatv2_backward(
+        dout.contiguous(), out, lse, xl, xr, att, e, e_loop, rowptr, col, colptr, csc_row,
+        csc_eid, num_loops, negative_slope, dropout, seed)
+
+
+@gatv2_attention_backward.register_fake
+def _(dout, out, lse, xl, xr, att, e, e_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops,
+      negative_slope, dropout, seed, backend):
+    de = torch.empty_like(e) if e is not None else xl.new_empty(0)
+    de_loop = torch.empty_like(e_loop) if e_loop is not None else xl.new_empty(0)
+    return torch.empty_like(xl), torch.empty_like(xr), torch.empty_like(att), de, de_loop
+
+
+# No forward-mode rule (jvp) yet: torch.func.jvp on this op raises.
+_GATv2Attention = _autograd(gatv2_attention_op, gatv2_attention_backward,
+                            torch_ref.gatv2_forward)
+
+
+def gatv2_attention(
+    xl: Tensor, xr: Tensor, att: Tensor, e: Optional[Tensor], e_loop: Optional[Tensor],
+    rowptr: Tensor, col: Tensor, colptr: Tensor, csc_row: Tensor, csc_eid: Tensor,
+    num_loops: int, negative_slope: float, dropout: float, seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor]:
+    """The fused GATv2 edge stage (contract above), differentiable in reverse mode, twice."""
+    return _call(_GATv2Attention, gatv2_attention_op, xl, xr, att, e, e_loop, rowptr, col,
+                 colptr, csc_row, csc_eid, num_loops, negative_slope, dropout, seed, backend)

@@ -40,13 +40,7 @@ struct Backward {
   scalar_t* ds;
 
   FASTGAT_CLONES void row_dots(int64_t begin, int64_t end) const {
-    const int64_t H = sc.heads, HC = H * channels;
-    for (int64_t i = begin; i < end; ++i) {
-      for (int64_t hd = 0; hd < H; ++hd) {
-        D[i * H + hd] = dot(dout + i * HC + hd * channels, out + i * HC + hd * channels,
-                            channels);
-      }
-    }
+    cpu::row_dots(dout, out, D, sc.heads, channels, begin, end);
   }
 
   FASTGAT_CLONES void sources(int64_t begin, int64_t end) const {

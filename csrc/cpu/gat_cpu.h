@@ -101,6 +101,18 @@ inline void store(scalar_t* y, const acc_t<scalar_t>* x, int64_t n) {
   for (int64_t c = 0; c < n; ++c) y[c] = static_cast<scalar_t>(x[c]);
 }
 
+// D_i = <dout_i, out_i> per head for rows [begin, end): the softmax term of every rule's
+// backward (docs/design.md §2), a dense N_dst x H pass.
+template <typename scalar_t>
+inline void row_dots(const scalar_t* dout, const scalar_t* out, acc_t<scalar_t>* D, int64_t H,
+                     int64_t C, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    for (int64_t hd = 0; hd < H; ++hd) {
+      D[i * H + hd] = dot(dout + (i * H + hd) * C, out + (i * H + hd) * C, C);
+    }
+  }
+}
+
 // Attention dropout of every rule (fastgat/dropout.py): edge slot k, head h keeps with the
 // Philox draw at index k * H + h and is scaled by 1 / (1 - p); node i's self loop is slot E + i.
 template <typename acc>

@@ -1,7 +1,8 @@
 """backend='cpu' and backend='cuda': the fused C++/CUDA kernels of fastgat._C.
 
 Both are one op each, `torch.ops.fastgat.fused_forward` / `fused_backward`; the dispatcher picks
-the CPU or CUDA kernel from the tensors' device.
+the CPU or CUDA kernel from the tensors' device. GATv2's `gatv2_fused_forward` / `_backward`
+have CPU kernels only.
 """
 import torch
 
@@ -16,3 +17,15 @@ def gat_backward(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_ro
     return torch.ops.fastgat.fused_backward(dout, out, lse, h, s, d, t, t_loop, rowptr, col,
                                             colptr, csc_row, csc_eid, num_loops, negative_slope,
                                             dropout, seed)
+
+
+def gatv2_forward(xl, xr, att, e, e_loop, rowptr, col, num_loops, negative_slope, dropout, seed):
+    return torch.ops.fastgat.gatv2_fused_forward(xl, xr, att, e, e_loop, rowptr, col, num_loops,
+                                                 negative_slope, dropout, seed)
+
+
+def gatv2_backward(dout, out, lse, xl, xr, att, e, e_loop, rowptr, col, colptr, csc_row,
+                   csc_eid, num_loops, negative_slope, dropout, seed):
+    return torch.ops.fastgat.gatv2_fused_backward(dout, out, lse, xl, xr, att, e, e_loop, rowptr,
+                                                  col, colptr, csc_row, csc_eid, num_loops,
+                                                  negative_slope, dropout, seed)
