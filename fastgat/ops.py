@@ -1,4 +1,5 @@
-"""The fused GAT edge stage as autograd-aware custom ops (docs/design.md §2, §4).
+"""The fused attention edge stages as autograd-aware custom ops (docs/design.md §2, §4, §10):
+GAT's below, TransformerConv's at the end; both share one autograd plumbing (`_autograd`).
 
     fastgat::gat_attention(h, s, d, t?, t_loop?, graph..., num_loops, negative_slope,
                            dropout, seed?, backend) -> (out, lse)
@@ -16,11 +17,12 @@ Contract every backend implements (inputs are validated by the caller: FastGATCo
 The backward op is differentiable too (double backward, e.g. gradient penalties), through the
 torch reference: correct to second order, but not fused.
 
-`gat_attention` (the public entry) applies the op through `_Attention`, an autograd.Function
-with setup_context, a forward-mode rule (jvp) and vmap support, because the autograd that
-torch.library.register_autograd generates is an old-style Function: torch.func.grad / jacrev
-reject it, and forward mode (torch.func.jvp, jacfwd) silently saw zero tangents. The jvp is
-the torch reference's explicit formula (E x H x C memory, like double backward). Under
+The public entries (`gat_attention`, `transformer_attention`) apply an op through an
+autograd.Function with setup_context, a forward-mode rule (jvp) and vmap support, because the
+autograd that torch.library.register_autograd generates is an old-style Function: torch.func.grad
+/ jacrev reject it, and forward mode (torch.func.jvp, jacfwd) silently saw zero tangents. The
+jvp goes through the torch reference (E x H x C memory, like double backward): GAT's explicit
+formula, TransformerConv's by transposing the reference's vjp. Under
 torch.compile the op is called directly with its registered autograd.
 """
 from typing import Optional, Tuple
@@ -102,59 +104,117 @@ def _(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid,
     return torch.empty_like(h), torch.empty_like(s), torch.empty_like(d), dt, dt_loop
 
 
-def _setup_context(ctx, inputs, output):
-    (h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops, negative_slope,
-     dropout, seed, backend) = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, seed,
-                          out, lse)
-    ctx.attrs = (num_loops, negative_slope, dropout, backend)
+def _loop_vmap(op):
+    """A vmap rule that runs `op` once per batch entry: correct for any in_dims, not fast."""
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        results = [op(*[x.select(dim, b).contiguous() if dim is not None else x
+                        for x, dim in zip(args, in_dims)]) for b in range(size)]
+        return tuple(torch.stack(parts) for parts in zip(*results)), (0,) * len(results[0])
+    return rule
 
 
-def _backward(ctx, dout, _dlse):
-    h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, seed, out, lse = ctx.saved_tensors
-    num_loops, negative_slope, dropout, backend = ctx.attrs
-    dh, ds, dd, dt, dt_loop = _call(
-        _AttentionBackward, gat_attention_backward, dout, out, lse, h, s, d, t, t_loop, rowptr,
-        col, colptr, csc_row, csc_eid, num_loops, negative_slope, dropout, seed, backend)
-    return (dh, ds, dd, dt if t is not None else None, dt_loop if t_loop is not None else None,
-            None, None, None, None, None, None, None, None, None, None)
+_NUM_INDEX = 5  # rowptr, col, colptr, csc_row, csc_eid
 
 
-attention_op.register_autograd(_backward, setup_context=_setup_context)
+class _Layout:
+    """Where things sit in an attention op's arguments, shared by every rule:
+    forward (*primals, *index, *attrs, seed, backend) -> (out, lse) and
+    backward (dout, out, lse, <the forward's arguments>) -> one gradient per primal
+    (an empty tensor for a primal that is None: custom ops return no None)."""
+
+    def __init__(self, num_primals: int, reference, jvp):
+        self.n = num_primals
+        self.reference = reference  # torch_ref's forward: (*primals, rowptr, col, *attrs, seed)
+        self.jvp = jvp              # (out, lse, primals, tangents, rowptr, col, attrs, seed)
+
+    def split(self, inputs):
+        n = self.n
+        return (inputs[:n], inputs[n:n + _NUM_INDEX], inputs[n + _NUM_INDEX:-2], inputs[-2],
+                inputs[-1])
 
 
-def _backward_setup_context(ctx, inputs, output):
-    (dout, _out, _lse, h, s, d, t, t_loop, rowptr, col, _colptr, _csc_row, _csc_eid, num_loops,
-     negative_slope, dropout, seed, _backend) = inputs
-    ctx.save_for_backward(dout, h, s, d, t, t_loop, rowptr, col, seed)
-    ctx.attrs = (num_loops, negative_slope, dropout)
+def _autograd(op, backward_op, layout: _Layout):
+    """Registers the autograd of `op` (its backward is `backward_op`, whose own backward runs
+    autograd through the torch reference) and vmap rules, and returns the autograd.Function
+    the public entry applies outside torch.compile (see the module doc)."""
 
+    def setup_ctx(ctx, inputs, output):
+        primals, index, attrs, seed, backend = layout.split(inputs)
+        out, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(*primals, *index, seed, out, lse)
+        ctx.attrs = (*attrs, backend)
 
-def _double_backward(ctx, ddh, dds, ddd, ddt, ddt_loop):
-    """Vector-Jacobian product of the backward op, by autograd through the torch reference.
+    def vjp(ctx, dout, _dlse):
+        saved = ctx.saved_tensors
+        primals, index = saved[:layout.n], saved[layout.n:layout.n + _NUM_INDEX]
+        seed, out, lse = saved[layout.n + _NUM_INDEX:]
+        grads = _call(AttentionBackward, backward_op, dout, out, lse, *primals, *index,
+                      *ctx.attrs[:-1], seed, ctx.attrs[-1])
+        grads = [g if x is not None else None for g, x in zip(grads, primals)]
+        return (*grads, *(None,) * (_NUM_INDEX + len(ctx.attrs) + 1))
 
-    The backward's outputs are functions of (dout, h, s, d, t, t_loop) alone: out and lse are
-    functions of the same inputs, so they get no gradient of their own (it would count twice)."""
-    dout, h, s, d, t, t_loop, rowptr, col, seed = ctx.saved_tensors
-    num_loops, negative_slope, dropout = ctx.attrs
-    primals = [x.detach().requires_grad_() if x is not None else None
-               for x in (dout, h, s, d, t, t_loop)]
-    differentiable = [x for x in primals[1:] if x is not None]
-    cotangents = [c for c, x in zip((ddh, dds, ddd, ddt, ddt_loop), primals[1:]) if x is not None]
-    with torch.enable_grad():
-        out, _ = torch_ref.gat_forward(*primals[1:], rowptr, col, num_loops, negative_slope,
-                                       dropout, seed)
-        grads = torch.autograd.grad(out, differentiable, primals[0], create_graph=True)
-        second = torch.autograd.grad(grads, primals[:1] + differentiable, cotangents,
-                                     allow_unused=True)
-    second = iter(second)
-    ddout, dh, ds, dd, dt, dt_loop = [next(second) if x is not None else None for x in primals]
-    return (ddout, None, None, dh, ds, dd, dt, dt_loop) + (None,) * 10
+    def backward_setup_ctx(ctx, inputs, output):
+        primals, index, attrs, seed, _backend = layout.split(inputs[3:])
+        ctx.save_for_backward(inputs[0], *primals, *index[:2], seed)
+        ctx.attrs = attrs
+        ctx.num_inputs = len(inputs)
 
+    def double_vjp(ctx, *cotangents):
+        """Vector-Jacobian product of the backward op, by autograd through the torch reference.
 
-gat_attention_backward.register_autograd(_double_backward, setup_context=_backward_setup_context)
+        The backward's outputs are functions of dout and the primals alone: out and lse are
+        functions of the primals, so they get no gradient of their own (it would count twice)."""
+        dout, *primals, rowptr, col, seed = ctx.saved_tensors
+        leaves = [x.detach().requires_grad_() if x is not None else None
+                  for x in (dout, *primals)]
+        live = [x for x in leaves[1:] if x is not None]
+        live_cotangents = [c for c, x in zip(cotangents, leaves[1:]) if x is not None]
+        with torch.enable_grad():
+            out, _ = layout.reference(*leaves[1:], rowptr, col, *ctx.attrs, seed)
+            grads = torch.autograd.grad(out, live, leaves[0], create_graph=True)
+            second = torch.autograd.grad(grads, [leaves[0], *live], live_cotangents,
+                                         allow_unused=True)
+        second = iter(second)
+        ddout, *dprimals = [next(second) if x is not None else None for x in leaves]
+        return (ddout, None, None, *dprimals, *(None,) * (ctx.num_inputs - 3 - layout.n))
+
+    op.register_autograd(vjp, setup_context=setup_ctx)
+    backward_op.register_autograd(double_vjp, setup_context=backward_setup_ctx)
+    op.register_vmap(_loop_vmap(op))
+    backward_op.register_vmap(_loop_vmap(backward_op))
+
+    class AttentionBackward(torch.autograd.Function):
+        """The backward op with torch.func support (grad of grad, jacrev); as registered."""
+        generate_vmap_rule = True
+        forward = staticmethod(lambda *args: backward_op(*args))
+        setup_context = staticmethod(backward_setup_ctx)
+        backward = staticmethod(double_vjp)
+
+    class Attention(torch.autograd.Function):
+        """The op with torch.func support: the registered backward, a jvp, and vmap through
+        the ops' vmap rules (generate_vmap_rule)."""
+        generate_vmap_rule = True
+        forward = staticmethod(lambda *args: op(*args))
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            primals, index, attrs, seed, _ = layout.split(inputs)
+            setup_ctx(ctx, inputs, output)
+            ctx.save_for_forward(*primals, *index[:2], seed, *output)
+            ctx.forward_attrs = attrs
+
+        backward = staticmethod(vjp)
+
+        @staticmethod
+        def jvp(ctx, *tangents):
+            *primals, rowptr, col, seed, out, lse = ctx.saved_tensors
+            dout = layout.jvp(out, lse, primals, tangents[:layout.n], rowptr, col,
+                              ctx.forward_attrs, seed)
+            return dout, None
+
+    return Attention
 
 
 def _call(function, op, *args):
@@ -163,38 +223,30 @@ def _call(function, op, *args):
     return op(*args) if torch.compiler.is_compiling() else function.apply(*args)
 
 
-class _AttentionBackward(torch.autograd.Function):
-    """The backward op with torch.func support (grad of grad, jacrev); as registered."""
-    generate_vmap_rule = True
-    forward = staticmethod(lambda *args: gat_attention_backward(*args))
-    setup_context = staticmethod(_backward_setup_context)
-    backward = staticmethod(_double_backward)
+def _reference_jvp(reference):
+    """Forward-mode derivative of the reference's out, as the transpose of its vjp (autograd
+    twice): exact, and as costly as double backward (E x H x C tensors)."""
+    def jvp(_out, _lse, primals, tangents, rowptr, col, attrs, seed):
+        leaves = [x.detach().requires_grad_() if x is not None else None for x in primals]
+        pairs = [(x, t) for x, t in zip(leaves, tangents) if x is not None and t is not None]
+        with torch.enable_grad():
+            out, _ = reference(*leaves, rowptr, col, *attrs, seed)
+            if not pairs:
+                return torch.zeros_like(out)
+            u = torch.zeros_like(out, requires_grad=True)
+            grads = torch.autograd.grad(out, [x for x, _ in pairs], u, create_graph=True)
+            return torch.autograd.grad(grads, u, [t for _, t in pairs])[0].detach()
+    return jvp
 
 
-class _Attention(torch.autograd.Function):
-    """The op with torch.func support: the registered backward, a jvp, and vmap through the
-    ops' vmap rules (generate_vmap_rule)."""
-    generate_vmap_rule = True
+def _gat_jvp(out, lse, primals, tangents, rowptr, col, attrs, seed):
+    num_loops, negative_slope, dropout = attrs
+    return torch_ref.gat_jvp(out, lse, *primals, *tangents, rowptr, col, num_loops,
+                             negative_slope, dropout, seed)
 
-    @staticmethod
-    def forward(*args):
-        return attention_op(*args)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _setup_context(ctx, inputs, output)
-        h, s, d, t, t_loop, rowptr, col, _colptr, _csc_row, _csc_eid, _, _, _, seed, _ = inputs
-        ctx.save_for_forward(h, s, d, t, t_loop, rowptr, col, seed, *output)
-
-    backward = staticmethod(_backward)
-
-    @staticmethod
-    def jvp(ctx, dh, ds, dd, dt, dt_loop, *_):
-        h, s, d, t, t_loop, rowptr, col, seed, out, lse = ctx.saved_tensors
-        num_loops, negative_slope, dropout, _ = ctx.attrs
-        dout = torch_ref.gat_jvp(out, lse, h, s, d, t, t_loop, dh, ds, dd, dt, dt_loop, rowptr,
-                                 col, num_loops, negative_slope, dropout, seed)
-        return dout, None
+_Attention = _autograd(attention_op, gat_attention_backward,
+                       _Layout(5, torch_ref.gat_forward, _gat_jvp))
 
 
 def gat_attention(
@@ -208,15 +260,83 @@ def gat_attention(
                  csc_eid, num_loops, negative_slope, dropout, seed, backend)
 
 
-def _loop_vmap(op):
-    """A vmap rule that runs `op` once per batch entry: correct for any in_dims, not fast."""
-    def rule(info, in_dims, *args):
-        size = info.batch_size
-        results = [op(*[x.select(dim, b).contiguous() if dim is not None else x
-                        for x, dim in zip(args, in_dims)]) for b in range(size)]
-        return tuple(torch.stack(parts) for parts in zip(*results)), (0,) * len(results[0])
-    return rule
+
+# -- TransformerConv's rule (docs/design.md §10) ---------------------------------------------
+#   transformer_attention(q, k, v, e?, graph..., scale, dropout, seed?, backend) -> (out, lse)
+#   transformer_attention_backward(dout, out, lse, <the same inputs>) -> (dq, dk, dv, de)
+# q (N_dst, H, C), k and v (N_src, H, C), e (E, H, C) by CSR slot or None; one floating dtype,
+# contiguous. z_ij = scale <q_i, k_j + e_ij>, out_i = sum_j softmax_i(z)_ij keep_ij (v_j + e_ij);
+# no implicit self loops. lse, rows without in-edges, dropout and index tensors as above.
+@torch.library.custom_op("fastgat::transformer_attention", mutates_args=())
+def transformer_op(
+    q: Tensor, k: Tensor, v: Tensor, e: Optional[Tensor], rowptr: Tensor, col: Tensor,
+    colptr: Tensor, csc_row: Tensor, csc_eid: Tensor, scale: float, dropout: float,
+    seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor]:
+    _check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed)
+    return implementation(backend).transformer_forward(q, k, v, e, rowptr, col, scale, dropout,
+                                                       seed)
 
 
-attention_op.register_vmap(_loop_vmap(attention_op))
-gat_attention_backward.register_vmap(_loop_vmap(gat_attention_backward))
+def _check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed) -> None:
+    if q.dim() != 3 or not q.is_floating_point():
+        raise ValueError(f"q must be a floating (N_dst, H, C) tensor, got {q.dtype} "
+                         f"{tuple(q.shape)}")
+    num_dst, heads, channels = q.shape
+    if rowptr.numel() != num_dst + 1:
+        raise ValueError(f"rowptr must have N_dst + 1 = {num_dst + 1} entries, got "
+                         f"{rowptr.numel()}")
+    shapes = {"q": (q, q.shape), "k": (k, (k.size(0), heads, channels)),
+              "v": (v, k.shape), "e": (e, (col.numel(), heads, channels))}
+    for name, (x, shape) in shapes.items():
+        if x is None:
+            continue
+        if tuple(x.shape) != tuple(shape) or x.dtype != q.dtype or x.device != q.device:
+            raise ValueError(f"{name} must be a {q.dtype} tensor of shape {tuple(shape)} on "
+                             f"{q.device}, got {x.dtype} {tuple(x.shape)} on {x.device}")
+        if not x.is_contiguous():
+            raise ValueError(f"{name} must be contiguous, got strides {x.stride()}")
+    if rowptr.dtype not in (torch.int32, torch.int64) or col.dtype != rowptr.dtype:
+        raise ValueError(f"rowptr and col must share an int32 or int64 dtype, got "
+                         f"{rowptr.dtype} and {col.dtype}")
+    if dropout > 0.0 and (seed is None or seed.numel() != 1 or seed.dtype != torch.int64):
+        raise ValueError("dropout > 0 needs a 1-element int64 seed tensor")
+
+
+@transformer_op.register_fake
+def _(q, k, v, e, rowptr, col, colptr, csc_row, csc_eid, scale, dropout, seed, backend):
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=lse_dtype)
+
+
+@torch.library.custom_op("fastgat::transformer_attention_backward", mutates_args=())
+def transformer_attention_backward(
+    dout: Tensor, out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, e: Optional[Tensor],
+    rowptr: Tensor, col: Tensor, colptr: Tensor, csc_row: Tensor, csc_eid: Tensor, scale: float,
+    dropout: float, seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return implementation(backend).transformer_backward(
+        dout.contiguous(), out, lse, q, k, v, e, rowptr, col, colptr, csc_row, csc_eid, scale,
+        dropout, seed)
+
+
+@transformer_attention_backward.register_fake
+def _(dout, out, lse, q, k, v, e, rowptr, col, colptr, csc_row, csc_eid, scale, dropout, seed,
+      backend):
+    de = torch.empty_like(e) if e is not None else q.new_empty(0)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), de
+
+
+_TransformerAttention = _autograd(
+    transformer_op, transformer_attention_backward,
+    _Layout(4, torch_ref.transformer_forward, _reference_jvp(torch_ref.transformer_forward)))
+
+
+def transformer_attention(
+    q: Tensor, k: Tensor, v: Tensor, e: Optional[Tensor], rowptr: Tensor, col: Tensor,
+    colptr: Tensor, csc_row: Tensor, csc_eid: Tensor, scale: float, dropout: float,
+    seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor]:
+    """TransformerConv's fused edge stage (contract above), differentiable as gat_attention."""
+    return _call(_TransformerAttention, transformer_op, q, k, v, e, rowptr, col, colptr, csc_row,
+                 csc_eid, scale, dropout, seed, backend)

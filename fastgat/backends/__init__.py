@@ -21,6 +21,8 @@ from .._extension import kernel_status
 NAMES = ("torch", "triton", "cuda", "cpu")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 _MODULES = {"torch": "torch_ref", "triton": "triton_kernels", "cuda": "compiled", "cpu": "compiled"}
+# Which backends implement each attention rule (the op of fastgat/ops.py it runs).
+RULES = {"gat": NAMES, "transformer": ("torch", "cpu")}
 
 
 def _triton_status(device_type: str) -> str:
@@ -37,10 +39,12 @@ def _triton_status(device_type: str) -> str:
     return "Triton kernels run on CUDA tensors, or on CPU tensors only with TRITON_INTERPRET=1"
 
 
-def unavailable_reason(name: str, device_type: str) -> str:
-    """'' if backend `name` can run on tensors of `device_type`, else the reason it cannot."""
+def unavailable_reason(name: str, device_type: str, rule: str = "gat") -> str:
+    """'' if backend `name` can run `rule` on tensors of `device_type`, else the reason not."""
     if name not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose 'auto' or one of {NAMES}")
+    if name not in RULES[rule]:
+        return f"the {name!r} backend has no {rule} kernels (it implements {RULES[rule]})"
     if device_type == "cuda" and not torch.cuda.is_available():
         return "no CUDA device is available"
     if name == "torch":
@@ -82,19 +86,20 @@ sys.modules[__name__].__class__ = _CallableModule
 
 
 @torch.compiler.assume_constant_result  # a pure lookup: torch.compile folds it to a constant
-def resolve(name: str, device_type: str) -> str:
-    """The concrete backend for `name` ('auto' or one of NAMES) on `device_type`, or an error."""
+def resolve(name: str, device_type: str, rule: str = "gat") -> str:
+    """The concrete backend for `name` ('auto' or one of NAMES) running `rule` on
+    `device_type`, or an error."""
     if name == "auto":
         for candidate in _AUTO_ORDER.get(device_type, ("torch",)):
-            if not unavailable_reason(candidate, device_type):
+            if not unavailable_reason(candidate, device_type, rule):
                 return candidate
         name = "torch"
-    reason = unavailable_reason(name, device_type)
+    reason = unavailable_reason(name, device_type, rule)
     if reason:
         raise RuntimeError(f"backend {name!r} is unavailable on {device_type}: {reason}")
     return name
 
 
 def implementation(name: str):
-    """The module implementing gat_forward / gat_backward for a resolved backend name."""
+    """The module implementing <rule>_forward / <rule>_backward for a resolved backend name."""
     return importlib.import_module(f".{_MODULES[name]}", __name__)
