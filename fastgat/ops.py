@@ -21,8 +21,7 @@ The public entries (`gat_attention`, `transformer_attention`) apply an op throug
 autograd.Function with setup_context, a forward-mode rule (jvp) and vmap support, because the
 autograd that torch.library.register_autograd generates is an old-style Function: torch.func.grad
 / jacrev reject it, and forward mode (torch.func.jvp, jacfwd) silently saw zero tangents. The
-jvp goes through the torch reference (E x H x C memory, like double backward): GAT's explicit
-formula, TransformerConv's by transposing the reference's vjp. Under
+jvp is the torch reference's explicit formula (E x H x C memory, like double backward). Under
 torch.compile the op is called directly with its registered autograd.
 """
 from typing import Optional, Tuple
@@ -223,26 +222,14 @@ def _call(function, op, *args):
     return op(*args) if torch.compiler.is_compiling() else function.apply(*args)
 
 
-def _reference_jvp(reference):
-    """Forward-mode derivative of the reference's out, as the transpose of its vjp (autograd
-    twice): exact, and as costly as double backward (E x H x C tensors)."""
-    def jvp(_out, _lse, primals, tangents, rowptr, col, attrs, seed):
-        leaves = [x.detach().requires_grad_() if x is not None else None for x in primals]
-        pairs = [(x, t) for x, t in zip(leaves, tangents) if x is not None and t is not None]
-        with torch.enable_grad():
-            out, _ = reference(*leaves, rowptr, col, *attrs, seed)
-            if not pairs:
-                return torch.zeros_like(out)
-            u = torch.zeros_like(out, requires_grad=True)
-            grads = torch.autograd.grad(out, [x for x, _ in pairs], u, create_graph=True)
-            return torch.autograd.grad(grads, u, [t for _, t in pairs])[0].detach()
-    return jvp
-
-
 def _gat_jvp(out, lse, primals, tangents, rowptr, col, attrs, seed):
     num_loops, negative_slope, dropout = attrs
     return torch_ref.gat_jvp(out, lse, *primals, *tangents, rowptr, col, num_loops,
                              negative_slope, dropout, seed)
+
+
+def _transformer_jvp(out, lse, primals, tangents, rowptr, col, attrs, seed):
+    return torch_ref.transformer_jvp(out, lse, *primals, *tangents, rowptr, col, *attrs, seed)
 
 
 _Attention = _autograd(attention_op, gat_attention_backward,
@@ -329,7 +316,7 @@ def _(dout, out, lse, q, k, v, e, rowptr, col, colptr, csc_row, csc_eid, scale, 
 
 _TransformerAttention = _autograd(
     transformer_op, transformer_attention_backward,
-    _Layout(4, torch_ref.transformer_forward, _reference_jvp(torch_ref.transformer_forward)))
+    _Layout(4, torch_ref.transformer_forward, _transformer_jvp))
 
 
 def transformer_attention(

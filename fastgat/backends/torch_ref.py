@@ -204,3 +204,29 @@ def transformer_backward(
     dv = dz.new_zeros(v.shape).index_add(0, src, message)
     de = (dz * q_i + message).to(e.dtype) if e is not None else dz.new_empty(0)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), de
+
+
+def transformer_jvp(
+    out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, e: Optional[Tensor],
+    dq: Optional[Tensor], dk: Optional[Tensor], dv: Optional[Tensor], de: Optional[Tensor],
+    rowptr: Tensor, col: Tensor, scale: float, dropout: float, seed: Optional[Tensor],
+) -> Tensor:
+    """Forward-mode derivative of out for tangents dq, dk, dv, de (None: zero): with
+    dz_ij = scale (<dq_i, k_j + e_ij> + <q_i, dk_j + de_ij>) and its row mean
+    dz_i = sum_j alpha_ij dz_ij (the tangent of lse_i),
+        dout_i = sum_j alpha_ij keep_ij (dv_j + de_ij + dz_ij (v_j + e_ij)) - dz_i out_i."""
+    num_dst, heads = q.size(0), q.size(1)
+    acc = accumulation_dtype(q.dtype)
+    src, dst, slot, q_i, key, value = _transformer_edges(q, k, v, e, rowptr, col, acc)
+    alpha = _alpha((q_i * key).sum(-1) * scale, lse, dst, acc)
+    zero = lambda x: torch.zeros_like(x)  # noqa: E731
+    _, _, _, dq_i, dkey, dvalue = _transformer_edges(
+        dq if dq is not None else zero(q), dk if dk is not None else zero(k),
+        dv if dv is not None else zero(v), de, rowptr, col, acc)
+    dz = ((dq_i * key).sum(-1) + (q_i * dkey).sum(-1)) * scale
+    mean = dz.new_zeros(num_dst + 1, heads).index_add(0, dst, alpha * dz)
+    keep = _keep(seed, slot, heads, dropout, alpha)
+    weight = alpha if keep is None else alpha * keep
+    dout = dz.new_zeros(num_dst + 1, *q.shape[1:]).index_add(
+        0, dst, weight.unsqueeze(-1) * (dvalue + dz.unsqueeze(-1) * value))
+    return (dout[:num_dst] - mean[:num_dst].unsqueeze(-1) * out.to(acc)).to(q.dtype)
