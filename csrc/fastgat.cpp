@@ -17,6 +17,8 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY_FRAGMENT(fastgat, m) {
   m.def(fastgat::kForwardSchema);
   m.def(fastgat::kBackwardSchema);
+  m.def(fastgat::kTransformerForwardSchema);
+  m.def(fastgat::kTransformerBackwardSchema);
   // Graph preparation (csrc/cpu/graph_cpu.cpp, CPU only; fastgat/graph.py).
   m.def("csr_from_coo(Tensor src, Tensor dst, int num_src, int num_dst, bool drop_self_loops, "
         "ScalarType index_dtype) -> (Tensor, Tensor, Tensor)");

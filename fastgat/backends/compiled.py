@@ -1,6 +1,7 @@
 """backend='cpu' and backend='cuda': the fused C++/CUDA kernels of fastgat._C.
 
-Both are one op each, `torch.ops.fastgat.fused_forward` / `fused_backward`; the dispatcher picks
+Each rule is one op pair, `torch.ops.fastgat.fused_forward` / `fused_backward` (GAT) and
+`transformer_forward` / `transformer_backward` (CPU only so far); the dispatcher picks
 the CPU or CUDA kernel from the tensors' device.
 """
 import torch
@@ -16,3 +17,13 @@ def gat_backward(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_ro
     return torch.ops.fastgat.fused_backward(dout, out, lse, h, s, d, t, t_loop, rowptr, col,
                                             colptr, csc_row, csc_eid, num_loops, negative_slope,
                                             dropout, seed)
+
+
+def transformer_forward(q, k, v, e, rowptr, col, scale, dropout, seed):
+    return torch.ops.fastgat.transformer_forward(q, k, v, e, rowptr, col, scale, dropout, seed)
+
+
+def transformer_backward(dout, out, lse, q, k, v, e, rowptr, col, colptr, csc_row, csc_eid,
+                         scale, dropout, seed):
+    return torch.ops.fastgat.transformer_backward(dout, out, lse, q, k, v, e, rowptr, col,
+                                                  colptr, csc_row, csc_eid, scale, dropout, seed)
