@@ -19,6 +19,8 @@ TORCH_LIBRARY_FRAGMENT(fastgat, m) {
   m.def(fastgat::kBackwardSchema);
   m.def(fastgat::kGatv2ForwardSchema);
   m.def(fastgat::kGatv2BackwardSchema);
+  m.def(fastgat::kTransformerForwardSchema);
+  m.def(fastgat::kTransformerBackwardSchema);
   // Graph preparation (csrc/cpu/graph_cpu.cpp, CPU only; fastgat/graph.py).
   m.def("csr_from_coo(Tensor src, Tensor dst, int num_src, int num_dst, bool drop_self_loops, "
         "ScalarType index_dtype) -> (Tensor, Tensor, Tensor)");

@@ -1,4 +1,5 @@
-"""What every fused attention layer (FastGATConv, FastGATv2Conv) does around its op, once:
+"""What every fused attention layer (FastGATConv, FastGATv2Conv, FastTransformerConv) does
+around its op, once:
 constructor checks, PyG's fallback rules, sizes and implicit self loops, graph preparation,
 self-loop edge attributes by fill_value, dropout draws, and the attention weights returned
 in PyG's edge order and form (docs/design.md §1, §2).
@@ -58,15 +59,19 @@ def in_channels_of(value) -> Union[int, Tuple[int, int]]:
     return count(value, "in_channels", lazy=True)
 
 
-def check_constructor(dropout, fill_value, backend) -> None:
+def check_dropout_and_backend(dropout, backend) -> None:
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must lie in [0, 1], got {dropout!r}")
-    if isinstance(fill_value, str) and fill_value not in FILL_REDUCTIONS:
-        raise ValueError(f"fill_value {fill_value!r} is not one of {FILL_REDUCTIONS}, "
-                         f"a number or a tensor")
     if backend != "auto" and backend not in BACKEND_NAMES:
         raise ValueError(f"unknown backend {backend!r}; choose 'auto' or one of "
                          f"{BACKEND_NAMES}")
+
+
+def check_constructor(dropout, fill_value, backend) -> None:
+    check_dropout_and_backend(dropout, backend)
+    if isinstance(fill_value, str) and fill_value not in FILL_REDUCTIONS:
+        raise ValueError(f"fill_value {fill_value!r} is not one of {FILL_REDUCTIONS}, "
+                         f"a number or a tensor")
 
 
 def check_features(x, name: str) -> None:

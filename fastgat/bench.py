@@ -1,7 +1,9 @@
-"""python -m fastgat.bench: PyG GATConv vs FastGATConv (every available backend) vs the SpMM floor.
+"""python -m fastgat.bench: PyG GATConv and TransformerConv vs fastgat's (every available
+backend) vs the SpMM floor.
 
     python -m fastgat.bench [--quick] [--device cpu|cuda] [--dtype float32|bfloat16]
-                            [--workloads cora,arxiv,reddit:8x64,...] [--out DIR]
+                            [--workloads cora,arxiv,reddit:8x64,...] [--layers gat,transformer]
+                            [--out DIR]
 
 Per layer (a workload of fastgat.workloads and a heads x channels shape) and implementation it
 measures the forward (under no_grad), the training step (forward + backward of a fixed dout into
@@ -10,7 +12,9 @@ PNG of the speedups into --out.
 
 Implementations: `pyg` (torch_geometric.nn.GATConv), one FastGATConv per backend that
 fastgat.available_backends() reports available on the device (the rest are listed as skipped, with the
-reason), and the floor: the same layer with the attention replaced by fixed weights
+reason), `pyg-transformer` (torch_geometric.nn.TransformerConv) and `transformer-<backend>`
+(FastTransformerConv on each backend with its kernels; speedups are over pyg-transformer),
+and the floor: the same layer with the attention replaced by fixed weights
 1/in-degree, i.e. x·W then torch.sparse.mm of the same graph (self loops added, multi-edges
 kept) at width heads·channels, as CSR (`spmm`) and as COO (`spmm-coo`). "fwd / floor" and
 "fwd+bwd / floor" are a time over the faster floor's.
@@ -56,6 +60,8 @@ from .workloads import (CPU_MAX_EDGES, CPU_MAX_NODES, TASKS, WORKLOADS, Case, Ta
                         power_law_edges, sample_neighbors)
 
 PYG, FLOOR, FLOOR_COO = "pyg", "spmm", "spmm-coo"
+PYG_TRANSFORMER, TRANSFORMER = "pyg-transformer", "transformer-"  # the latter + a backend name
+LAYERS = ("gat", "transformer")
 FLOORS = (FLOOR, FLOOR_COO)  # torch.sparse.mm on CSR and on COO: the floor is the faster
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 QUICK_WORKLOADS = "cora,pubmed:8x32,arxiv:4x64"
@@ -77,6 +83,20 @@ def fastgat_backends(device: str) -> Tuple[List[str], Dict[str, str]]:
         else:
             run.append(name)
     return run, skipped
+
+
+def transformer_impls(device: str) -> List[str]:
+    """FastTransformerConv on every backend measured on `device` that has its kernels."""
+    from .backends import unavailable_reason
+    return [TRANSFORMER + name for name in fastgat_backends(device)[0]
+            if not unavailable_reason(name, device, "transformer")]
+
+
+def pyg_of(impl: str) -> Optional[str]:
+    """The PyG layer `impl` is compared with (None for the PyG layers themselves)."""
+    if impl in (PYG, PYG_TRANSFORMER):
+        return None
+    return PYG_TRANSFORMER if impl.startswith(TRANSFORMER) else PYG
 
 
 def is_oom(error: BaseException) -> bool:
@@ -108,9 +128,10 @@ class Layer:
 
     def __init__(self, case: Case, impl: str, x: torch.Tensor, edge_index: torch.Tensor,
                  seed: int):
-        from torch_geometric.nn import GATConv
+        from torch_geometric.nn import GATConv, TransformerConv
 
         from .conv import FastGATConv
+        from .transformer_conv import FastTransformerConv
         w, heads, channels = case.workload, case.heads, case.out_channels
         torch.manual_seed(seed)  # every implementation starts from the same parameters
         if impl in FLOORS:
@@ -122,6 +143,11 @@ class Layer:
         else:
             if impl == PYG:
                 self.module = GATConv(w.in_channels, channels, heads=heads)
+            elif impl == PYG_TRANSFORMER:
+                self.module = TransformerConv(w.in_channels, channels, heads=heads)
+            elif impl.startswith(TRANSFORMER):
+                self.module = FastTransformerConv(w.in_channels, channels, heads=heads,
+                                                  backend=impl[len(TRANSFORMER):])
             else:
                 self.module = FastGATConv(w.in_channels, channels, heads=heads, backend=impl)
             self.run = lambda: self.module(x, edge_index)
@@ -340,7 +366,8 @@ def measure(spec: dict) -> None:
             result["fwd_bwd_ms"], result["fwd_bwd_repeats"] = time_ms(layer.step, **timing)
         except Exception as error:  # noqa: BLE001  (recorded in the table, never hidden)
             if is_oom(error):
-                name = "PyG GATConv" if impl == PYG else impl
+                name = {PYG: "PyG GATConv", PYG_TRANSFORMER: "PyG TransformerConv"}.get(impl,
+                                                                                       impl)
                 result = {"impl": impl, "status": "oom", "reason": f"{name} OOM"}
             else:
                 traceback.print_exc()
@@ -393,15 +420,15 @@ def _exit_reason(returncode: int, stderr) -> str:
 
 # -- the report -------------------------------------------------------------------------------
 def add_ratios(results: List[dict]) -> None:
-    """Speedup vs PyG (forward, step) and time / floor (forward, step; the faster of the CSR
-    and COO floors for each), per case, where both were measured."""
+    """Speedup vs the PyG layer (forward, step; pyg_of) and time / floor (forward, step; the
+    faster of the CSR and COO floors for each), per case, where both were measured."""
     by_case: Dict[str, Dict[str, dict]] = {}
     for r in results:
         by_case.setdefault(r["case"], {})[r["impl"]] = r
     for r in results:
-        if r["status"] != "ok" or r["impl"] == PYG:
+        if r["status"] != "ok" or pyg_of(r["impl"]) is None:
             continue
-        pyg = by_case[r["case"]].get(PYG)
+        pyg = by_case[r["case"]].get(pyg_of(r["impl"]))
         if pyg is not None and pyg["status"] == "ok":
             r["speedup_fwd"] = pyg["fwd_ms"] / r["fwd_ms"]
             r["speedup_fwd_bwd"] = pyg["fwd_bwd_ms"] / r["fwd_bwd_ms"]
@@ -437,13 +464,14 @@ def table(results: List[dict]) -> str:
 
 
 def plot(results: List[dict], meta: dict, path: Path) -> None:
-    """Bars of the speedup over PyG per layer and implementation, forward and step."""
+    """Bars of the speedup over PyG (its GATConv, or TransformerConv for transformer-*) per
+    layer and implementation, forward and step."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cases = list(dict.fromkeys(r["case"] for r in results))
-    impls = list(dict.fromkeys(r["impl"] for r in results if r["impl"] != PYG))
+    impls = list(dict.fromkeys(r["impl"] for r in results if pyg_of(r["impl"]) is not None))
     by_key = {(r["case"], r["impl"]): r for r in results}
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(cases) + 4), 4.5), sharey=True)
     width = 0.8 / max(1, len(impls))
@@ -458,7 +486,8 @@ def plot(results: List[dict], meta: dict, path: Path) -> None:
                     ys.append(value)
             floor = impl in FLOORS
             label = f"SpMM floor ({'COO' if impl == FLOOR_COO else 'CSR'})" if floor \
-                else f"FastGATConv {impl}"
+                else f"FastTransformerConv {impl[len(TRANSFORMER):]}" \
+                if impl.startswith(TRANSFORMER) else f"FastGATConv {impl}"
             ax.bar(xs, ys, width, label=label, hatch=("//" if impl == FLOOR else "\\\\")
                    if floor else None, color="0.75" if floor else None)
         for i, case in enumerate(cases):
@@ -470,7 +499,7 @@ def plot(results: List[dict], meta: dict, path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xticks(range(len(cases)), cases, rotation=30, ha="right")
         ax.set_title(title)
-    axes[0].set_ylabel("speedup over PyG GATConv (x)")
+    axes[0].set_ylabel("speedup over the PyG layer (x)")
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{meta['device_name']}, {meta['dtype']}, torch {meta['torch']}", fontsize=10)
     fig.tight_layout()
@@ -559,6 +588,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "on the CPU each graph fitted under --max-nodes / --max-edges)")
     parser.add_argument("--max-nodes", type=int, default=None)
     parser.add_argument("--max-edges", type=int, default=None)
+    parser.add_argument("--layers", default=",".join(LAYERS),
+                        help=f"comma list of {', '.join(LAYERS)}: the attention layers measured "
+                             f"beside the floor (default: all)")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=None,
@@ -587,8 +619,17 @@ def plan(args: argparse.Namespace) -> Tuple[List[Case], dict, Dict[str, str]]:
     mem_limit = args.cpu_mem_limit
     if cpu and mem_limit is None:
         mem_limit = int(0.6 * _meminfo_available_mib())
-    spec = dict(device=args.device, dtype=args.dtype, seed=args.seed,
-                impls=[*FLOORS, *backends, PYG],  # PyG last: its OOM costs no other result
+    layers = args.layers.split(",")
+    if not set(layers) <= set(LAYERS):
+        raise SystemExit(f"--layers: choose from {', '.join(LAYERS)}, got {args.layers}")
+    impls = [*FLOORS]
+    if "gat" in layers:
+        impls += backends
+    if "transformer" in layers:
+        impls += transformer_impls(args.device)
+    # PyG last: its OOM costs no other result.
+    impls += [p for p, layer in ((PYG_TRANSFORMER, "transformer"), (PYG, "gat")) if layer in layers]
+    spec = dict(device=args.device, dtype=args.dtype, seed=args.seed, impls=impls,
                 warmup=1, min_repeats=3, max_repeats=args.repeats or (5 if args.quick else 20),
                 budget_s=0.5 if args.quick else 2.0, cpu_mem_limit_mib=mem_limit or 0)
     return cases, spec, skipped

@@ -1,4 +1,6 @@
-"""The fused GAT edge stage as autograd-aware custom ops (docs/design.md §2, §4).
+"""The fused attention edge stages as autograd-aware custom ops (docs/design.md §2, §4, §10,
+§11): GAT's below, then GATv2's and TransformerConv's; all share one input check (`_check_inputs`)
+and one autograd plumbing (`_autograd`).
 
     fastgat::gat_attention(h, s, d, t?, t_loop?, graph..., num_loops, negative_slope,
                            dropout, seed?, backend) -> (out, lse)
@@ -16,11 +18,11 @@ Contract every backend implements (inputs are validated by the caller: FastGATCo
 The backward op is differentiable too (double backward, e.g. gradient penalties), through the
 torch reference: correct to second order, but not fused.
 
-`gat_attention` (the public entry) applies the op through `_Attention`, an autograd.Function
-with setup_context, a forward-mode rule (jvp) and vmap support, because the autograd that
-torch.library.register_autograd generates is an old-style Function: torch.func.grad / jacrev
-reject it, and forward mode (torch.func.jvp, jacfwd) silently saw zero tangents. The jvp is
-the torch reference's explicit formula (E x H x C memory, like double backward). Under
+The public entries (`gat_attention`, `gatv2_attention`, `transformer_attention`) apply an op through an
+autograd.Function with setup_context, a forward-mode rule (jvp) and vmap support, because the
+autograd that torch.library.register_autograd generates is an old-style Function: torch.func.grad
+/ jacrev reject it, and forward mode (torch.func.jvp, jacfwd) silently saw zero tangents. The
+jvp is the torch reference's explicit formula (E x H x C memory, like double backward). Under
 torch.compile the op is called directly with its registered autograd.
 """
 from typing import Optional, Tuple
@@ -114,102 +116,6 @@ def _(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid,
     return torch.empty_like(h), torch.empty_like(s), torch.empty_like(d), dt, dt_loop
 
 
-# -- Autograd plumbing shared by every attention op. Each op takes five float tensors (some
-# optional), then the graph (rowptr, col, colptr, csc_row, csc_eid), num_loops,
-# negative_slope, dropout, seed and backend, and returns (out, lse); its backward op takes
-# (dout, out, lse) then the same arguments and returns the five tensors' gradients. -----------
-_NUM_TENSORS = 5
-
-
-def _autograd(op, backward_op, reference, jvp=None):
-    """Registers the autograd of `op` (backward through `backward_op`, double backward by
-    autograd through `reference`, the torch forward) and vmap rules for both ops; returns the
-    autograd.Function that carries them into torch.func, with a forward-mode rule if `jvp`."""
-
-    def setup_context(ctx, inputs, output):
-        out, lse = output
-        ctx.mark_non_differentiable(lse)
-        seed = inputs[_NUM_TENSORS + 8]
-        ctx.save_for_backward(*inputs[:_NUM_TENSORS + 5], seed, out, lse)
-        ctx.attrs = tuple(inputs[_NUM_TENSORS + 5:_NUM_TENSORS + 8]) + (inputs[-1],)
-
-    def vjp(ctx, dout, _dlse):
-        *inputs, seed, out, lse = ctx.saved_tensors
-        num_loops, negative_slope, dropout, backend = ctx.attrs
-        grads = _call(Backward, backward_op, dout, out, lse, *inputs, num_loops, negative_slope,
-                      dropout, seed, backend)
-        return tuple(g if x is not None else None for g, x in zip(grads, inputs)) + (None,) * 10
-
-    def backward_setup_context(ctx, inputs, output):
-        dout, tensors, graph = inputs[0], inputs[3:3 + _NUM_TENSORS], inputs[3 + _NUM_TENSORS:]
-        rowptr, col, _colptr, _csc_row, _csc_eid, num_loops, negative_slope, dropout, seed, _ = \
-            graph
-        ctx.save_for_backward(dout, *tensors, rowptr, col, seed)
-        ctx.attrs = (num_loops, negative_slope, dropout)
-
-    def double_backward(ctx, *cotangents):
-        """Vector-Jacobian product of the backward op, by autograd through the reference.
-
-        The backward's outputs are functions of dout and the five tensors alone: out and lse
-        are functions of the same inputs, so they get no gradient of their own (it would count
-        twice)."""
-        dout, *tensors, rowptr, col, seed = ctx.saved_tensors
-        num_loops, negative_slope, dropout = ctx.attrs
-        primals = [x.detach().requires_grad_() if x is not None else None
-                   for x in (dout, *tensors)]
-        differentiable = [x for x in primals[1:] if x is not None]
-        live = [c for c, x in zip(cotangents, primals[1:]) if x is not None]
-        with torch.enable_grad():
-            out, _ = reference(*primals[1:], rowptr, col, num_loops, negative_slope, dropout,
-                               seed)
-            grads = torch.autograd.grad(out, differentiable, primals[0], create_graph=True)
-            second = torch.autograd.grad(grads, primals[:1] + differentiable, live,
-                                         allow_unused=True)
-        second = iter(second)
-        ddout, *dtensors = [next(second) if x is not None else None for x in primals]
-        return (ddout, None, None, *dtensors) + (None,) * 10
-
-    op.register_autograd(vjp, setup_context=setup_context)
-    backward_op.register_autograd(double_backward, setup_context=backward_setup_context)
-    op.register_vmap(_loop_vmap(op))
-    backward_op.register_vmap(_loop_vmap(backward_op))
-
-    class Backward(torch.autograd.Function):
-        """The backward op with torch.func support (grad of grad, jacrev); as registered."""
-        generate_vmap_rule = True
-        forward = staticmethod(lambda *args: backward_op(*args))
-        setup_context = staticmethod(backward_setup_context)
-        backward = staticmethod(double_backward)
-
-    class Attention(torch.autograd.Function):
-        """The op with torch.func support: the registered backward, a jvp, and vmap through
-        the ops' vmap rules (generate_vmap_rule)."""
-        generate_vmap_rule = True
-        forward = staticmethod(lambda *args: op(*args))
-        backward = staticmethod(vjp)
-
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            setup_context(ctx, inputs, output)
-            seed = inputs[_NUM_TENSORS + 8]
-            ctx.save_for_forward(*inputs[:_NUM_TENSORS + 2], seed, *output)
-
-    if jvp is not None:
-        def forward_rule(ctx, *tangents):
-            *inputs, rowptr, col, seed, out, lse = ctx.saved_tensors
-            num_loops, negative_slope, dropout, _ = ctx.attrs
-            return jvp(out, lse, *inputs, *tangents[:_NUM_TENSORS], rowptr, col, num_loops,
-                       negative_slope, dropout, seed), None
-        Attention.jvp = staticmethod(forward_rule)
-    return Attention
-
-
-def _call(function, op, *args):
-    """`op` through `function`, which torch.func accepts, except where dynamo traces the op
-    and its registered autograd (torch.compile)."""
-    return op(*args) if torch.compiler.is_compiling() else function.apply(*args)
-
-
 def _loop_vmap(op):
     """A vmap rule that runs `op` once per batch entry: correct for any in_dims, not fast."""
     def rule(info, in_dims, *args):
@@ -220,9 +126,129 @@ def _loop_vmap(op):
     return rule
 
 
-# The jvp is the torch reference's explicit formula (E x H x C memory, like double backward).
-_Attention = _autograd(attention_op, gat_attention_backward, torch_ref.gat_forward,
-                       torch_ref.gat_jvp)
+_NUM_INDEX = 5  # rowptr, col, colptr, csc_row, csc_eid
+
+
+class _Layout:
+    """Where things sit in an attention op's arguments, shared by every rule:
+    forward (*primals, *index, *attrs, seed, backend) -> (out, lse) and
+    backward (dout, out, lse, <the forward's arguments>) -> one gradient per primal
+    (an empty tensor for a primal that is None: custom ops return no None)."""
+
+    def __init__(self, num_primals: int, reference, jvp):
+        self.n = num_primals
+        self.reference = reference  # torch_ref's forward: (*primals, rowptr, col, *attrs, seed)
+        self.jvp = jvp              # (out, lse, primals, tangents, rowptr, col, attrs, seed)
+
+    def split(self, inputs):
+        n = self.n
+        return (inputs[:n], inputs[n:n + _NUM_INDEX], inputs[n + _NUM_INDEX:-2], inputs[-2],
+                inputs[-1])
+
+
+def _autograd(op, backward_op, layout: _Layout):
+    """Registers the autograd of `op` (its backward is `backward_op`, whose own backward runs
+    autograd through the torch reference) and vmap rules, and returns the autograd.Function
+    the public entry applies outside torch.compile (see the module doc)."""
+
+    def setup_ctx(ctx, inputs, output):
+        primals, index, attrs, seed, backend = layout.split(inputs)
+        out, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(*primals, *index, seed, out, lse)
+        ctx.attrs = (*attrs, backend)
+
+    def vjp(ctx, dout, _dlse):
+        saved = ctx.saved_tensors
+        primals, index = saved[:layout.n], saved[layout.n:layout.n + _NUM_INDEX]
+        seed, out, lse = saved[layout.n + _NUM_INDEX:]
+        grads = _call(AttentionBackward, backward_op, dout, out, lse, *primals, *index,
+                      *ctx.attrs[:-1], seed, ctx.attrs[-1])
+        grads = [g if x is not None else None for g, x in zip(grads, primals)]
+        return (*grads, *(None,) * (_NUM_INDEX + len(ctx.attrs) + 1))
+
+    def backward_setup_ctx(ctx, inputs, output):
+        primals, index, attrs, seed, _backend = layout.split(inputs[3:])
+        ctx.save_for_backward(inputs[0], *primals, *index[:2], seed)
+        ctx.attrs = attrs
+        ctx.num_inputs = len(inputs)
+
+    def double_vjp(ctx, *cotangents):
+        """Vector-Jacobian product of the backward op, by autograd through the torch reference.
+
+        The backward's outputs are functions of dout and the primals alone: out and lse are
+        functions of the primals, so they get no gradient of their own (it would count twice)."""
+        dout, *primals, rowptr, col, seed = ctx.saved_tensors
+        leaves = [x.detach().requires_grad_() if x is not None else None
+                  for x in (dout, *primals)]
+        live = [x for x in leaves[1:] if x is not None]
+        live_cotangents = [c for c, x in zip(cotangents, leaves[1:]) if x is not None]
+        with torch.enable_grad():
+            out, _ = layout.reference(*leaves[1:], rowptr, col, *ctx.attrs, seed)
+            grads = torch.autograd.grad(out, live, leaves[0], create_graph=True)
+            second = torch.autograd.grad(grads, [leaves[0], *live], live_cotangents,
+                                         allow_unused=True)
+        second = iter(second)
+        ddout, *dprimals = [next(second) if x is not None else None for x in leaves]
+        return (ddout, None, None, *dprimals, *(None,) * (ctx.num_inputs - 3 - layout.n))
+
+    op.register_autograd(vjp, setup_context=setup_ctx)
+    backward_op.register_autograd(double_vjp, setup_context=backward_setup_ctx)
+    op.register_vmap(_loop_vmap(op))
+    backward_op.register_vmap(_loop_vmap(backward_op))
+
+    class AttentionBackward(torch.autograd.Function):
+        """The backward op with torch.func support (grad of grad, jacrev); as registered."""
+        generate_vmap_rule = True
+        forward = staticmethod(lambda *args: backward_op(*args))
+        setup_context = staticmethod(backward_setup_ctx)
+        backward = staticmethod(double_vjp)
+
+    class Attention(torch.autograd.Function):
+        """The op with torch.func support: the registered backward, a jvp, and vmap through
+        the ops' vmap rules (generate_vmap_rule)."""
+        generate_vmap_rule = True
+        forward = staticmethod(lambda *args: op(*args))
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            primals, index, attrs, seed, _ = layout.split(inputs)
+            setup_ctx(ctx, inputs, output)
+            ctx.save_for_forward(*primals, *index[:2], seed, *output)
+            ctx.forward_attrs = attrs
+
+        backward = staticmethod(vjp)
+
+        @staticmethod
+        def jvp(ctx, *tangents):
+            if layout.jvp is None:
+                raise NotImplementedError(f"{op._qualname} has no forward-mode rule (jvp) yet")
+            *primals, rowptr, col, seed, out, lse = ctx.saved_tensors
+            dout = layout.jvp(out, lse, primals, tangents[:layout.n], rowptr, col,
+                              ctx.forward_attrs, seed)
+            return dout, None
+
+    return Attention
+
+
+def _call(function, op, *args):
+    """`op` through `function`, which torch.func accepts, except where dynamo traces the op
+    and its registered autograd (torch.compile)."""
+    return op(*args) if torch.compiler.is_compiling() else function.apply(*args)
+
+
+def _gat_jvp(out, lse, primals, tangents, rowptr, col, attrs, seed):
+    num_loops, negative_slope, dropout = attrs
+    return torch_ref.gat_jvp(out, lse, *primals, *tangents, rowptr, col, num_loops,
+                             negative_slope, dropout, seed)
+
+
+def _transformer_jvp(out, lse, primals, tangents, rowptr, col, attrs, seed):
+    return torch_ref.transformer_jvp(out, lse, *primals, *tangents, rowptr, col, *attrs, seed)
+
+
+_Attention = _autograd(attention_op, gat_attention_backward,
+                       _Layout(5, torch_ref.gat_forward, _gat_jvp))
 
 
 def gat_attention(
@@ -288,7 +314,7 @@ def _(dout, out, lse, xl, xr, att, e, e_loop, rowptr, col, colptr, csc_row, csc_
 
 # No forward-mode rule (jvp) yet: torch.func.jvp on this op raises.
 _GATv2Attention = _autograd(gatv2_attention_op, gatv2_attention_backward,
-                            torch_ref.gatv2_forward)
+                            _Layout(5, torch_ref.gatv2_forward, None))
 
 
 def gatv2_attention(
@@ -299,3 +325,65 @@ def gatv2_attention(
     """The fused GATv2 edge stage (contract above), differentiable in reverse mode, twice."""
     return _call(_GATv2Attention, gatv2_attention_op, xl, xr, att, e, e_loop, rowptr, col,
                  colptr, csc_row, csc_eid, num_loops, negative_slope, dropout, seed, backend)
+
+
+# -- TransformerConv's rule (docs/design.md §11) ---------------------------------------------
+#   transformer_attention(q, k, v, e?, graph..., scale, dropout, seed?, backend) -> (out, lse)
+#   transformer_attention_backward(dout, out, lse, <the same inputs>) -> (dq, dk, dv, de)
+# q (N_dst, H, C), k and v (N_src, H, C), e (E, H, C) by CSR slot or None; one floating dtype,
+# contiguous. z_ij = scale <q_i, k_j + e_ij>, out_i = sum_j softmax_i(z)_ij keep_ij (v_j + e_ij);
+# no implicit self loops. lse, rows without in-edges, dropout and index tensors as above.
+@torch.library.custom_op("fastgat::transformer_attention", mutates_args=())
+def transformer_op(
+    q: Tensor, k: Tensor, v: Tensor, e: Optional[Tensor], rowptr: Tensor, col: Tensor,
+    colptr: Tensor, csc_row: Tensor, csc_eid: Tensor, scale: float, dropout: float,
+    seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor]:
+    _check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed)
+    return implementation(backend).transformer_forward(q, k, v, e, rowptr, col, scale, dropout,
+                                                       seed)
+
+
+def _check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed) -> None:
+    _, heads, channels = _value_shape("k", k)
+    _check_inputs("k", k, {"q": (q, (rowptr.numel() - 1, heads, channels)), "v": (v, k.shape),
+                           "e": (e, (col.numel(), heads, channels))},
+                  rowptr, col, 0, dropout, seed)
+
+
+@transformer_op.register_fake
+def _(q, k, v, e, rowptr, col, colptr, csc_row, csc_eid, scale, dropout, seed, backend):
+    return _fake_outputs(q, rowptr)
+
+
+@torch.library.custom_op("fastgat::transformer_attention_backward", mutates_args=())
+def transformer_attention_backward(
+    dout: Tensor, out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, e: Optional[Tensor],
+    rowptr: Tensor, col: Tensor, colptr: Tensor, csc_row: Tensor, csc_eid: Tensor, scale: float,
+    dropout: float, seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return implementation(backend).transformer_backward(
+        dout.contiguous(), out, lse, q, k, v, e, rowptr, col, colptr, csc_row, csc_eid, scale,
+        dropout, seed)
+
+
+@transformer_attention_backward.register_fake
+def _(dout, out, lse, q, k, v, e, rowptr, col, colptr, csc_row, csc_eid, scale, dropout, seed,
+      backend):
+    de = torch.empty_like(e) if e is not None else q.new_empty(0)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), de
+
+
+_TransformerAttention = _autograd(
+    transformer_op, transformer_attention_backward,
+    _Layout(4, torch_ref.transformer_forward, _transformer_jvp))
+
+
+def transformer_attention(
+    q: Tensor, k: Tensor, v: Tensor, e: Optional[Tensor], rowptr: Tensor, col: Tensor,
+    colptr: Tensor, csc_row: Tensor, csc_eid: Tensor, scale: float, dropout: float,
+    seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor]:
+    """TransformerConv's fused edge stage (contract above), differentiable as gat_attention."""
+    return _call(_TransformerAttention, transformer_op, q, k, v, e, rowptr, col, colptr, csc_row,
+                 csc_eid, scale, dropout, seed, backend)

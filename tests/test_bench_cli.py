@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from fastgat.bench import FLOORS, PYG, fastgat_backends
+from fastgat.bench import FLOORS, PYG, PYG_TRANSFORMER, fastgat_backends, transformer_impls
 from fastgat.workloads import CPU_MAX_EDGES, CPU_MAX_NODES, WORKLOADS, make_graph, parse_cases
 
 
@@ -56,7 +56,7 @@ def test_cli_quick_writes_table_json_png(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
     backends, skipped = fastgat_backends("cpu")
-    impls = [*FLOORS, *backends, PYG]
+    impls = [*FLOORS, *backends, *transformer_impls("cpu"), PYG_TRANSFORMER, PYG]
     report = json.loads((tmp_path / "bench-cpu-float32.json").read_text())
     # the reason for triton may differ: this process runs under TRITON_INTERPRET=1
     assert report["meta"]["skipped_backends"].keys() == skipped.keys()
@@ -66,9 +66,9 @@ def test_cli_quick_writes_table_json_png(tmp_path):
     for r in results:
         assert r["status"] == "ok", r
         assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["peak_mib"] >= 0
-        if r["impl"] != PYG:
+        if r["impl"] not in (PYG, PYG_TRANSFORMER):
             assert r["speedup_fwd"] > 0 and r["speedup_fwd_bwd"] > 0
-        if r["impl"] not in (PYG, *FLOORS):
+        if r["impl"] not in (PYG, PYG_TRANSFORMER, *FLOORS):
             assert r["floor_ratio"] > 0 and r["floor_ratio_fwd_bwd"] > 0
     pyg = next(r for r in results if r["impl"] == PYG and r["case"] == "pubmed-4x64")
     assert pyg["peak_mib"] > 0  # PyG materialises E x H x C messages: the RSS method sees it

@@ -10,6 +10,7 @@ from torch_geometric.utils import to_torch_coo_tensor, to_torch_csr_tensor
 from fastgat import FastGATConv
 from fastgat.backends import NAMES, unavailable_reason
 from graphs import KINDS, random_graph
+from parity import IN_CHANNELS, OUT_CHANNELS, assert_parity, features, make_pair, run
 
 CPU_BACKENDS = [b for b in NAMES if not unavailable_reason(b, "cpu")]
 # The Triton interpreter runs ~9 ms per program: it gets the smaller grid (all of it on a GPU).
@@ -33,47 +34,10 @@ CONFIGS = [
 ]
 BIPARTITE_CONFIGS = [dict(heads=2), dict(heads=2, edge_dim=3, residual=True),
                      dict(heads=2, add_self_loops=False, concat=False)]
-IN_CHANNELS, OUT_CHANNELS = 6, 4
 
 
 def pair(config, in_channels=IN_CHANNELS, backend="torch", dtype=torch.float64):
-    torch.manual_seed(0)
-    pyg = GATConv(in_channels, OUT_CHANNELS, **config).to(dtype)
-    fast = FastGATConv(in_channels, OUT_CHANNELS, backend=backend, **config).to(dtype)
-    fast.load_state_dict(pyg.state_dict())
-    return pyg, fast
-
-
-def features(graph_seed, num_src, num_dst, num_edges, bipartite):
-    g = torch.Generator().manual_seed(graph_seed + 100)
-    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
-    x = (rand(num_src, IN_CHANNELS), rand(num_dst, IN_CHANNELS + 1)) if bipartite else \
-        rand(num_src, IN_CHANNELS)
-    return x, rand(num_edges, 3)
-
-
-def run(conv, x, edge_index, edge_attr, **kwargs):
-    x = tuple(v.detach().clone().requires_grad_() for v in x) if isinstance(x, tuple) else \
-        x.detach().clone().requires_grad_()
-    out, (ei, alpha) = conv(x, edge_index, edge_attr, return_attention_weights=True, **kwargs)
-    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-    (out * dout).sum().backward()
-    x_grads = [v.grad for v in (x if isinstance(x, tuple) else (x,))]
-    return out, ei, alpha, x_grads, {n: p.grad for n, p in conv.named_parameters()}
-
-
-def assert_parity(pyg, fast, x, edge_index, edge_attr, tol=1e-10, **kwargs):
-    want, got = run(pyg, x, edge_index, edge_attr, **kwargs), run(fast, x, edge_index, edge_attr,
-                                                                  **kwargs)
-    close = lambda a, b: torch.testing.assert_close(a, b, rtol=tol, atol=tol)  # noqa: E731
-    close(got[0], want[0])
-    assert torch.equal(got[1], want[1])  # same edges, same order (self loops appended last)
-    close(got[2], want[2])
-    for a, b in zip(got[3], want[3]):
-        close(a, b)
-    assert got[4].keys() == want[4].keys()
-    for name in want[4]:
-        close(got[4][name], want[4][name])
+    return make_pair(GATConv, FastGATConv, config, in_channels, OUT_CHANNELS, backend, dtype)
 
 
 def grid(backend):

@@ -18,28 +18,54 @@ inline at::ScalarType lse_dtype_for(at::ScalarType h) {
   return h == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// `like` is the op's first tensor input (h for GAT, q for TransformerConv), named `like_name`.
 inline void check_tensor(const at::Tensor& x, const char* name, const at::Tensor& like,
-                         std::initializer_list<int64_t> shape) {
+                         std::initializer_list<int64_t> shape, const char* like_name = "h") {
   TORCH_CHECK(x.device() == like.device(), "fastgat: ", name, " is on ", x.device(),
-              " but h is on ", like.device());
+              " but ", like_name, " is on ", like.device());
   TORCH_CHECK(x.sizes().equals(shape), "fastgat: ", name, " must have shape ",
               c10::IntArrayRef(shape), ", got ", x.sizes());
   TORCH_CHECK(x.is_contiguous(), "fastgat: ", name, " must be contiguous");
 }
 
 inline void check_float(const at::Tensor& x, const char* name, const at::Tensor& h,
-                        std::initializer_list<int64_t> shape) {
+                        std::initializer_list<int64_t> shape, const char* like_name = "h") {
   TORCH_CHECK(x.scalar_type() == h.scalar_type(), "fastgat: ", name, " has dtype ",
-              x.scalar_type(), " but h has ", h.scalar_type());
-  check_tensor(x, name, h, shape);
+              x.scalar_type(), " but ", like_name, " has ", h.scalar_type());
+  check_tensor(x, name, h, shape, like_name);
 }
 
 inline void check_index(const at::Tensor& x, const char* name, const at::Tensor& rowptr,
-                        const at::Tensor& h, std::initializer_list<int64_t> shape) {
+                        const at::Tensor& h, std::initializer_list<int64_t> shape,
+                        const char* like_name = "h") {
   TORCH_CHECK(x.scalar_type() == rowptr.scalar_type(), "fastgat: ", name, " has dtype ",
               x.scalar_type(), " but rowptr has ", rowptr.scalar_type(),
               " (all index tensors share one dtype)");
-  check_tensor(x, name, h, shape);
+  check_tensor(x, name, h, shape, like_name);
+}
+
+// rowptr 1-D, int32 or int64, with at least one entry; returns N_dst.
+inline int64_t check_rowptr(const at::Tensor& rowptr) {
+  TORCH_CHECK(rowptr.dim() == 1 && rowptr.numel() >= 1,
+              "fastgat: rowptr must be 1-D of length N_dst + 1, got shape ", rowptr.sizes());
+  TORCH_CHECK(rowptr.scalar_type() == at::kInt || rowptr.scalar_type() == at::kLong,
+              "fastgat: index tensors must be int32 or int64, got ", rowptr.scalar_type());
+  return rowptr.numel() - 1;
+}
+
+// dropout in [0, 1); a 1-element int64 seed on `like`'s device when dropout > 0.
+inline void check_dropout(double dropout, const c10::optional<at::Tensor>& seed,
+                          const at::Tensor& like) {
+  TORCH_CHECK(dropout >= 0.0 && dropout < 1.0, "fastgat: dropout must lie in [0, 1), got ",
+              dropout);
+  if (dropout > 0.0) {
+    TORCH_CHECK(seed.has_value(), "fastgat: dropout > 0 needs a seed tensor");
+    TORCH_CHECK(seed->scalar_type() == at::kLong && seed->numel() == 1,
+                "fastgat: seed must be a 1-element int64 tensor, got ", seed->scalar_type(),
+                " of shape ", seed->sizes());
+    TORCH_CHECK(seed->device() == like.device(), "fastgat: seed is on ", seed->device(),
+                " but the features are on ", like.device());
+  }
 }
 
 // The values h (N_src, H, C), floating point; the graph rowptr (N_dst + 1) and col (E) of
@@ -52,11 +78,7 @@ inline void check_values_and_graph(const at::Tensor& h, const char* h_name,
   TORCH_CHECK(at::isFloatingType(h.scalar_type()), "fastgat: ", h_name,
               " must be floating point, got ", h.scalar_type());
   const int64_t num_src = h.size(0), heads = h.size(1);
-  TORCH_CHECK(rowptr.dim() == 1 && rowptr.numel() >= 1,
-              "fastgat: rowptr must be 1-D of length N_dst + 1, got shape ", rowptr.sizes());
-  TORCH_CHECK(rowptr.scalar_type() == at::kInt || rowptr.scalar_type() == at::kLong,
-              "fastgat: index tensors must be int32 or int64, got ", rowptr.scalar_type());
-  const int64_t num_dst = rowptr.numel() - 1;
+  const int64_t num_dst = check_rowptr(rowptr);
   TORCH_CHECK(col.dim() == 1, "fastgat: col must be 1-D, got shape ", col.sizes());
   check_tensor(h, h_name, h, {num_src, heads, h.size(2)});
   check_index(rowptr, "rowptr", rowptr, h, {num_dst + 1});
@@ -64,16 +86,7 @@ inline void check_values_and_graph(const at::Tensor& h, const char* h_name,
   TORCH_CHECK(num_loops >= 0 && num_loops <= std::min(num_src, num_dst), "fastgat: num_loops=",
               num_loops, " must lie in [0, min(N_src, N_dst)] = [0, ", std::min(num_src, num_dst),
               "]");
-  TORCH_CHECK(dropout >= 0.0 && dropout < 1.0, "fastgat: dropout must lie in [0, 1), got ",
-              dropout);
-  if (dropout > 0.0) {
-    TORCH_CHECK(seed.has_value(), "fastgat: dropout > 0 needs a seed tensor");
-    TORCH_CHECK(seed->scalar_type() == at::kLong && seed->numel() == 1,
-                "fastgat: seed must be a 1-element int64 tensor, got ", seed->scalar_type(),
-                " of shape ", seed->sizes());
-    TORCH_CHECK(seed->device() == h.device(), "fastgat: seed is on ", seed->device(),
-                " but h is on ", h.device());
-  }
+  check_dropout(dropout, seed, h);
 }
 
 // GAT: h (N_src, H, C); s (N_src, H); d (N_dst, H); t (E, H)?; t_loop (num_loops, H)?; the graph.
@@ -140,6 +153,40 @@ inline void check_backward_inputs(const at::Tensor& dout, const at::Tensor& out,
                                   const c10::optional<at::Tensor>& seed) {
   check_forward_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed);
   check_backward_extras(dout, out, lse, h, rowptr, col, colptr, csc_row, csc_eid);
+}
+
+// TransformerConv's op (fastgat/ops.py): q (N_dst, H, C); k, v (N_src, H, C); e (E, H, C)?;
+// rowptr, col and dropout as above.
+inline void check_transformer_inputs(const at::Tensor& q, const at::Tensor& k,
+                                     const at::Tensor& v, const c10::optional<at::Tensor>& e,
+                                     const at::Tensor& rowptr, const at::Tensor& col,
+                                     double dropout, const c10::optional<at::Tensor>& seed) {
+  TORCH_CHECK(q.dim() == 3, "fastgat: q must be (N_dst, H, C), got shape ", q.sizes());
+  TORCH_CHECK(at::isFloatingType(q.scalar_type()), "fastgat: q must be floating point, got ",
+              q.scalar_type());
+  const int64_t num_dst = check_rowptr(rowptr);
+  const int64_t heads = q.size(1), channels = q.size(2);
+  TORCH_CHECK(k.dim() == 3, "fastgat: k must be (N_src, H, C), got shape ", k.sizes());
+  const int64_t num_src = k.size(0);
+  TORCH_CHECK(col.dim() == 1, "fastgat: col must be 1-D, got shape ", col.sizes());
+  check_tensor(q, "q", q, {num_dst, heads, channels}, "q");
+  check_float(k, "k", q, {num_src, heads, channels}, "q");
+  check_float(v, "v", q, {num_src, heads, channels}, "q");
+  check_index(rowptr, "rowptr", rowptr, q, {num_dst + 1}, "q");
+  check_index(col, "col", rowptr, q, {col.numel()}, "q");
+  if (e.has_value()) check_float(*e, "e", q, {col.numel(), heads, channels}, "q");
+  check_dropout(dropout, seed, q);
+}
+
+// The forward's inputs plus check_backward_extras (k gives N_src, H, C and the dtype).
+inline void check_transformer_backward_inputs(
+    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& e,
+    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& colptr,
+    const at::Tensor& csc_row, const at::Tensor& csc_eid, double dropout,
+    const c10::optional<at::Tensor>& seed) {
+  check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed);
+  check_backward_extras(dout, out, lse, k, rowptr, col, colptr, csc_row, csc_eid);
 }
 
 }  // namespace fastgat

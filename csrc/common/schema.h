@@ -28,4 +28,14 @@ constexpr const char* kGatv2BackwardSchema =
     "Tensor csc_eid, int num_loops, float negative_slope, float dropout, Tensor? seed) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)";
 
+// TransformerConv's rule (csrc/cpu/transformer_*.cpp; contract in fastgat/ops.py).
+constexpr const char* kTransformerForwardSchema =
+    "transformer_forward(Tensor q, Tensor k, Tensor v, Tensor? e, Tensor rowptr, Tensor col, "
+    "float scale, float dropout, Tensor? seed) -> (Tensor, Tensor)";
+
+constexpr const char* kTransformerBackwardSchema =
+    "transformer_backward(Tensor dout, Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, "
+    "Tensor? e, Tensor rowptr, Tensor col, Tensor colptr, Tensor csc_row, Tensor csc_eid, "
+    "float scale, float dropout, Tensor? seed) -> (Tensor, Tensor, Tensor, Tensor)";
+
 }  // namespace fastgat

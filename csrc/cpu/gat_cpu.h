@@ -133,6 +133,13 @@ struct EdgeDropout {
   // keep[h] for every head of edge slot `slot`, drawn 8 heads at a time in vector lanes (a draw
   // per head one by one cost as much as the rest of a small graph's forward). The scale
   // stays in acc (float64 keeps 1 / (1 - p) exact).
+  // keep of one (slot, head): for loops that visit heads one by one.
+  acc keep(int64_t slot, int64_t h) const {
+    if (!on) return acc(1);
+    const uint64_t index = static_cast<uint64_t>(slot) * static_cast<uint64_t>(heads) + h;
+    return (fastgat::philox_word0(seed, index) >> 1) >= threshold ? inv_keep : acc(0);
+  }
+
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // vectors passed to always-inlined helpers only
   void keep_heads(int64_t slot, acc* keep) const {

@@ -21,10 +21,12 @@ from .._extension import kernel_status
 NAMES = ("torch", "triton", "cuda", "cpu")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 _MODULES = {"torch": "torch_ref", "triton": "triton_kernels", "cuda": "compiled", "cpu": "compiled"}
-# The backends implementing each scoring rule ("gat": fastgat::gat_attention, "gatv2":
-# fastgat::gatv2_attention); a rule's missing backend is reported, never run in its place.
-RULES = {"gat": NAMES, "gatv2": ("torch", "cpu")}
-_COMPILED_OPS = {"gat": "fused_forward", "gatv2": "gatv2_fused_forward"}
+# The backends implementing each scoring rule (the op of fastgat/ops.py it runs: "gat"
+# fastgat::gat_attention, "gatv2" fastgat::gatv2_attention, "transformer"
+# fastgat::transformer_attention); a rule's missing backend is reported, never run in its place.
+RULES = {"gat": NAMES, "gatv2": ("torch", "cpu"), "transformer": ("torch", "cpu")}
+_COMPILED_OPS = {"gat": "fused_forward", "gatv2": "gatv2_fused_forward",
+                 "transformer": "transformer_forward"}
 
 
 def _triton_status(device_type: str) -> str:
@@ -46,7 +48,7 @@ def unavailable_reason(name: str, device_type: str, rule: str = "gat") -> str:
     if name not in NAMES:
         raise ValueError(f"unknown backend {name!r}; choose 'auto' or one of {NAMES}")
     if name not in RULES[rule]:
-        return f"the {name!r} backend does not implement {rule} attention yet"
+        return f"the {name!r} backend has no {rule} kernels (it implements {RULES[rule]})"
     if device_type == "cuda" and not torch.cuda.is_available():
         return "no CUDA device is available"
     if name == "torch":
@@ -103,5 +105,5 @@ def resolve(name: str, device_type: str, rule: str = "gat") -> str:
 
 
 def implementation(name: str):
-    """The module implementing gat_forward / gat_backward for a resolved backend name."""
+    """The module implementing <rule>_forward / <rule>_backward for a resolved backend name."""
     return importlib.import_module(f".{_MODULES[name]}", __name__)

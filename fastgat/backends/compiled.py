@@ -1,8 +1,8 @@
 """backend='cpu' and backend='cuda': the fused C++/CUDA kernels of fastgat._C.
 
-Both are one op each, `torch.ops.fastgat.fused_forward` / `fused_backward`; the dispatcher picks
-the CPU or CUDA kernel from the tensors' device. GATv2's `gatv2_fused_forward` / `_backward`
-have CPU kernels only.
+Each rule is one op pair, `torch.ops.fastgat.fused_forward` / `fused_backward` (GAT),
+`gatv2_fused_forward` / `_backward` and `transformer_forward` / `transformer_backward` (those
+two CPU only so far); the dispatcher picks the CPU or CUDA kernel from the tensors' device.
 """
 import torch
 
@@ -29,3 +29,11 @@ def gatv2_backward(dout, out, lse, xl, xr, att, e, e_loop, rowptr, col, colptr, 
     return torch.ops.fastgat.gatv2_fused_backward(dout, out, lse, xl, xr, att, e, e_loop, rowptr,
                                                   col, colptr, csc_row, csc_eid, num_loops,
                                                   negative_slope, dropout, seed)
+def transformer_forward(q, k, v, e, rowptr, col, scale, dropout, seed):
+    return torch.ops.fastgat.transformer_forward(q, k, v, e, rowptr, col, scale, dropout, seed)
+
+
+def transformer_backward(dout, out, lse, q, k, v, e, rowptr, col, colptr, csc_row, csc_eid,
+                         scale, dropout, seed):
+    return torch.ops.fastgat.transformer_backward(dout, out, lse, q, k, v, e, rowptr, col,
+                                                  colptr, csc_row, csc_eid, scale, dropout, seed)

@@ -63,18 +63,19 @@ def gat_forward(
     rowptr: Tensor, col: Tensor, num_loops: int, negative_slope: float, dropout: float,
     seed: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor]:
-    acc = accumulation_dtype(h.dtype)
+    num_dst, acc = d.size(0), accumulation_dtype(h.dtype)
     src, dst, slot = _edge_list(rowptr, col, num_loops)
     x = torch.nn.functional.leaky_relu(_scores(s, d, t, t_loop, src, dst, num_loops, acc),
                                        negative_slope)
-    return _attend(x, h, src, dst, slot, d.size(0), dropout, seed)
+    return _aggregate(x, h.to(acc)[src], dst, slot, num_dst, dropout, seed, h.dtype)
 
 
-def _attend(x: Tensor, h: Tensor, src: Tensor, dst: Tensor, slot: Tensor, num_dst: int,
-            dropout: float, seed: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """The part every attention rule shares: softmax of the edge scores x (edges x H) over
-    each destination's in-edges, dropout, and out_i = sum_j alpha_ij keep_ij h_j; (out, lse)."""
-    heads, acc = x.size(1), x.dtype
+def _aggregate(x: Tensor, value: Tensor, dst: Tensor, slot: Tensor, num_dst: int,
+               dropout: float, seed: Optional[Tensor], dtype: torch.dtype
+               ) -> Tuple[Tensor, Tensor]:
+    """Softmax of the scores x (edges, H) per destination, dropout, and the weighted sum of
+    the per-edge values (edges, H, C): (out, lse) of every attention rule."""
+    heads = x.size(1)
     index = dst.unsqueeze(1).expand_as(x)
     m = x.new_full((num_dst + 1, heads), float("-inf"))
     m = m.scatter_reduce(0, index, x, "amax", include_self=True).detach()
@@ -88,10 +89,10 @@ def _attend(x: Tensor, h: Tensor, src: Tensor, dst: Tensor, slot: Tensor, num_ds
     keep = _keep(seed, slot, heads, dropout, alpha)
     if keep is not None:
         alpha = alpha * keep
-    out = h.new_zeros(num_dst + 1, heads, h.size(2), dtype=acc)
-    out = out.index_add(0, dst, alpha.unsqueeze(-1) * h.to(acc)[src])
+    out = value.new_zeros(num_dst + 1, heads, value.size(2))
+    out = out.index_add(0, dst, alpha.unsqueeze(-1) * value)
     # Fresh tensors, not views of the padded ones: an op output that is a view breaks forward AD.
-    return out[:num_dst].to(h.dtype, copy=True), lse[:num_dst].clone()
+    return out[:num_dst].to(dtype, copy=True), lse[:num_dst].clone()
 
 
 def gat_backward(
@@ -181,7 +182,7 @@ def gatv2_forward(
     src, dst, slot = _edge_list(rowptr, col, num_loops)
     u = _gatv2_u(xl, xr, e, e_loop, src, dst, num_loops, acc)
     x = (torch.nn.functional.leaky_relu(u, negative_slope) * att.to(acc)).sum(-1)
-    return _attend(x, xl, src, dst, slot, xr.size(0), dropout, seed)
+    return _aggregate(x, xl.to(acc)[src], dst, slot, xr.size(0), dropout, seed, xl.dtype)
 
 
 def gatv2_backward(
@@ -219,3 +220,78 @@ def gatv2_backward(
     de_loop = du[num_slots:].to(e_loop.dtype, copy=True) if e_loop is not None else \
         du.new_empty(0)
     return dxl.to(xl.dtype), dxr.to(xr.dtype), datt.to(att.dtype), de, de_loop
+# -- TransformerConv (docs/design.md §11): z_ij = scale <q_i, k_j + e_ij>, value v_j + e_ij ----
+def _transformer_edges(q, k, v, e, rowptr, col, acc):
+    """Per CSR slot: (src, dst, slot, q_i, k_j + e, v_j + e); dead slots read a zero q row."""
+    src, dst, slot = _edge_list(rowptr, col, 0)
+    q_ext = torch.cat([q.to(acc), q.new_zeros(1, *q.shape[1:], dtype=acc)])
+    key, value = k.to(acc)[src], v.to(acc)[src]
+    if e is not None:
+        key, value = key + e.to(acc), value + e.to(acc)
+    return src, dst, slot, q_ext[dst], key, value
+
+
+def transformer_forward(
+    q: Tensor, k: Tensor, v: Tensor, e: Optional[Tensor], rowptr: Tensor, col: Tensor,
+    scale: float, dropout: float, seed: Optional[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    acc = accumulation_dtype(q.dtype)
+    src, dst, slot, q_i, key, value = _transformer_edges(q, k, v, e, rowptr, col, acc)
+    z = (q_i * key).sum(-1) * scale
+    return _aggregate(z, value, dst, slot, q.size(0), dropout, seed, q.dtype)
+
+
+def transformer_backward(
+    dout: Tensor, out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor,
+    e: Optional[Tensor], rowptr: Tensor, col: Tensor, colptr: Tensor, csc_row: Tensor,
+    csc_eid: Tensor, scale: float, dropout: float, seed: Optional[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """With alpha recomputed from lse and D_i = <dout_i, out_i>:
+    dz = alpha (keep <dout_i, v_j + e> - D_i); dq_i = scale sum_j dz (k_j + e);
+    dk_j = scale sum_i dz q_i; dv_j = sum_i alpha keep dout_i; de = scale dz q_i + alpha keep dout_i.
+    """
+    num_src, num_dst, heads = k.size(0), q.size(0), q.size(1)
+    acc = accumulation_dtype(q.dtype)
+    src, dst, slot, q_i, key, value = _transformer_edges(q, k, v, e, rowptr, col, acc)
+    alpha = _alpha((q_i * key).sum(-1) * scale, lse, dst, acc)
+    keep = _keep(seed, slot, heads, dropout, alpha)
+    weight = alpha if keep is None else alpha * keep
+    dout_ext = torch.cat([dout.to(acc), dout.new_zeros(1, *dout.shape[1:], dtype=acc)])
+    D = torch.cat([(dout_ext[:num_dst] * out.to(acc)).sum(-1), alpha.new_zeros(1, heads)])
+    dout_i = dout_ext[dst]
+    dalpha = (dout_i * value).sum(-1)
+    if keep is not None:
+        dalpha = dalpha * keep
+    dz = (alpha * (dalpha - D[dst])).unsqueeze(-1) * scale
+    dq = dz.new_zeros(num_dst + 1, *q.shape[1:]).index_add(0, dst, dz * key)[:num_dst]
+    dk = dz.new_zeros(k.shape).index_add(0, src, dz * q_i)
+    message = weight.unsqueeze(-1) * dout_i
+    dv = dz.new_zeros(v.shape).index_add(0, src, message)
+    de = (dz * q_i + message).to(e.dtype) if e is not None else dz.new_empty(0)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), de
+
+
+def transformer_jvp(
+    out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, e: Optional[Tensor],
+    dq: Optional[Tensor], dk: Optional[Tensor], dv: Optional[Tensor], de: Optional[Tensor],
+    rowptr: Tensor, col: Tensor, scale: float, dropout: float, seed: Optional[Tensor],
+) -> Tensor:
+    """Forward-mode derivative of out for tangents dq, dk, dv, de (None: zero): with
+    dz_ij = scale (<dq_i, k_j + e_ij> + <q_i, dk_j + de_ij>) and its row mean
+    dz_i = sum_j alpha_ij dz_ij (the tangent of lse_i),
+        dout_i = sum_j alpha_ij keep_ij (dv_j + de_ij + dz_ij (v_j + e_ij)) - dz_i out_i."""
+    num_dst, heads = q.size(0), q.size(1)
+    acc = accumulation_dtype(q.dtype)
+    src, dst, slot, q_i, key, value = _transformer_edges(q, k, v, e, rowptr, col, acc)
+    alpha = _alpha((q_i * key).sum(-1) * scale, lse, dst, acc)
+    zero = lambda x: torch.zeros_like(x)  # noqa: E731
+    _, _, _, dq_i, dkey, dvalue = _transformer_edges(
+        dq if dq is not None else zero(q), dk if dk is not None else zero(k),
+        dv if dv is not None else zero(v), de, rowptr, col, acc)
+    dz = ((dq_i * key).sum(-1) + (q_i * dkey).sum(-1)) * scale
+    mean = dz.new_zeros(num_dst + 1, heads).index_add(0, dst, alpha * dz)
+    keep = _keep(seed, slot, heads, dropout, alpha)
+    weight = alpha if keep is None else alpha * keep
+    dout = dz.new_zeros(num_dst + 1, *q.shape[1:]).index_add(
+        0, dst, weight.unsqueeze(-1) * (dvalue + dz.unsqueeze(-1) * value))
+    return (dout[:num_dst] - mean[:num_dst].unsqueeze(-1) * out.to(acc)).to(q.dtype)
