@@ -19,7 +19,6 @@ from torch_geometric.utils import softmax
 from .attention_layer import (AttentionLayer, check_dropout_and_backend, check_features, count,
                               in_channels_of, is_sparse_tensor, is_torch_sparse)
 from .backends import resolve
-from .errors import InputShapeError
 from .graph import Graph
 from .ops import transformer_attention
 
@@ -104,16 +103,7 @@ class FastTransformerConv(AttentionLayer, TransformerConv):
             return None
         if edge_attr is None:
             raise ValueError("this layer has edge_dim set: forward needs edge_attr")
-        if self.lin_edge.in_channels == -1 and edge_attr.dim() == 2:
-            self.lin_edge(edge_attr[:0])  # materialises a lazy edge_dim=-1 weight, as PyG's
-        if (edge_attr.dim() != 2 or edge_attr.size(0) != graph.num_edges
-                or edge_attr.size(1) != self.lin_edge.in_channels):
-            raise InputShapeError(f"edge_attr must have shape ({graph.num_edges}, "
-                                  f"{self.lin_edge.in_channels}) for {graph.num_edges} edges, "
-                                  f"got {tuple(edge_attr.shape)}")
-        if edge_attr.device != graph.col.device:
-            raise ValueError(f"edge_attr is on {edge_attr.device} but edge_index on "
-                             f"{graph.col.device}")
+        edge_attr = self._edge_attr(edge_attr, graph)  # checked, lazy weight materialised
         e = self.lin_edge(edge_attr.index_select(0, graph.perm))
         return e.view(-1, self.heads, self.out_channels).to(dtype)
 
