@@ -17,6 +17,8 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY_FRAGMENT(fastgat, m) {
   m.def(fastgat::kForwardSchema);
   m.def(fastgat::kBackwardSchema);
+  m.def(fastgat::kGatv2ForwardSchema);
+  m.def(fastgat::kGatv2BackwardSchema);
   m.def(fastgat::kTransformerForwardSchema);
   m.def(fastgat::kTransformerBackwardSchema);
   // Graph preparation (csrc/cpu/graph_cpu.cpp, CPU only; fastgat/graph.py).

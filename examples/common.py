@@ -17,13 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.datasets import Planetoid
-from torch_geometric.nn import GATConv
+from torch_geometric.nn import GATConv, GATv2Conv
 import torch_geometric.transforms as T
 
-from fastgat import FastGATConv
+from fastgat import FastGATConv, FastGATv2Conv
 
 DATASETS = ("Cora", "CiteSeer")
-CONVS = ("fast", "pyg")
+# --conv: the fused layer or PyG's, of GAT ("fast", "pyg") or GATv2 ("fast-v2", "pyg-v2").
+LAYERS = {"fast": FastGATConv, "pyg": GATConv, "fast-v2": FastGATv2Conv, "pyg-v2": GATv2Conv}
+CONVS = tuple(LAYERS)
 RAW_PARTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 OFFLINE_COPY_VAR = "FASTGAT_PLANETOID_RAW"
 
@@ -76,12 +78,11 @@ def load_planetoid(name: str, root=None, offline=None):
 
 
 def conv_factory(conv: str, backend: str = "auto"):
-    """The GAT layer class: FastGATConv (with `backend`) or PyG's GATConv, same constructor."""
-    if conv == "fast":
-        return partial(FastGATConv, backend=backend)
-    if conv == "pyg":
-        return GATConv
-    raise ValueError(f"conv must be one of {CONVS}, got {conv!r}")
+    """The attention layer class of LAYERS[conv], a fused one with `backend`; the fused and
+    PyG's layers share one constructor."""
+    if conv not in LAYERS:
+        raise ValueError(f"conv must be one of {CONVS}, got {conv!r}")
+    return partial(LAYERS[conv], backend=backend) if conv.startswith("fast") else LAYERS[conv]
 
 
 class GAT(nn.Module):
@@ -122,7 +123,7 @@ def example_parser(doc: str, conv: bool = True) -> argparse.ArgumentParser:
     if conv:
         parser.add_argument("--conv", choices=CONVS, default="fast")
     parser.add_argument("--backend", default="auto",
-                        help="FastGATConv backend: auto, torch, triton, cuda or cpu")
+                        help="fused layer's backend: auto, torch, triton, cuda or cpu")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--root", default=None,
                         help="writable Planetoid root, as PyG's Planetoid(root, name) (default: "

@@ -1,6 +1,8 @@
-"""Train the GAT paper's model on Cora or CiteSeer with FastGATConv or PyG's GATConv.
+"""Train the GAT paper's model on Cora or CiteSeer with FastGATConv or PyG's GATConv, or
+the same model with GATv2 layers (FastGATv2Conv or PyG's GATv2Conv).
 
     python examples/train_planetoid.py --dataset Cora --conv fast --seeds 10
+    python examples/train_planetoid.py --dataset Cora --conv fast-v2 --seeds 10
 
 Recipe (Velickovic et al., 2018, as in PyG's examples/gat.py): 2 layers, 8 heads x 8 hidden,
 ELU, dropout 0.6 on inputs and attention, one averaged output head, Adam lr 0.005, weight
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (GAT, accuracies, conv_factory, example_parser, load_planetoid,
+from common import (GAT, LAYERS, accuracies, conv_factory, example_parser, load_planetoid,
                     make_optimizer)
 from fastgat.backends import resolve
 
@@ -71,8 +73,10 @@ def main() -> None:
     data = load_planetoid(args.dataset, args.root, args.offline_copy).to(device)
     num_classes = int(data.y.max()) + 1
     conv = conv_factory(args.conv, args.backend)
-    layer = (f"FastGATConv (backend {resolve(args.backend, device.type)})"
-             if args.conv == "fast" else "GATConv")
+    rule = "gatv2" if args.conv.endswith("v2") else "gat"
+    layer = LAYERS[args.conv].__name__
+    if args.conv.startswith("fast"):
+        layer += f" (backend {resolve(args.backend, device.type, rule)})"
     print(f"{args.dataset}: {data.num_nodes} nodes, {data.num_edges} edges, {num_classes} "
           f"classes; {layer} on {device}; {args.epochs} epochs x {args.seeds} seeds")
 

@@ -12,10 +12,11 @@ except ImportError as error:  # a pure-Python install: the fallbacks still work
                   "fastgat._C is not built (pip install --no-build-isolation . builds it)")
 
 
-def kernel_status(dispatch_key: str) -> str:
-    """'' if the compiled kernels exist for dispatch_key ('CPU' or 'CUDA'), else why not."""
+def kernel_status(dispatch_key: str, op: str = "fused_forward") -> str:
+    """'' if the compiled kernel of fastgat::`op` exists for dispatch_key ('CPU' or 'CUDA'),
+    else why not."""
     if LOAD_ERROR is not None:
         return LOAD_ERROR
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("fastgat::fused_forward", dispatch_key):
-        return f"fastgat._C was built without {dispatch_key} kernels"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastgat::{op}", dispatch_key):
+        return f"fastgat._C was built without {dispatch_key} kernels for {op}"
     return ""

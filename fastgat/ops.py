@@ -1,5 +1,6 @@
-"""The fused attention edge stages as autograd-aware custom ops (docs/design.md §2, §4, §10):
-GAT's below, TransformerConv's at the end; both share one autograd plumbing (`_autograd`).
+"""The fused attention edge stages as autograd-aware custom ops (docs/design.md §2, §4, §10,
+§11): GAT's below, then GATv2's and TransformerConv's; all share one input check (`_check_inputs`)
+and one autograd plumbing (`_autograd`).
 
     fastgat::gat_attention(h, s, d, t?, t_loop?, graph..., num_loops, negative_slope,
                            dropout, seed?, backend) -> (out, lse)
@@ -17,7 +18,7 @@ Contract every backend implements (inputs are validated by the caller: FastGATCo
 The backward op is differentiable too (double backward, e.g. gradient penalties), through the
 torch reference: correct to second order, but not fused.
 
-The public entries (`gat_attention`, `transformer_attention`) apply an op through an
+The public entries (`gat_attention`, `gatv2_attention`, `transformer_attention`) apply an op through an
 autograd.Function with setup_context, a forward-mode rule (jvp) and vmap support, because the
 autograd that torch.library.register_autograd generates is an old-style Function: torch.func.grad
 / jacrev reject it, and forward mode (torch.func.jvp, jacfwd) silently saw zero tangents. The
@@ -38,28 +39,35 @@ def attention_op(
     rowptr: Tensor, col: Tensor, colptr: Tensor, csc_row: Tensor, csc_eid: Tensor,
     num_loops: int, negative_slope: float, dropout: float, seed: Optional[Tensor], backend: str,
 ) -> Tuple[Tensor, Tensor]:
-    _check_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed)
+    num_src, heads, _ = _value_shape("h", h)
+    _check_inputs("h", h, {"s": (s, (num_src, heads)), "d": (d, (rowptr.numel() - 1, heads)),
+                      "t": (t, (col.numel(), heads)), "t_loop": (t_loop, (num_loops, heads))},
+                  rowptr, col, num_loops, dropout, seed)
     impl = implementation(backend)
     return impl.gat_forward(h, s, d, t, t_loop, rowptr, col, num_loops, negative_slope,
                             dropout, seed)
 
 
-def _check_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed) -> None:
-    """Shapes, dtypes and devices of the contract (metadata only: no pass over the data)."""
+def _value_shape(name: str, h: Tensor) -> Tuple[int, int, int]:
+    """(N_src, H, C) of the gathered value tensor, which sets every other input's dtype."""
     if h.dim() != 3 or not h.is_floating_point():
-        raise ValueError(f"h must be a floating (N_src, H, C) tensor, got {h.dtype} "
+        raise ValueError(f"{name} must be a floating (N_src, H, C) tensor, got {h.dtype} "
                          f"{tuple(h.shape)}")
-    num_src, heads = h.shape[:2]
+    return tuple(h.shape)
+
+
+def _check_inputs(name, h, tensors, rowptr, col, num_loops, dropout, seed) -> None:
+    """Shapes, dtypes and devices of the contract (metadata only: no pass over the data):
+    `h` the values (named `name`), `tensors` maps each other float input's name to
+    (tensor or None, its expected shape)."""
     # Kernels index rows as dense (row, head, channel) offsets: a strided view would be read
-    # as if it were contiguous. The caller copies (FastGATConv does); the op never does silently.
-    tensors = {"h": h, "s": s, "d": d, "t": t, "t_loop": t_loop, "rowptr": rowptr, "col": col}
-    for name, x in tensors.items():
+    # as if it were contiguous. The caller copies (the layers do); the op never does silently.
+    named = {name: h, **{k: x for k, (x, _) in tensors.items()}, "rowptr": rowptr, "col": col}
+    for key, x in named.items():
         if x is not None and not x.is_contiguous():
-            raise ValueError(f"{name} must be contiguous, got strides {x.stride()} for shape "
+            raise ValueError(f"{key} must be contiguous, got strides {x.stride()} for shape "
                              f"{tuple(x.shape)}")
-    shapes = {"s": (s, (num_src, heads)), "d": (d, (rowptr.numel() - 1, heads)),
-              "t": (t, (col.numel(), heads)), "t_loop": (t_loop, (num_loops, heads))}
-    for name, (x, shape) in shapes.items():
+    for name, (x, shape) in tensors.items():
         if x is None:
             continue
         if tuple(x.shape) != shape or x.dtype != h.dtype or x.device != h.device:
@@ -68,19 +76,24 @@ def _check_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed) -> 
     if rowptr.dtype not in (torch.int32, torch.int64) or col.dtype != rowptr.dtype:
         raise ValueError(f"rowptr and col must share an int32 or int64 dtype, got "
                          f"{rowptr.dtype} and {col.dtype}")
-    if not 0 <= num_loops <= min(num_src, rowptr.numel() - 1):
+    if not 0 <= num_loops <= min(h.size(0), rowptr.numel() - 1):
         raise ValueError(f"num_loops={num_loops} must lie in [0, min(N_src, N_dst)]")
     if dropout > 0.0 and (seed is None or seed.numel() != 1 or seed.dtype != torch.int64):
         raise ValueError("dropout > 0 needs a 1-element int64 seed tensor")
 
 
+def _fake_outputs(h: Tensor, rowptr: Tensor) -> Tuple[Tensor, Tensor]:
+    """Empty (out, lse) of the contract's shapes and dtypes."""
+    num_dst = rowptr.size(0) - 1
+    lse_dtype = torch_ref.accumulation_dtype(h.dtype)
+    return h.new_empty(num_dst, h.size(1), h.size(2)), h.new_empty(num_dst, h.size(1),
+                                                                   dtype=lse_dtype)
+
+
 @attention_op.register_fake
 def _(h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops, negative_slope,
       dropout, seed, backend):
-    num_dst = rowptr.size(0) - 1
-    lse_dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
-    return h.new_empty(num_dst, h.size(1), h.size(2)), h.new_empty(num_dst, h.size(1),
-                                                                   dtype=lse_dtype)
+    return _fake_outputs(h, rowptr)
 
 
 @torch.library.custom_op("fastgat::gat_attention_backward", mutates_args=())
@@ -208,6 +221,8 @@ def _autograd(op, backward_op, layout: _Layout):
 
         @staticmethod
         def jvp(ctx, *tangents):
+            if layout.jvp is None:
+                raise NotImplementedError(f"{op._qualname} has no forward-mode rule (jvp) yet")
             *primals, rowptr, col, seed, out, lse = ctx.saved_tensors
             dout = layout.jvp(out, lse, primals, tangents[:layout.n], rowptr, col,
                               ctx.forward_attrs, seed)
@@ -247,8 +262,72 @@ def gat_attention(
                  csc_eid, num_loops, negative_slope, dropout, seed, backend)
 
 
+# -- GATv2 (docs/design.md, "GATv2") --------------------------------------------------------
+#     fastgat::gatv2_attention(xl, xr, att, e?, e_loop?, graph..., num_loops, negative_slope,
+#                              dropout, seed?, backend) -> (out, lse)
+#     fastgat::gatv2_attention_backward(dout, out, lse, <same inputs>)
+#                                       -> (dxl, dxr, datt, de, de_loop)
+# xl (N_src, H, C) the source rows (the gathered values), xr (N_dst, H, C), att (H, C),
+# e (E, H, C) by CSR slot or None, e_loop (num_loops, H, C) or None; the score of edge j -> i
+# is <att, LeakyReLU(xl_j + xr_i + e_ij)>. Graph, dropout, out and lse as for gat_attention.
+@torch.library.custom_op("fastgat::gatv2_attention", mutates_args=())
+def gatv2_attention_op(
+    xl: Tensor, xr: Tensor, att: Tensor, e: Optional[Tensor], e_loop: Optional[Tensor],
+    rowptr: Tensor, col: Tensor, colptr: Tensor, csc_row: Tensor, csc_eid: Tensor,
+    num_loops: int, negative_slope: float, dropout: float, seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor]:
+    num_src, heads, channels = _value_shape("xl", xl)
+    _check_inputs("xl", xl, {"xr": (xr, (rowptr.numel() - 1, heads, channels)),
+                             "att": (att, (heads, channels)),
+                             "e": (e, (col.numel(), heads, channels)),
+                             "e_loop": (e_loop, (num_loops, heads, channels))},
+                  rowptr, col, num_loops, dropout, seed)
+    return implementation(backend).gatv2_forward(xl, xr, att, e, e_loop, rowptr, col, num_loops,
+                                                 negative_slope, dropout, seed)
 
-# -- TransformerConv's rule (docs/design.md §10) ---------------------------------------------
+
+@gatv2_attention_op.register_fake
+def _(xl, xr, att, e, e_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops, negative_slope,
+      dropout, seed, backend):
+    return _fake_outputs(xl, rowptr)
+
+
+@torch.library.custom_op("fastgat::gatv2_attention_backward", mutates_args=())
+def gatv2_attention_backward(
+    dout: Tensor, out: Tensor, lse: Tensor, xl: Tensor, xr: Tensor, att: Tensor,
+    e: Optional[Tensor], e_loop: Optional[Tensor], rowptr: Tensor, col: Tensor, colptr: Tensor,
+    csc_row: Tensor, csc_eid: Tensor, num_loops: int, negative_slope: float, dropout: float,
+    seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return implementation(backend).gatv2_backward(
+        dout.contiguous(), out, lse, xl, xr, att, e, e_loop, rowptr, col, colptr, csc_row,
+        csc_eid, num_loops, negative_slope, dropout, seed)
+
+
+@gatv2_attention_backward.register_fake
+def _(dout, out, lse, xl, xr, att, e, e_loop, rowptr, col, colptr, csc_row, csc_eid, num_loops,
+      negative_slope, dropout, seed, backend):
+    de = torch.empty_like(e) if e is not None else xl.new_empty(0)
+    de_loop = torch.empty_like(e_loop) if e_loop is not None else xl.new_empty(0)
+    return torch.empty_like(xl), torch.empty_like(xr), torch.empty_like(att), de, de_loop
+
+
+# No forward-mode rule (jvp) yet: torch.func.jvp on this op raises.
+_GATv2Attention = _autograd(gatv2_attention_op, gatv2_attention_backward,
+                            _Layout(5, torch_ref.gatv2_forward, None))
+
+
+def gatv2_attention(
+    xl: Tensor, xr: Tensor, att: Tensor, e: Optional[Tensor], e_loop: Optional[Tensor],
+    rowptr: Tensor, col: Tensor, colptr: Tensor, csc_row: Tensor, csc_eid: Tensor,
+    num_loops: int, negative_slope: float, dropout: float, seed: Optional[Tensor], backend: str,
+) -> Tuple[Tensor, Tensor]:
+    """The fused GATv2 edge stage (contract above), differentiable in reverse mode, twice."""
+    return _call(_GATv2Attention, gatv2_attention_op, xl, xr, att, e, e_loop, rowptr, col,
+                 colptr, csc_row, csc_eid, num_loops, negative_slope, dropout, seed, backend)
+
+
+# -- TransformerConv's rule (docs/design.md §11) ---------------------------------------------
 #   transformer_attention(q, k, v, e?, graph..., scale, dropout, seed?, backend) -> (out, lse)
 #   transformer_attention_backward(dout, out, lse, <the same inputs>) -> (dq, dk, dv, de)
 # q (N_dst, H, C), k and v (N_src, H, C), e (E, H, C) by CSR slot or None; one floating dtype,
@@ -266,34 +345,15 @@ def transformer_op(
 
 
 def _check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed) -> None:
-    if q.dim() != 3 or not q.is_floating_point():
-        raise ValueError(f"q must be a floating (N_dst, H, C) tensor, got {q.dtype} "
-                         f"{tuple(q.shape)}")
-    num_dst, heads, channels = q.shape
-    if rowptr.numel() != num_dst + 1:
-        raise ValueError(f"rowptr must have N_dst + 1 = {num_dst + 1} entries, got "
-                         f"{rowptr.numel()}")
-    shapes = {"q": (q, q.shape), "k": (k, (k.size(0), heads, channels)),
-              "v": (v, k.shape), "e": (e, (col.numel(), heads, channels))}
-    for name, (x, shape) in shapes.items():
-        if x is None:
-            continue
-        if tuple(x.shape) != tuple(shape) or x.dtype != q.dtype or x.device != q.device:
-            raise ValueError(f"{name} must be a {q.dtype} tensor of shape {tuple(shape)} on "
-                             f"{q.device}, got {x.dtype} {tuple(x.shape)} on {x.device}")
-        if not x.is_contiguous():
-            raise ValueError(f"{name} must be contiguous, got strides {x.stride()}")
-    if rowptr.dtype not in (torch.int32, torch.int64) or col.dtype != rowptr.dtype:
-        raise ValueError(f"rowptr and col must share an int32 or int64 dtype, got "
-                         f"{rowptr.dtype} and {col.dtype}")
-    if dropout > 0.0 and (seed is None or seed.numel() != 1 or seed.dtype != torch.int64):
-        raise ValueError("dropout > 0 needs a 1-element int64 seed tensor")
+    _, heads, channels = _value_shape("k", k)
+    _check_inputs("k", k, {"q": (q, (rowptr.numel() - 1, heads, channels)), "v": (v, k.shape),
+                           "e": (e, (col.numel(), heads, channels))},
+                  rowptr, col, 0, dropout, seed)
 
 
 @transformer_op.register_fake
 def _(q, k, v, e, rowptr, col, colptr, csc_row, csc_eid, scale, dropout, seed, backend):
-    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=lse_dtype)
+    return _fake_outputs(q, rowptr)
 
 
 @torch.library.custom_op("fastgat::transformer_attention_backward", mutates_args=())

@@ -1,31 +1,30 @@
 """FastTransformerConv: torch_geometric.nn.TransformerConv with the edge stage fused
-(docs/design.md §10).
+(docs/design.md §11).
 
 It subclasses TransformerConv, so the constructor, parameters, initialisation, state_dict keys
 and repr are PyG's own, and so are the bias semantics of the installed PyG (2.8: `bias` on
 lin_key, lin_query, lin_value and lin_skip). Only `forward` differs: the attention softmax and
 the weighted sum run in one op that never forms the E x H x C keys, values or messages (only
 `e = lin_edge(edge_attr)` is E x H x C, when edge_dim is set); beta gating and root_weight stay
-in torch. PyG's forward runs where the fused path cannot reproduce it (FusedLayer).
+in torch. PyG's forward runs where the fused path cannot reproduce it (AttentionLayer).
 """
 import math
 from typing import Optional
 
 import torch
 from torch import Tensor
-from torch_geometric.nn import TransformerConv
+from torch_geometric.nn import MessagePassing, TransformerConv
 from torch_geometric.utils import softmax
 
+from .attention_layer import (AttentionLayer, check_dropout_and_backend, check_features, count,
+                              in_channels_of, is_sparse_tensor, is_torch_sparse)
 from .backends import resolve
-from .dropout import draw_seed
 from .errors import InputShapeError
-from .fused_layer import (FusedLayer, check_dropout_and_backend, check_features, count,
-                          in_channels_arg, is_sparse_tensor, is_torch_sparse)
 from .graph import Graph
 from .ops import transformer_attention
 
 
-class FastTransformerConv(FusedLayer, TransformerConv):
+class FastTransformerConv(AttentionLayer, TransformerConv):
     """Drop-in for `torch_geometric.nn.TransformerConv` (same arguments, parameters and
     outputs), plus `backend`: 'auto', 'torch' or 'cpu' (the backends with its kernels).
     `edge_index` may also be a prepared `fastgat.Graph` built with drop_self_loops=False and
@@ -34,11 +33,17 @@ class FastTransformerConv(FusedLayer, TransformerConv):
     Attention dropout draws its mask from fastgat's Philox rule (docs/design.md §7), not from
     F.dropout; the returned attention weights are, as PyG's, the softmax before dropout."""
 
+    # PyG stores a class's own `propagate` as the fallback explain mode and decomposed layers
+    # switch to: MessagePassing's, not TransformerConv's generated one.
+    propagate = MessagePassing.propagate
+    edge_updater = MessagePassing.edge_updater
+    add_self_loops = False  # TransformerConv adds none: AttentionLayer's graph has no loops
+
     def __init__(self, in_channels, out_channels: int, heads: int = 1, concat: bool = True,
                  beta: bool = False, dropout: float = 0.0, edge_dim: Optional[int] = None,
                  bias: bool = True, root_weight: bool = True, backend: str = "auto", **kwargs):
         check_dropout_and_backend(dropout, backend)
-        super().__init__(in_channels_arg(in_channels), count(out_channels, "out_channels"),
+        super().__init__(in_channels_of(in_channels), count(out_channels, "out_channels"),
                          heads=count(heads, "heads"), concat=concat, beta=beta, dropout=dropout,
                          edge_dim=edge_dim, bias=bias, root_weight=root_weight, **kwargs)
         self.backend = backend
@@ -48,25 +53,22 @@ class FastTransformerConv(FusedLayer, TransformerConv):
         # Without lin_edge, PyG adds raw edge attributes to the values only, broadcast as
         # they happen to fit: a rule of its own, left to PyG's forward.
         raw_edge_values = self.lin_edge is None and _edge_attr(edge_index, edge_attr) is not None
-        if self._needs_messages() or raw_edge_values:
-            if isinstance(edge_index, Graph):
-                raise ValueError("explain mode, message hooks, aggr/flow other than "
-                                 "'add'/'source_to_target' and edge_attr without edge_dim "
-                                 "need an edge_index tensor, not a prepared fastgat.Graph")
+        if raw_edge_values and isinstance(edge_index, Graph):
+            raise ValueError("edge_attr without edge_dim needs an edge_index tensor, not a "
+                             "prepared fastgat.Graph")
+        if self._needs_messages(edge_index) or raw_edge_values:
             return super().forward(x, edge_index, edge_attr, return_attention_weights)
         edge_attr = _edge_attr(edge_index, edge_attr)
         H, C = self.heads, self.out_channels
         x_src, x_dst = self._features(x)
-        num_src, num_dst = self._sizes(edge_index, x_src, x_dst, None)
-        graph = self._graph(edge_index, num_src, num_dst, False, 0, x_src.device)
+        edge_index, graph = self._graph(edge_index, x_src, x_dst, None)
         q = self.lin_query(x_dst).view(-1, H, C)
         k = self.lin_key(x_src).view(-1, H, C).to(q.dtype)
         v = self.lin_value(x_src).view(-1, H, C).to(q.dtype)
         e = self._edge_values(edge_attr, graph, q.dtype)
 
-        p = self.dropout if self.training else 0.0
+        p, seed = self._dropout(q.device)
         drop_all = p >= 1.0  # as F.dropout(p=1): every weight zeroed, no mask to draw
-        seed = draw_seed(q.device) if 0.0 < p < 1.0 else None
         backend = resolve(self.backend, q.device.type, "transformer")
         # The CSC serves only the backward: not built for a call no backward can follow.
         backward = torch.is_grad_enabled() and any(
@@ -78,7 +80,7 @@ class FastTransformerConv(FusedLayer, TransformerConv):
             out = out * 0.0  # zeros that still pass TransformerConv's (zero) gradients
         out = self._combine(out, x_dst)
         if isinstance(return_attention_weights, bool):  # PyG's test: False returns them too
-            return out, self._attention_weights(edge_index, graph, q, k, e)
+            return out, self._returned_weights(edge_index, graph, q, k, e)
         return out
 
     # -- the steps of forward, each mirroring TransformerConv ------------------------------
@@ -126,7 +128,7 @@ class FastTransformerConv(FusedLayer, TransformerConv):
         beta = self.lin_beta(torch.cat([out, x_r, out - x_r], dim=-1)).sigmoid()
         return beta * x_r + (1 - beta) * out
 
-    def _attention_weights(self, edge_index, graph: Graph, q, k, e):
+    def _returned_weights(self, edge_index, graph: Graph, q, k, e):
         """TransformerConv's attention weights (before dropout), in the caller's edge order:
         the order coo_of reads, which is PyG's for every edge form (no edges are added or
         dropped). Forms the per-edge scores in torch: only when asked for."""

@@ -12,6 +12,12 @@
 
 namespace fastgat {
 
+// lse's dtype, the kernels' accumulation dtype: float64 for float64 h, else float32
+// (fastgat.backends.torch_ref.accumulation_dtype states the same rule in Python).
+inline at::ScalarType lse_dtype_for(at::ScalarType h) {
+  return h == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // `like` is the op's first tensor input (h for GAT, q for TransformerConv), named `like_name`.
 inline void check_tensor(const at::Tensor& x, const char* name, const at::Tensor& like,
                          std::initializer_list<int64_t> shape, const char* like_name = "h") {
@@ -62,36 +68,81 @@ inline void check_dropout(double dropout, const c10::optional<at::Tensor>& seed,
   }
 }
 
-// h (N_src, H, C); s (N_src, H); d (N_dst, H); t (E, H)?; t_loop (num_loops, H)?;
-// rowptr (N_dst + 1) and col (E) of int32 or int64; seed a 1-element int64 tensor if dropout > 0.
+// The values h (N_src, H, C), floating point; the graph rowptr (N_dst + 1) and col (E) of
+// int32 or int64; num_loops; a 1-element int64 seed if dropout > 0. Shared by every rule.
+inline void check_values_and_graph(const at::Tensor& h, const char* h_name,
+                                   const at::Tensor& rowptr, const at::Tensor& col,
+                                   int64_t num_loops, double dropout,
+                                   const c10::optional<at::Tensor>& seed) {
+  TORCH_CHECK(h.dim() == 3, "fastgat: ", h_name, " must be (N_src, H, C), got shape ", h.sizes());
+  TORCH_CHECK(at::isFloatingType(h.scalar_type()), "fastgat: ", h_name,
+              " must be floating point, got ", h.scalar_type());
+  const int64_t num_src = h.size(0), heads = h.size(1);
+  const int64_t num_dst = check_rowptr(rowptr);
+  TORCH_CHECK(col.dim() == 1, "fastgat: col must be 1-D, got shape ", col.sizes());
+  check_tensor(h, h_name, h, {num_src, heads, h.size(2)});
+  check_index(rowptr, "rowptr", rowptr, h, {num_dst + 1});
+  check_index(col, "col", rowptr, h, {col.numel()});
+  TORCH_CHECK(num_loops >= 0 && num_loops <= std::min(num_src, num_dst), "fastgat: num_loops=",
+              num_loops, " must lie in [0, min(N_src, N_dst)] = [0, ", std::min(num_src, num_dst),
+              "]");
+  check_dropout(dropout, seed, h);
+}
+
+// GAT: h (N_src, H, C); s (N_src, H); d (N_dst, H); t (E, H)?; t_loop (num_loops, H)?; the graph.
 inline void check_forward_inputs(const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
                                  const c10::optional<at::Tensor>& t,
                                  const c10::optional<at::Tensor>& t_loop,
                                  const at::Tensor& rowptr, const at::Tensor& col,
                                  int64_t num_loops, double dropout,
                                  const c10::optional<at::Tensor>& seed) {
-  TORCH_CHECK(h.dim() == 3, "fastgat: h must be (N_src, H, C), got shape ", h.sizes());
-  TORCH_CHECK(at::isFloatingType(h.scalar_type()), "fastgat: h must be floating point, got ",
-              h.scalar_type());
+  check_values_and_graph(h, "h", rowptr, col, num_loops, dropout, seed);
   const int64_t num_src = h.size(0), heads = h.size(1);
-  const int64_t num_dst = check_rowptr(rowptr);
-  TORCH_CHECK(col.dim() == 1, "fastgat: col must be 1-D, got shape ", col.sizes());
-  const int64_t num_slots = col.numel();
-  check_tensor(h, "h", h, {num_src, heads, h.size(2)});
+  const int64_t num_dst = rowptr.numel() - 1, num_slots = col.numel();
   check_float(s, "s", h, {num_src, heads});
   check_float(d, "d", h, {num_dst, heads});
-  check_index(rowptr, "rowptr", rowptr, h, {num_dst + 1});
-  check_index(col, "col", rowptr, h, {num_slots});
-  TORCH_CHECK(num_loops >= 0 && num_loops <= std::min(num_src, num_dst), "fastgat: num_loops=",
-              num_loops, " must lie in [0, min(N_src, N_dst)] = [0, ", std::min(num_src, num_dst),
-              "]");
   if (t.has_value()) check_float(*t, "t", h, {num_slots, heads});
   if (t_loop.has_value()) check_float(*t_loop, "t_loop", h, {num_loops, heads});
-  check_dropout(dropout, seed, h);
 }
 
-// The forward's inputs plus dout and out (N_dst, H, C) of h's dtype, lse (N_dst, H) of float32
-// (float64 for float64 h), and the CSC colptr (N_src + 1), csc_row (E), csc_eid (E).
+// GATv2: xl (N_src, H, C); xr (N_dst, H, C); att (H, C); e (E, H, C)?;
+// e_loop (num_loops, H, C)?; the graph.
+inline void check_gatv2_forward_inputs(const at::Tensor& xl, const at::Tensor& xr,
+                                       const at::Tensor& att, const c10::optional<at::Tensor>& e,
+                                       const c10::optional<at::Tensor>& e_loop,
+                                       const at::Tensor& rowptr, const at::Tensor& col,
+                                       int64_t num_loops, double dropout,
+                                       const c10::optional<at::Tensor>& seed) {
+  check_values_and_graph(xl, "xl", rowptr, col, num_loops, dropout, seed);
+  const int64_t heads = xl.size(1), channels = xl.size(2);
+  check_float(xr, "xr", xl, {rowptr.numel() - 1, heads, channels});
+  check_float(att, "att", xl, {heads, channels});
+  if (e.has_value()) check_float(*e, "e", xl, {col.numel(), heads, channels});
+  if (e_loop.has_value()) check_float(*e_loop, "e_loop", xl, {num_loops, heads, channels});
+}
+
+// What every rule's backward reads beside its forward's inputs: dout and out (N_dst, H, C)
+// of h's dtype, lse (N_dst, H) of float32 (float64 for float64 h), and the CSC colptr
+// (N_src + 1), csc_row (E), csc_eid (E).
+inline void check_backward_extras(const at::Tensor& dout, const at::Tensor& out,
+                                  const at::Tensor& lse, const at::Tensor& h,
+                                  const at::Tensor& rowptr, const at::Tensor& col,
+                                  const at::Tensor& colptr, const at::Tensor& csc_row,
+                                  const at::Tensor& csc_eid) {
+  const int64_t num_src = h.size(0), heads = h.size(1), channels = h.size(2);
+  const int64_t num_dst = rowptr.numel() - 1, num_slots = col.numel();
+  check_float(dout, "dout", h, {num_dst, heads, channels});
+  check_float(out, "out", h, {num_dst, heads, channels});
+  const auto lse_dtype = lse_dtype_for(h.scalar_type());
+  TORCH_CHECK(lse.scalar_type() == lse_dtype, "fastgat: lse must be ", lse_dtype, " for ",
+              h.scalar_type(), " h, got ", lse.scalar_type());
+  check_tensor(lse, "lse", h, {num_dst, heads});
+  check_index(colptr, "colptr", rowptr, h, {num_src + 1});
+  check_index(csc_row, "csc_row", rowptr, h, {num_slots});
+  check_index(csc_eid, "csc_eid", rowptr, h, {num_slots});
+}
+
+// GAT's backward: the forward's inputs plus check_backward_extras.
 inline void check_backward_inputs(const at::Tensor& dout, const at::Tensor& out,
                                   const at::Tensor& lse, const at::Tensor& h, const at::Tensor& s,
                                   const at::Tensor& d, const c10::optional<at::Tensor>& t,
@@ -101,17 +152,7 @@ inline void check_backward_inputs(const at::Tensor& dout, const at::Tensor& out,
                                   const at::Tensor& csc_eid, int64_t num_loops, double dropout,
                                   const c10::optional<at::Tensor>& seed) {
   check_forward_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed);
-  const int64_t num_src = h.size(0), heads = h.size(1), channels = h.size(2);
-  const int64_t num_dst = rowptr.numel() - 1, num_slots = col.numel();
-  check_float(dout, "dout", h, {num_dst, heads, channels});
-  check_float(out, "out", h, {num_dst, heads, channels});
-  const auto lse_dtype = h.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(lse.scalar_type() == lse_dtype, "fastgat: lse must be ", lse_dtype, " for ",
-              h.scalar_type(), " h, got ", lse.scalar_type());
-  check_tensor(lse, "lse", h, {num_dst, heads});
-  check_index(colptr, "colptr", rowptr, h, {num_src + 1});
-  check_index(csc_row, "csc_row", rowptr, h, {num_slots});
-  check_index(csc_eid, "csc_eid", rowptr, h, {num_slots});
+  check_backward_extras(dout, out, lse, h, rowptr, col, colptr, csc_row, csc_eid);
 }
 
 // TransformerConv's op (fastgat/ops.py): q (N_dst, H, C); k, v (N_src, H, C); e (E, H, C)?;
@@ -137,7 +178,7 @@ inline void check_transformer_inputs(const at::Tensor& q, const at::Tensor& k,
   check_dropout(dropout, seed, q);
 }
 
-// The forward's inputs plus dout, out (N_dst, H, C), lse (N_dst, H) and the CSC.
+// The forward's inputs plus check_backward_extras (k gives N_src, H, C and the dtype).
 inline void check_transformer_backward_inputs(
     const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& q,
     const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& e,
@@ -145,16 +186,7 @@ inline void check_transformer_backward_inputs(
     const at::Tensor& csc_row, const at::Tensor& csc_eid, double dropout,
     const c10::optional<at::Tensor>& seed) {
   check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed);
-  const int64_t num_dst = q.size(0), heads = q.size(1), channels = q.size(2);
-  check_float(dout, "dout", q, {num_dst, heads, channels}, "q");
-  check_float(out, "out", q, {num_dst, heads, channels}, "q");
-  const auto lse_dtype = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(lse.scalar_type() == lse_dtype, "fastgat: lse must be ", lse_dtype, " for ",
-              q.scalar_type(), " q, got ", lse.scalar_type());
-  check_tensor(lse, "lse", q, {num_dst, heads}, "q");
-  check_index(colptr, "colptr", rowptr, q, {k.size(0) + 1}, "q");
-  check_index(csc_row, "csc_row", rowptr, q, {col.numel()}, "q");
-  check_index(csc_eid, "csc_eid", rowptr, q, {col.numel()}, "q");
+  check_backward_extras(dout, out, lse, k, rowptr, col, colptr, csc_row, csc_eid);
 }
 
 }  // namespace fastgat

@@ -15,6 +15,19 @@ constexpr const char* kBackwardSchema =
     "Tensor csc_eid, int num_loops, float negative_slope, float dropout, Tensor? seed) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)";
 
+// GATv2 (CPU only so far): xl (N_src, H, C), xr (N_dst, H, C), att (H, C), e (E, H, C)?,
+// e_loop (num_loops, H, C)?; the backward returns (dxl, dxr, datt, de, de_loop).
+constexpr const char* kGatv2ForwardSchema =
+    "gatv2_fused_forward(Tensor xl, Tensor xr, Tensor att, Tensor? e, Tensor? e_loop, "
+    "Tensor rowptr, Tensor col, int num_loops, float negative_slope, float dropout, "
+    "Tensor? seed) -> (Tensor, Tensor)";
+
+constexpr const char* kGatv2BackwardSchema =
+    "gatv2_fused_backward(Tensor dout, Tensor out, Tensor lse, Tensor xl, Tensor xr, Tensor att, "
+    "Tensor? e, Tensor? e_loop, Tensor rowptr, Tensor col, Tensor colptr, Tensor csc_row, "
+    "Tensor csc_eid, int num_loops, float negative_slope, float dropout, Tensor? seed) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor)";
+
 // TransformerConv's rule (csrc/cpu/transformer_*.cpp; contract in fastgat/ops.py).
 constexpr const char* kTransformerForwardSchema =
     "transformer_forward(Tensor q, Tensor k, Tensor v, Tensor? e, Tensor rowptr, Tensor col, "

@@ -1,4 +1,4 @@
-// Fused TransformerConv backward on CPU (docs/design.md §10), two passes, no atomics: every
+// Fused TransformerConv backward on CPU (docs/design.md §11), two passes, no atomics: every
 // gradient row is summed by one thread in a fixed order (long rows in kChunk chunks), so the
 // result does not depend on the thread count.
 //   CSR pass, per destination i over its in-edges: D_i = <dout_i, out_i>, recompute

@@ -1,4 +1,4 @@
-// Fused TransformerConv forward on CPU (docs/design.md §10): TransformerConv's rule on the row
+// Fused TransformerConv forward on CPU (docs/design.md §11): TransformerConv's rule on the row
 // skeleton of attention_rows.h. The score gathers k_j (and reads e per slot), the sum gathers
 // v_j: two H x C rows per edge, no self loops, only out and lse written.
 #include <torch/library.h>
@@ -28,10 +28,14 @@ struct TransformerRule {
     if (e != nullptr) z += dot(q_i, e + (slot * heads + hd) * channels, channels);
     return scale * z;
   }
-  acc keep(int64_t slot, int64_t hd) const { return dropout.keep(slot, hd); }
+  void keep(int64_t slot, acc* k) const { dropout.keep_heads(slot, k); }
   void gather(acc* part, acc w, int64_t j, int64_t slot, int64_t hd) const {
     axpy(part, w, v + (j * heads + hd) * channels, channels);
     if (e != nullptr) axpy(part, w, e + (slot * heads + hd) * channels, channels);
+  }
+  [[gnu::always_inline]] void prefetch(int64_t j) const {
+    fastgat::cpu::prefetch(k + j * heads * channels, heads * channels * sizeof(scalar_t));
+    fastgat::cpu::prefetch(v + j * heads * channels, heads * channels * sizeof(scalar_t));
   }
 };
 

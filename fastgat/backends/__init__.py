@@ -21,8 +21,12 @@ from .._extension import kernel_status
 NAMES = ("torch", "triton", "cuda", "cpu")
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 _MODULES = {"torch": "torch_ref", "triton": "triton_kernels", "cuda": "compiled", "cpu": "compiled"}
-# Which backends implement each attention rule (the op of fastgat/ops.py it runs).
-RULES = {"gat": NAMES, "transformer": ("torch", "cpu")}
+# The backends implementing each scoring rule (the op of fastgat/ops.py it runs: "gat"
+# fastgat::gat_attention, "gatv2" fastgat::gatv2_attention, "transformer"
+# fastgat::transformer_attention); a rule's missing backend is reported, never run in its place.
+RULES = {"gat": NAMES, "gatv2": ("torch", "cpu"), "transformer": ("torch", "cpu")}
+_COMPILED_OPS = {"gat": "fused_forward", "gatv2": "gatv2_fused_forward",
+                 "transformer": "transformer_forward"}
 
 
 def _triton_status(device_type: str) -> str:
@@ -53,7 +57,7 @@ def unavailable_reason(name: str, device_type: str, rule: str = "gat") -> str:
         return _triton_status(device_type)
     if name != device_type:
         return f"the {name!r} backend runs on {name.upper()} tensors, not {device_type.upper()}"
-    return kernel_status(name.upper())
+    return kernel_status(name.upper(), _COMPILED_OPS[rule])
 
 
 def available_backends(device_type: str = "cuda" if torch.cuda.is_available() else "cpu"

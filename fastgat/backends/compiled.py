@@ -1,8 +1,8 @@
 """backend='cpu' and backend='cuda': the fused C++/CUDA kernels of fastgat._C.
 
-Each rule is one op pair, `torch.ops.fastgat.fused_forward` / `fused_backward` (GAT) and
-`transformer_forward` / `transformer_backward` (CPU only so far); the dispatcher picks
-the CPU or CUDA kernel from the tensors' device.
+Each rule is one op pair, `torch.ops.fastgat.fused_forward` / `fused_backward` (GAT),
+`gatv2_fused_forward` / `_backward` and `transformer_forward` / `transformer_backward` (those
+two CPU only so far); the dispatcher picks the CPU or CUDA kernel from the tensors' device.
 """
 import torch
 
@@ -19,6 +19,16 @@ def gat_backward(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_ro
                                             dropout, seed)
 
 
+def gatv2_forward(xl, xr, att, e, e_loop, rowptr, col, num_loops, negative_slope, dropout, seed):
+    return torch.ops.fastgat.gatv2_fused_forward(xl, xr, att, e, e_loop, rowptr, col, num_loops,
+                                                 negative_slope, dropout, seed)
+
+
+def gatv2_backward(dout, out, lse, xl, xr, att, e, e_loop, rowptr, col, colptr, csc_row,
+                   csc_eid, num_loops, negative_slope, dropout, seed):
+    return torch.ops.fastgat.gatv2_fused_backward(dout, out, lse, xl, xr, att, e, e_loop, rowptr,
+                                                  col, colptr, csc_row, csc_eid, num_loops,
+                                                  negative_slope, dropout, seed)
 def transformer_forward(q, k, v, e, rowptr, col, scale, dropout, seed):
     return torch.ops.fastgat.transformer_forward(q, k, v, e, rowptr, col, scale, dropout, seed)
 

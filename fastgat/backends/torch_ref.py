@@ -15,6 +15,8 @@ from ..dropout import keep_scale
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Every backend's accumulation and lse dtype for h of `dtype` (csrc/common/checks.h's
+    lse_dtype_for says the same in C++)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -155,7 +157,70 @@ def gat_jvp(
     return (dout[:num_dst] - mean[:num_dst].unsqueeze(-1) * out.to(acc)).to(h.dtype)
 
 
-# -- TransformerConv (docs/design.md §10): z_ij = scale <q_i, k_j + e_ij>, value v_j + e_ij ----
+# -- GATv2 (docs/design.md, "GATv2"): the score reads C-vectors, z = <att, LeakyReLU(u)> with
+# u_ij = xl_j + xr_i + e_ij; the value is xl_j, as h_j in GAT. --------------------------------
+def _gatv2_u(xl, xr, e, e_loop, src, dst, num_loops, acc):
+    """u (edges, H, C) over the edge list of _edge_list (dead slots read a zero xr row)."""
+    heads, channels = xl.size(1), xl.size(2)
+    xr_ext = torch.cat([xr.to(acc), xr.new_zeros(1, heads, channels, dtype=acc)])
+    u = xl.to(acc)[src] + xr_ext[dst]
+    if e is not None or e_loop is not None:
+        edges = e.to(acc) if e is not None else u.new_zeros(u.size(0) - num_loops, heads,
+                                                            channels)
+        loops = e_loop.to(acc) if e_loop is not None else u.new_zeros(num_loops, heads,
+                                                                      channels)
+        u = u + torch.cat([edges, loops])
+    return u
+
+
+def gatv2_forward(
+    xl: Tensor, xr: Tensor, att: Tensor, e: Optional[Tensor], e_loop: Optional[Tensor],
+    rowptr: Tensor, col: Tensor, num_loops: int, negative_slope: float, dropout: float,
+    seed: Optional[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    acc = accumulation_dtype(xl.dtype)
+    src, dst, slot = _edge_list(rowptr, col, num_loops)
+    u = _gatv2_u(xl, xr, e, e_loop, src, dst, num_loops, acc)
+    x = (torch.nn.functional.leaky_relu(u, negative_slope) * att.to(acc)).sum(-1)
+    return _aggregate(x, xl.to(acc)[src], dst, slot, xr.size(0), dropout, seed, xl.dtype)
+
+
+def gatv2_backward(
+    dout: Tensor, out: Tensor, lse: Tensor, xl: Tensor, xr: Tensor, att: Tensor,
+    e: Optional[Tensor], e_loop: Optional[Tensor], rowptr: Tensor, col: Tensor,
+    colptr: Tensor, csc_row: Tensor, csc_eid: Tensor, num_loops: int, negative_slope: float,
+    dropout: float, seed: Optional[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dxl, dxr, datt, de, de_loop) by the explicit formulas the fused kernels implement."""
+    num_src, num_dst, heads = xl.size(0), xr.size(0), xl.size(1)
+    acc = accumulation_dtype(xl.dtype)
+    src, dst, slot = _edge_list(rowptr, col, num_loops)
+    u = _gatv2_u(xl, xr, e, e_loop, src, dst, num_loops, acc)
+    act = torch.nn.functional.leaky_relu(u, negative_slope)
+    att_acc = att.to(acc)
+    alpha = _alpha((act * att_acc).sum(-1), lse, dst, acc)
+    keep = _keep(seed, slot, heads, dropout, alpha)
+    dout_acc = torch.cat([dout.to(acc), dout.new_zeros(1, heads, dout.size(2), dtype=acc)])
+    D = (dout_acc[:num_dst] * out.to(acc)).sum(-1)
+    D = torch.cat([D, D.new_zeros(1, heads)])
+    xl_src = xl.to(acc)[src]
+    dalpha = (dout_acc[dst] * xl_src).sum(-1)
+    weight = alpha if keep is None else alpha * keep
+    if keep is not None:
+        dalpha = dalpha * keep
+    dz = alpha * (dalpha - D[dst])
+    da = dz.unsqueeze(-1) * att_acc  # dz * att, then * LeakyReLU'(u), branching on u
+    du = torch.where(u > 0, da, da * negative_slope)
+    dxr = du.new_zeros(num_dst + 1, *xr.shape[1:]).index_add(0, dst, du)[:num_dst]
+    dxl = du.new_zeros(num_src, *xl.shape[1:]).index_add(
+        0, src, weight.unsqueeze(-1) * dout_acc[dst] + du)
+    datt = (dz.unsqueeze(-1) * act).sum(0)
+    num_slots = col.numel()
+    de = du[:num_slots].to(e.dtype, copy=True) if e is not None else du.new_empty(0)
+    de_loop = du[num_slots:].to(e_loop.dtype, copy=True) if e_loop is not None else \
+        du.new_empty(0)
+    return dxl.to(xl.dtype), dxr.to(xr.dtype), datt.to(att.dtype), de, de_loop
+# -- TransformerConv (docs/design.md §11): z_ij = scale <q_i, k_j + e_ij>, value v_j + e_ij ----
 def _transformer_edges(q, k, v, e, rowptr, col, acc):
     """Per CSR slot: (src, dst, slot, q_i, k_j + e, v_j + e); dead slots read a zero q row."""
     src, dst, slot = _edge_list(rowptr, col, 0)

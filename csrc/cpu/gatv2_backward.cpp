@@ -1,0 +1,209 @@
+// Fused GATv2 backward on CPU (docs/design.md, "GATv2"), deterministic and without atomics:
+// every gradient row is summed by one thread in a fixed order, so results do not depend on
+// the thread count. With alpha = exp(z - lse_i) recomputed, D_i = <dout_i, out_i> and
+// g(u) = (u > 0 ? 1 : slope):
+//   D pass, per destination i (dense, N_dst x H).
+//   CSR pass, per destination i, over its in-edges and then its self loop: recompute u and z,
+//     dz = alpha (keep <dout_i, xl_j> - D_i), du = dz att . g(u);
+//     dxr_i = sum du; de_ij = du (with edge_dim); datt partial of row i = sum dz LeakyReLU(u);
+//     dz and w = alpha keep are kept per slot (E + num_loops) x H for the next pass.
+//   CSC pass, per source j, over its out-edges and then its self loop:
+//     dxl_j = sum w dout_i + dz att . g(u), u recomputed (gathers xr_i, dout_i, e_ij).
+//   datt = the per-row partials summed over rows in a fixed order (chunked, see kChunk).
+// No E x H x C intermediate: only de itself, which is an output.
+#include <torch/library.h>
+
+#include "../common/checks.h"
+#include "gatv2_cpu.h"
+
+namespace fastgat::cpu {
+namespace {
+
+template <typename scalar_t, typename index_t>
+struct Gatv2Backward {
+  using acc = acc_t<scalar_t>;
+  const scalar_t* dout;
+  const scalar_t* out;
+  const acc* lse;
+  const index_t* rowptr;
+  const index_t* col;
+  const index_t* colptr;
+  const index_t* csc_row;
+  const index_t* csc_eid;
+  Gatv2Inputs<scalar_t> in;
+  int64_t num_loops;
+  acc* D;          // (N_dst, H)
+  acc* dz;         // (E + num_loops, H) by slot
+  acc* w;          // (E + num_loops, H) by slot: alpha * keep
+  acc* datt_rows;  // (N_dst, H, C): row i's share of datt
+  scalar_t* de;       // (E, H, C) or nullptr
+  scalar_t* de_loop;  // (num_loops, H, C) or nullptr
+  scalar_t* dxr;
+  scalar_t* dxl;
+
+  FASTGAT_CLONES void row_dots(int64_t begin, int64_t end) const {
+    cpu::row_dots(dout, out, D, in.heads, in.channels, begin, end);
+  }
+
+  FASTGAT_CLONES void destinations(int64_t begin, int64_t end) const {
+    const int64_t H = in.heads, C = in.channels, HC = H * C, E = in.num_slots;
+    std::vector<acc> u(C), dxr_row(HC), dxr_part(HC), datt_part(HC);
+    for (int64_t i = begin; i < end; ++i) {
+      acc* datt_row = datt_rows + i * HC;
+      std::fill(dxr_row.begin(), dxr_row.end(), acc(0));
+      std::fill(datt_row, datt_row + HC, acc(0));
+      std::fill(dxr_part.begin(), dxr_part.end(), acc(0));
+      std::fill(datt_part.begin(), datt_part.end(), acc(0));
+      const int64_t first = rowptr[i], last = rowptr[i + 1];
+      const int64_t n = last - first + (i < num_loops);
+      const scalar_t* dout_i = dout + i * HC;
+      // Edge e < n of row i is CSR slot k = first + e, or the self loop (slot E + i) last.
+      for (int64_t e = 0, k = first; e < n; ++e, ++k) {
+        if (e % kChunk == 0) {
+          flush(dxr_row.data(), dxr_part.data(), HC);
+          flush(datt_row, datt_part.data(), HC);
+        }
+        const int64_t j = k < last ? int64_t(col[k]) : i;
+        const int64_t slot = k < last ? k : E + i;
+        for (int64_t hd = 0; hd < H; ++hd) {
+          const acc z = in.logit(i, j, slot, hd, u.data());
+          const acc alpha = std::exp(z - lse_for_alpha(lse[i * H + hd]));
+          const acc keep = in.dropout.keep(slot, hd);
+          const acc dalpha =
+              keep != acc(0) ? keep * dot(dout_i + hd * C, in.xl_row(j, hd), C) : acc(0);
+          const acc g = alpha * (dalpha - D[i * H + hd]);
+          dz[slot * H + hd] = g;
+          w[slot * H + hd] = alpha * keep;
+          const scalar_t* a = in.att + hd * C;
+          acc* dxr_h = dxr_part.data() + hd * C;
+          acc* datt_h = datt_part.data() + hd * C;
+          scalar_t* de_e = slot < E ? (de != nullptr ? de + (slot * H + hd) * C : nullptr)
+                                    : (de_loop != nullptr ? de_loop + (i * H + hd) * C : nullptr);
+          for (int64_t c = 0; c < C; ++c) {
+            const acc uc = u[c];
+            const acc du = g * static_cast<acc>(a[c]) * (uc > 0 ? acc(1) : in.slope);
+            dxr_h[c] += du;
+            datt_h[c] += g * (uc > 0 ? uc : uc * in.slope);
+            if (de_e != nullptr) de_e[c] = static_cast<scalar_t>(du);
+          }
+        }
+      }
+      flush(dxr_row.data(), dxr_part.data(), HC);
+      flush(datt_row, datt_part.data(), HC);
+      store(dxr + i * HC, dxr_row.data(), HC);
+    }
+  }
+
+  FASTGAT_CLONES void sources(int64_t begin, int64_t end) const {
+    const int64_t H = in.heads, C = in.channels, HC = H * C, E = in.num_slots;
+    std::vector<acc> dxl_row(HC), part(HC);
+    for (int64_t j = begin; j < end; ++j) {
+      std::fill(dxl_row.begin(), dxl_row.end(), acc(0));
+      std::fill(part.begin(), part.end(), acc(0));
+      const int64_t first = colptr[j], last = colptr[j + 1];
+      // Out-edges in CSC order, then the self loop (slot E + j).
+      for (int64_t e = first; e < last + (j < num_loops); ++e) {
+        if ((e - first) % kChunk == 0) flush(dxl_row.data(), part.data(), HC);
+        const int64_t i = e < last ? int64_t(csc_row[e]) : j;
+        const int64_t slot = e < last ? int64_t(csc_eid[e]) : E + j;
+        const scalar_t* dout_i = dout + i * HC;
+        for (int64_t hd = 0; hd < H; ++hd) {
+          acc* p = part.data() + hd * C;
+          const acc wv = w[slot * H + hd], g = dz[slot * H + hd];
+          if (wv != acc(0)) axpy(p, wv, dout_i + hd * C, C);
+          if (g == acc(0)) continue;
+          const scalar_t* l = in.xl_row(j, hd);
+          const scalar_t* r = in.xr_row(i, hd);
+          const scalar_t* ev = in.edge_row(slot, hd);
+          const scalar_t* a = in.att + hd * C;
+          for (int64_t c = 0; c < C; ++c) {
+            acc uc = static_cast<acc>(l[c]) + static_cast<acc>(r[c]);
+            if (ev != nullptr) uc += static_cast<acc>(ev[c]);
+            p[c] += g * static_cast<acc>(a[c]) * (uc > 0 ? acc(1) : in.slope);
+          }
+        }
+      }
+      flush(dxl_row.data(), part.data(), HC);
+      store(dxl + j * HC, dxl_row.data(), HC);
+    }
+  }
+};
+
+// sum over rows of rows (n x width), in a fixed order, chunked as every long sum here.
+template <typename acc>
+std::vector<acc> sum_rows(const acc* rows, int64_t n, int64_t width) {
+  std::vector<acc> total(width), part(width);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i % kChunk == 0) flush(total.data(), part.data(), width);
+    for (int64_t c = 0; c < width; ++c) part[c] += rows[i * width + c];
+  }
+  flush(total.data(), part.data(), width);
+  return total;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gatv2_fused_backward(
+    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& xl,
+    const at::Tensor& xr, const at::Tensor& att, const c10::optional<at::Tensor>& e,
+    const c10::optional<at::Tensor>& e_loop, const at::Tensor& rowptr, const at::Tensor& col,
+    const at::Tensor& colptr, const at::Tensor& csc_row, const at::Tensor& csc_eid,
+    int64_t num_loops, double negative_slope, double dropout,
+    const c10::optional<at::Tensor>& seed) {
+  check_gatv2_forward_inputs(xl, xr, att, e, e_loop, rowptr, col, num_loops, dropout, seed);
+  check_backward_extras(dout, out, lse, xl, rowptr, col, colptr, csc_row, csc_eid);
+  const int64_t num_src = xl.size(0), num_dst = rowptr.numel() - 1, heads = xl.size(1);
+  const int64_t channels = xl.size(2), num_slots = col.numel();
+  at::Tensor dxl = at::empty_like(xl), dxr = at::empty_like(xr), datt = at::empty_like(att);
+  at::Tensor de = e.has_value() ? at::empty_like(*e) : at::empty({0}, xl.options());
+  at::Tensor de_loop = e_loop.has_value() ? at::empty_like(*e_loop) : at::empty({0}, xl.options());
+  // Dead slots past rowptr[-1] carry no edge, hence no gradient (as in the reference).
+  if (e.has_value()) {
+    const int64_t live = rowptr[num_dst].item<int64_t>();
+    de.narrow(0, live, num_slots - live).zero_();
+  }
+  const auto acc_options = lse.options();
+  at::Tensor D = at::empty({num_dst, heads}, acc_options);
+  at::Tensor dz = at::empty({num_slots + num_loops, heads}, acc_options);
+  at::Tensor w = at::empty({num_slots + num_loops, heads}, acc_options);
+  at::Tensor datt_rows = at::empty({num_dst, heads, channels}, acc_options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xl.scalar_type(),
+                                  "fastgat_gatv2_backward", [&] {
+    AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_gatv2_backward", [&] {
+      using acc = acc_t<scalar_t>;
+      Gatv2Backward<scalar_t, index_t> bw{
+          dout.const_data_ptr<scalar_t>(),
+          out.const_data_ptr<scalar_t>(),
+          lse.const_data_ptr<acc>(),
+          rowptr.const_data_ptr<index_t>(),
+          col.const_data_ptr<index_t>(),
+          colptr.const_data_ptr<index_t>(),
+          csc_row.const_data_ptr<index_t>(),
+          csc_eid.const_data_ptr<index_t>(),
+          Gatv2Inputs<scalar_t>(xl, xr, att, e, e_loop, num_slots, negative_slope, dropout,
+                                seed),
+          num_loops,
+          D.mutable_data_ptr<acc>(),
+          dz.mutable_data_ptr<acc>(),
+          w.mutable_data_ptr<acc>(),
+          datt_rows.mutable_data_ptr<acc>(),
+          e.has_value() ? de.mutable_data_ptr<scalar_t>() : nullptr,
+          e_loop.has_value() ? de_loop.mutable_data_ptr<scalar_t>() : nullptr,
+          dxr.mutable_data_ptr<scalar_t>(),
+          dxl.mutable_data_ptr<scalar_t>()};
+      const int64_t row_width = heads * channels;  // each edge moves rows of H x C
+      at::parallel_for(0, num_dst, 256, [&](int64_t b, int64_t e) { bw.row_dots(b, e); });
+      parallel_rows(bw.rowptr, num_dst, [&](int64_t b, int64_t e) { bw.destinations(b, e); },
+                    row_width);
+      parallel_rows(bw.colptr, num_src, [&](int64_t b, int64_t e) { bw.sources(b, e); },
+                    row_width);
+      const std::vector<acc> total = sum_rows(bw.datt_rows, num_dst, row_width);
+      store(datt.mutable_data_ptr<scalar_t>(), total.data(), row_width);
+    });
+  });
+  return {dxl, dxr, datt, de, de_loop};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("gatv2_fused_backward", &gatv2_fused_backward); }
+
+}  // namespace fastgat::cpu
