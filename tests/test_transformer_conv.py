@@ -282,8 +282,8 @@ TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
 def op_inputs(kind, seed, dtype=torch.float64, edge_values=True, heads=HEADS,
-              channels=CHANNELS):
-    src, dst, num_src, num_dst = random_graph(kind, seed)
+              channels=CHANNELS, graph_size=()):
+    src, dst, num_src, num_dst = random_graph(kind, seed, *graph_size)
     graph = Graph.from_coo(src, dst, num_src, num_dst, drop_self_loops=False)
     g = torch.Generator().manual_seed(seed + 1)
     rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
@@ -338,14 +338,13 @@ def test_op_matches_reference(backend, kind, edge_values, dtype, dropout):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck_gradgradcheck_and_opcheck(backend):
-    inputs, graph = op_inputs("hub", 3, heads=2, channels=3)
-    small = Graph.from_coo(*graph.coo(), graph.num_src, graph.num_dst, drop_self_loops=False)
+    inputs, graph = op_inputs("hub", 3, heads=2, channels=3, graph_size=(10, 24, 12))
     leaves = [x.detach().clone().requires_grad_() for x in inputs]
     seed = torch.tensor([99])
     for dropout in (0.0, 0.4):
-        fn = lambda *xs: call(xs, small, backend, dropout, seed)[0]  # noqa: E731
+        fn = lambda *xs: call(xs, graph, backend, dropout, seed)[0]  # noqa: E731
         assert torch.autograd.gradcheck(fn, leaves)
-    assert torch.autograd.gradgradcheck(lambda *xs: call(xs, small, backend)[0], leaves)
+    assert torch.autograd.gradgradcheck(lambda *xs: call(xs, graph, backend)[0], leaves)
     args = (*inputs, *graph.op_args(), 1 / math.sqrt(3), 0.25, seed, backend)
     torch.library.opcheck(transformer_op, args)
     torch.library.opcheck(transformer_op, (*inputs[:3], None, *args[4:]))
