@@ -1,4 +1,5 @@
-"""The fused GAT edge stage as autograd-aware custom ops (docs/design.md §2, §4).
+"""The fused attention edge stages as autograd-aware custom ops (docs/design.md §2, §4; GATv2's
+fastgat::gatv2_attention, further down, §10). Both share the autograd plumbing of `_autograd`.
 
     fastgat::gat_attention(h, s, d, t?, t_loop?, graph..., num_loops, negative_slope,
                            dropout, seed?, backend) -> (out, lse)
