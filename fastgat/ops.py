@@ -84,7 +84,7 @@ def _check_inputs(name, h, tensors, rowptr, col, num_loops, dropout, seed) -> No
 def _fake_outputs(h: Tensor, rowptr: Tensor) -> Tuple[Tensor, Tensor]:
     """Empty (out, lse) of the contract's shapes and dtypes."""
     num_dst = rowptr.size(0) - 1
-    lse_dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
+    lse_dtype = torch_ref.accumulation_dtype(h.dtype)
     return h.new_empty(num_dst, h.size(1), h.size(2)), h.new_empty(num_dst, h.size(1),
                                                                    dtype=lse_dtype)
 

@@ -12,6 +12,12 @@
 
 namespace fastgat {
 
+// lse's dtype, the kernels' accumulation dtype: float64 for float64 h, else float32
+// (fastgat.backends.torch_ref.accumulation_dtype states the same rule in Python).
+inline at::ScalarType lse_dtype_for(at::ScalarType h) {
+  return h == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 inline void check_tensor(const at::Tensor& x, const char* name, const at::Tensor& like,
                          std::initializer_list<int64_t> shape) {
   TORCH_CHECK(x.device() == like.device(), "fastgat: ", name, " is on ", x.device(),
@@ -114,7 +120,7 @@ inline void check_backward_extras(const at::Tensor& dout, const at::Tensor& out,
   const int64_t num_dst = rowptr.numel() - 1, num_slots = col.numel();
   check_float(dout, "dout", h, {num_dst, heads, channels});
   check_float(out, "out", h, {num_dst, heads, channels});
-  const auto lse_dtype = h.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto lse_dtype = lse_dtype_for(h.scalar_type());
   TORCH_CHECK(lse.scalar_type() == lse_dtype, "fastgat: lse must be ", lse_dtype, " for ",
               h.scalar_type(), " h, got ", lse.scalar_type());
   check_tensor(lse, "lse", h, {num_dst, heads});

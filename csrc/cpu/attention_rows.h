@@ -7,8 +7,9 @@
 //   scalar_t, acc                  element and accumulation types
 //   heads, channels, num_slots     H, C of out, and E (node i's self loop is slot E + i)
 //   logit(i, j, slot, h)           the score of edge j -> i in head h, before the softmax
-//   keep(slot, h)                  its dropout factor (0 or 1 / (1 - p))
+//   keep(slot, k)                  k[h] = the edge's dropout factor in head h (0 or 1 / (1 - p))
 //   gather(part, w, j, slot, h)    part[c] += w * value[c], the edge's value in head h
+//   prefetch(j)                    asks for source j's rows ahead of their use
 // so a new layer costs a rule, not a copy of this loop.
 #pragma once
 #include "gat_cpu.h"
@@ -25,8 +26,9 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
   const int64_t H = rule.heads, C = rule.channels, HC = H * C;
   std::vector<acc> x;                         // (edges + loop) x H scores, then weights
   std::vector<acc> row_acc(direct ? 0 : HC);  // float accumulator for reduced dtypes
-  std::vector<acc> m(H), l(H), l_part(H);
+  std::vector<acc> m(H), l(H), l_part(H), keep(H);
   std::vector<acc> part(HC);  // the current chunk's weighted sum (see kChunk)
+  const int64_t stop = rowptr[end];
   for (int64_t i = begin; i < end; ++i) {
     const int64_t first = rowptr[i], last = rowptr[i + 1];
     const bool loop = i < num_loops;
@@ -46,6 +48,7 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
     for (int64_t e = 0, k = first; e < n; ++e, ++k) {
       const int64_t j = k < last ? int64_t(col[k]) : i;
       const int64_t slot = k < last ? k : rule.num_slots + i;
+      if (k + kPrefetch < stop) rule.prefetch(col[k + kPrefetch]);
       for (int64_t hd = 0; hd < H; ++hd) {
         const acc v = rule.logit(i, j, slot, hd);
         x[e * H + hd] = v;
@@ -74,8 +77,9 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
       if (e % kChunk == 0) flush(acc_row, part.data(), HC);
       const int64_t j = k < last ? int64_t(col[k]) : i;
       const int64_t slot = k < last ? k : rule.num_slots + i;
+      rule.keep(slot, keep.data());
       for (int64_t hd = 0; hd < H; ++hd) {
-        const acc w = x[e * H + hd] * l[hd] * rule.keep(slot, hd);
+        const acc w = x[e * H + hd] * l[hd] * keep[hd];
         if (w != acc(0)) rule.gather(part.data() + hd * C, w, j, slot, hd);
       }
     }

@@ -46,7 +46,8 @@ struct Backward {
   FASTGAT_CLONES void sources(int64_t begin, int64_t end) const {
     constexpr bool direct = std::is_same_v<scalar_t, acc>;  // accumulate in dh itself
     const int64_t H = sc.heads, HC = H * channels, E = sc.num_slots;
-    std::vector<acc> ds_j(H), row_acc(direct ? 0 : HC);
+    std::vector<acc> ds_j(H), row_acc(direct ? 0 : HC), keep(H);
+    const int64_t stop = colptr[end];
     for (int64_t j = begin; j < end; ++j) {
       acc* dh_j = row_acc.data();
       if constexpr (direct) dh_j = dh + j * HC;
@@ -61,17 +62,24 @@ struct Backward {
         const int64_t slot = e < last ? int64_t(csc_eid[e]) : E + j;
         acc* dz_e = slot < E ? dz + slot * H : dz_loop + j * H;
         const scalar_t* dout_i = dout + i * HC;
+        if (e + kPrefetch < stop) {
+          const int64_t ahead = csc_row[e + kPrefetch];
+          prefetch(dout + ahead * HC, HC * sizeof(scalar_t));
+          prefetch(lse + ahead * H, H * sizeof(acc));
+          prefetch(D + ahead * H, H * sizeof(acc));
+          prefetch(sc.d + ahead * H, H * sizeof(scalar_t));
+        }
+        sc.dropout.keep_heads(slot, keep.data());
         for (int64_t hd = 0; hd < H; ++hd) {
           const acc z = sc.score(j, i, slot, hd);
           const acc alpha = std::exp(sc.leaky_relu(z) - lse_for_alpha(lse[i * H + hd]));
-          const acc keep = sc.keep(slot, hd);
-          const acc dalpha =
-              keep != acc(0) ? keep * dot(dout_i + hd * channels, h_j + hd * channels, channels)
-                             : acc(0);
+          const acc dalpha = keep[hd] != acc(0)
+              ? keep[hd] * dot(dout_i + hd * channels, h_j + hd * channels, channels)
+              : acc(0);
           const acc g = alpha * (dalpha - D[i * H + hd]) * sc.slope_at(z);
           dz_e[hd] = g;
           ds_j[hd] += g;
-          const acc w = alpha * keep;
+          const acc w = alpha * keep[hd];
           if (w != acc(0)) axpy(dh_j + hd * channels, w, dout_i + hd * channels, channels);
         }
       }

@@ -20,9 +20,13 @@ struct GatRule {
   acc logit(int64_t i, int64_t j, int64_t slot, int64_t hd) const {
     return sc.leaky_relu(sc.score(j, i, slot, hd));
   }
-  acc keep(int64_t slot, int64_t hd) const { return sc.keep(slot, hd); }
+  void keep(int64_t slot, acc* k) const { sc.dropout.keep_heads(slot, k); }
   void gather(acc* part, acc w, int64_t j, int64_t, int64_t hd) const {
     axpy(part, w, h + (j * heads + hd) * channels, channels);
+  }
+  [[gnu::always_inline]] void prefetch(int64_t j) const {
+    fastgat::cpu::prefetch(sc.s + j * heads, heads * sizeof(scalar_t));
+    fastgat::cpu::prefetch(h + j * heads * channels, heads * channels * sizeof(scalar_t));
   }
 };
 

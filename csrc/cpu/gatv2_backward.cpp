@@ -86,7 +86,7 @@ struct Gatv2Backward {
   FASTGAT_CLONES void destinations(int64_t begin, int64_t end) const {
     const int64_t H = in.heads, C = in.channels, HC = H * C, E = in.num_slots;
     const acc slope = in.slope;  // locals, not members: stores in the loops cannot alias them
-    std::vector<acc> u(C), du(C), dxr_row(HC), dxr_part(HC), datt_part(HC);
+    std::vector<acc> u(C), du(C), dxr_row(HC), dxr_part(HC), datt_part(HC), keep(H);
     for (int64_t i = begin; i < end; ++i) {
       acc* datt_row = datt_rows + i * HC;
       std::fill(dxr_row.begin(), dxr_row.end(), acc(0));
@@ -104,15 +104,15 @@ struct Gatv2Backward {
         }
         const int64_t j = k < last ? int64_t(col[k]) : i;
         const int64_t slot = k < last ? k : E + i;
+        in.dropout.keep_heads(slot, keep.data());
         for (int64_t hd = 0; hd < H; ++hd) {
           const acc z = in.logit(i, j, slot, hd, u.data());
           const acc alpha = std::exp(z - lse_for_alpha(lse[i * H + hd]));
-          const acc keep = in.dropout.keep(slot, hd);
-          const acc dalpha =
-              keep != acc(0) ? keep * dot(dout_i + hd * C, in.xl_row(j, hd), C) : acc(0);
+          const acc dalpha = keep[hd] != acc(0)
+              ? keep[hd] * dot(dout_i + hd * C, in.xl_row(j, hd), C) : acc(0);
           const acc g = alpha * (dalpha - D[i * H + hd]);
           dz[slot * H + hd] = g;
-          w[slot * H + hd] = alpha * keep;
+          w[slot * H + hd] = alpha * keep[hd];
           edge_grads(du.data(), dxr_part.data() + hd * C, datt_part.data() + hd * C, u.data(),
                      in.att + hd * C, g, slope, C);
           scalar_t* de_e = slot < E ? (de != nullptr ? de + (slot * H + hd) * C : nullptr)

@@ -20,15 +20,12 @@ struct Gatv2Rule : Gatv2Inputs<scalar_t_> {
   acc logit(int64_t i, int64_t j, int64_t slot, int64_t hd) const {
     return Gatv2Inputs<scalar_t>::logit(i, j, slot, hd);
   }
-  acc keep(int64_t slot, int64_t hd) const { return this->dropout.keep(slot, hd); }
+  void keep(int64_t slot, acc* k) const { this->dropout.keep_heads(slot, k); }
   void gather(acc* part, acc w, int64_t j, int64_t, int64_t hd) const {
     axpy(part, w, this->xl_row(j, hd), this->channels);
   }
-  void prefetch(int64_t j) const {
-    const char* row = reinterpret_cast<const char*>(this->xl_row(j, 0));
-    for (int64_t b = 0; b < this->heads * this->channels * int64_t(sizeof(scalar_t)); b += 64) {
-      __builtin_prefetch(row + b);
-    }
+  [[gnu::always_inline]] void prefetch(int64_t j) const {
+    fastgat::cpu::prefetch(this->xl_row(j, 0), this->heads * this->channels * sizeof(scalar_t));
   }
 };
 

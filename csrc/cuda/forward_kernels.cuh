@@ -111,7 +111,8 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<T, Index>& a, con
     const int n = static_cast<int>(std::min<int64_t>(g.size, end - base));
     for (int e = 0; e < n; e += 4) {
       Index src[4];
-      A weight[4], x_src[4][VEC];
+      A weight[4];
+      Pack<T, VEC> x_src[4];
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         src[u] = g.broadcast(j_now, (e + u) & (g.size - 1));
@@ -120,15 +121,15 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<T, Index>& a, con
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         if (e + u < n) {
-          load<ALIGNED>(a.h + (static_cast<int64_t>(src[u]) * heads + head) * a.channels, c0,
-                        a.channels, x_src[u]);
+          load_pack<ALIGNED>(a.h + (static_cast<int64_t>(src[u]) * heads + head) * a.channels,
+                             c0, a.channels, x_src[u]);
         }
       }
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         if (e + u < n) {
 #pragma unroll
-          for (int v = 0; v < VEC; ++v) acc[v] += weight[u] * x_src[u][v];
+          for (int v = 0; v < VEC; ++v) acc[v] += weight[u] * static_cast<A>(x_src[u].v[v]);
         }
       }
     }

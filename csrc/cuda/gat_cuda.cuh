@@ -81,26 +81,33 @@ struct alignas(sizeof(T) * VEC) Pack {
   T v[VEC];
 };
 
-// x[0..VEC) = row[c0 .. c0 + VEC) as A, zeros past C. ALIGNED: C % VEC == 0 and row is
-// 16-byte aligned, so a vector is wholly in range or wholly out and loads in one instruction.
-template <bool ALIGNED, int VEC, typename T, typename A>
-__device__ __forceinline__ void load(const T* __restrict__ row, int64_t c0, int64_t channels,
-                                     A (&x)[VEC]) {
+// pack = row[c0 .. c0 + VEC) in T, zeros past C. ALIGNED: C % VEC == 0 and row is 16-byte
+// aligned, so a vector is wholly in range or wholly out and loads in one instruction. Kept in T
+// until used: four 16-bit rows in flight then take half the registers they would as float.
+template <bool ALIGNED, int VEC, typename T>
+__device__ __forceinline__ void load_pack(const T* __restrict__ row, int64_t c0, int64_t channels,
+                                          Pack<T, VEC>& pack) {
   if (ALIGNED) {
     if (c0 < channels) {
-      const Pack<T, VEC> pack = *reinterpret_cast<const Pack<T, VEC>*>(row + c0);
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) x[v] = static_cast<A>(pack.v[v]);
+      pack = *reinterpret_cast<const Pack<T, VEC>*>(row + c0);
     } else {
 #pragma unroll
-      for (int v = 0; v < VEC; ++v) x[v] = A(0);
+      for (int v = 0; v < VEC; ++v) pack.v[v] = T(0);
     }
   } else {
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) x[v] = c0 + v < channels ? static_cast<A>(row[c0 + v]) : A(0);
+    for (int v = 0; v < VEC; ++v) pack.v[v] = c0 + v < channels ? row[c0 + v] : T(0);
   }
 }
-
+// x[0..VEC) = row[c0 .. c0 + VEC) as A, zeros past C (as load_pack).
+template <bool ALIGNED, int VEC, typename T, typename A>
+__device__ __forceinline__ void load(const T* __restrict__ row, int64_t c0, int64_t channels,
+                                     A (&x)[VEC]) {
+  Pack<T, VEC> pack;
+  load_pack<ALIGNED>(row, c0, channels, pack);
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) x[v] = static_cast<A>(pack.v[v]);
+}
 // row[c0 .. c0 + VEC) = x * scale, skipping channels past C.
 template <bool ALIGNED, int VEC, typename T, typename A>
 __device__ __forceinline__ void store(T* __restrict__ row, int64_t c0, int64_t channels,

@@ -139,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor> fused_forward(
     double dropout, const c10::optional<at::Tensor>& seed) {
   check_forward_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed);
   const int64_t num_dst = rowptr.numel() - 1, heads = h.size(1), channels = h.size(2);
-  const auto lse_dtype = h.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto lse_dtype = lse_dtype_for(h.scalar_type());
   at::Tensor out = device.empty({num_dst, heads, channels}, h.options());
   at::Tensor lse = device.empty({num_dst, heads}, h.options().dtype(lse_dtype));
   if (num_dst == 0 || heads == 0) return {out, lse};

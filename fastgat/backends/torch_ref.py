@@ -15,6 +15,8 @@ from ..dropout import keep_scale
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Every backend's accumulation and lse dtype for h of `dtype` (csrc/common/checks.h's
+    lse_dtype_for says the same in C++)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..dropout import threshold
 from . import triton_device as dev
+from .torch_ref import accumulation_dtype
 
 # Edges per work item: rows with more in-edges (sources with more out-edges) are split. Small
 # under the interpreter, where a program costs milliseconds and tests need hub rows to split.
@@ -110,7 +111,8 @@ def _f64_bits(value: float) -> int:
 
 
 def _acc_dtype(dtype: torch.dtype) -> Tuple[torch.dtype, "tl.dtype"]:
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+    acc = accumulation_dtype(dtype)
+    return acc, (tl.float64 if acc == torch.float64 else tl.float32)
 
 
 def _meta(h: Tensor, num_dst: int, num_slots: int, t, t_loop, negative_slope: float,
