@@ -13,7 +13,9 @@ from fastgat.backends import NAMES, torch_ref, unavailable_reason
 from fastgat.errors import InputShapeError
 from fastgat.ops import gatv2_attention, gatv2_attention_op
 from graphs import KINDS, random_graph
-from test_conv import IN_CHANNELS, OUT_CHANNELS, assert_parity, features, fresh_dynamo, run  # noqa: F401
+# The parity helpers and the fresh_dynamo fixture are FastGATConv's own (tests/test_conv.py).
+from test_conv import (IN_CHANNELS, OUT_CHANNELS, assert_parity, features,  # noqa: F401
+                       fresh_dynamo, run)
 
 BACKENDS = [b for b in NAMES if not unavailable_reason(b, "cpu", "gatv2")]
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}  # ||x - ref|| / ||ref||, as test_op
@@ -21,7 +23,7 @@ TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}  # ||x - ref|| / ||ref||
 CONFIGS = [
     dict(heads=1),
     dict(heads=3, concat=False),
-    dict(heads=2, negative_slope=-0.7),  # any slope: the derivative branches on u, not on the output
+    dict(heads=2, negative_slope=-0.7),  # any slope: the derivative branches on u, not the output
     dict(heads=2, add_self_loops=False),
     dict(heads=2, share_weights=True),
     dict(heads=2, edge_dim=3),
@@ -306,7 +308,10 @@ def op_inputs(kind, seed, dtype=torch.float64, edges=True, loops=True):
     graph = Graph.from_coo(src, dst, num_src, num_dst, drop_self_loops=loops,
                            num_loops=num_loops)
     g = torch.Generator().manual_seed(seed + 1)
-    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
     xl, xr = rand(num_src, HEADS, CHANNELS), rand(num_dst, HEADS, CHANNELS)
     e = rand(graph.num_edges, HEADS, CHANNELS) if edges else None
     e_loop = rand(num_loops, HEADS, CHANNELS) if edges and loops else None

@@ -44,25 +44,51 @@ struct Gatv2Inputs {
     return e_loop != nullptr ? e_loop + ((slot - num_slots) * heads + h) * channels : nullptr;
   }
 
+  // LeakyReLU(u) = max(u, 0) + slope min(u, 0), exactly u or slope u for any slope: both
+  // sides computed, so GCC vectorises it (a select of u * slope would be a speculated
+  // multiply, which -ftrapping-math forbids, and the loop stayed scalar and branchy).
+  static acc leaky(acc u, acc slope) {
+    return std::max(u, acc(0)) + slope * std::min(u, acc(0));
+  }
+
   // z of the edge j -> i in slot `slot`, head h; also writes u to u_out when it is given.
-  // Lanes summed in a fixed order, as dot(): the result does not depend on the thread count.
-  acc logit(int64_t i, int64_t j, int64_t slot, int64_t h, acc* u_out = nullptr) const {
+  // Always inlined: a call would run the baseline build, not the caller's AVX2 clone.
+  [[gnu::always_inline]] acc logit(int64_t i, int64_t j, int64_t slot, int64_t h, acc* u_out = nullptr) const {
     const scalar_t* l = xl_row(j, h);
     const scalar_t* r = xr_row(i, h);
     const scalar_t* ev = edge_row(slot, h);
     const scalar_t* a = att + h * channels;
+    // One loop per case, so that each compiles to straight vector code (no branch inside).
+    if (u_out == nullptr) {
+      return ev == nullptr ? score<false, false>(l, r, ev, a, u_out)
+                           : score<true, false>(l, r, ev, a, u_out);
+    }
+    return ev == nullptr ? score<false, true>(l, r, ev, a, u_out)
+                         : score<true, true>(l, r, ev, a, u_out);
+  }
+
+  // <a, LeakyReLU(l + r (+ ev))>, u stored if kStoreU. Lanes summed in a fixed order, as
+  // dot(): the result does not depend on the thread count.
+  template <bool kEdge, bool kStoreU>
+  [[gnu::always_inline]] acc score(const scalar_t* l, const scalar_t* r, const scalar_t* ev, const scalar_t* a,
+            acc* u_out) const {
+    const acc s = slope;  // a local: the stores to u_out could otherwise alias it
     acc lanes[kLanes] = {};
-    auto step = [&](int64_t c, int64_t lane) {
-      acc u = static_cast<acc>(l[c]) + static_cast<acc>(r[c]);
-      if (ev != nullptr) u += static_cast<acc>(ev[c]);
-      if (u_out != nullptr) u_out[c] = u;
-      lanes[lane] += static_cast<acc>(a[c]) * (u > 0 ? u : u * slope);
-    };
     int64_t c = 0;
     for (; c + kLanes <= channels; c += kLanes) {
-      for (int64_t k = 0; k < kLanes; ++k) step(c + k, k);
+      for (int64_t k = 0; k < kLanes; ++k) {
+        acc u = static_cast<acc>(l[c + k]) + static_cast<acc>(r[c + k]);
+        if constexpr (kEdge) u += static_cast<acc>(ev[c + k]);
+        if constexpr (kStoreU) u_out[c + k] = u;
+        lanes[k] += static_cast<acc>(a[c + k]) * leaky(u, s);
+      }
     }
-    for (; c < channels; ++c) step(c, c % kLanes);
+    for (; c < channels; ++c) {
+      acc u = static_cast<acc>(l[c]) + static_cast<acc>(r[c]);
+      if constexpr (kEdge) u += static_cast<acc>(ev[c]);
+      if constexpr (kStoreU) u_out[c] = u;
+      lanes[c % kLanes] += static_cast<acc>(a[c]) * leaky(u, s);
+    }
     acc total = 0;
     for (int64_t k = 0; k < kLanes; ++k) total += lanes[k];
     return total;
