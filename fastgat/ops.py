@@ -221,14 +221,30 @@ def _autograd(op, backward_op, layout: _Layout):
 
         @staticmethod
         def jvp(ctx, *tangents):
-            if layout.jvp is None:
-                raise NotImplementedError(f"{op._qualname} has no forward-mode rule (jvp) yet")
             *primals, rowptr, col, seed, out, lse = ctx.saved_tensors
-            dout = layout.jvp(out, lse, primals, tangents[:layout.n], rowptr, col,
-                              ctx.forward_attrs, seed)
+            rule = layout.jvp or _reference_jvp(layout.reference)
+            dout = rule(out, lse, primals, tangents[:layout.n], rowptr, col, ctx.forward_attrs,
+                        seed)
             return dout, None
 
     return Attention
+
+
+def _reference_jvp(reference):
+    """A forward-mode rule for a rule without an explicit one: forward AD through its torch
+    reference (E x H x C memory, as the explicit formulas)."""
+    def rule(out, lse, primals, tangents, rowptr, col, attrs, seed):
+        live = [i for i, x in enumerate(primals) if x is not None]
+
+        def forward(*xs):
+            args = list(primals)
+            for i, x in zip(live, xs):
+                args[i] = x
+            return reference(*args, rowptr, col, *attrs, seed)[0]
+        dots = [tangents[i] if tangents[i] is not None else torch.zeros_like(primals[i])
+                for i in live]
+        return torch.func.jvp(forward, tuple(primals[i] for i in live), tuple(dots))[1]
+    return rule
 
 
 def _call(function, op, *args):
@@ -312,7 +328,7 @@ def _(dout, out, lse, xl, xr, att, e, e_loop, rowptr, col, colptr, csc_row, csc_
     return torch.empty_like(xl), torch.empty_like(xr), torch.empty_like(att), de, de_loop
 
 
-# No forward-mode rule (jvp) yet: torch.func.jvp on this op raises.
+# Forward mode (jvp) runs forward AD through the torch reference (_reference_jvp).
 _GATv2Attention = _autograd(gatv2_attention_op, gatv2_attention_backward,
                             _Layout(5, torch_ref.gatv2_forward, None))
 

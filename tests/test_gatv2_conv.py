@@ -190,6 +190,19 @@ def test_gradient_penalty_matches_pyg():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_mode_matches_pyg(backend):
+    """torch.func.jvp (forward AD through the torch reference) gives PyG's tangent."""
+    src, dst, num_nodes, _ = random_graph("hub", 19)
+    edge_index = torch.stack([src, dst])
+    x, edge_attr = features(19, num_nodes, num_nodes, src.numel(), False)
+    tangent = torch.randn_like(x)
+    pyg, fast = pair(dict(heads=2, edge_dim=3), backend=backend)
+    want = torch.func.jvp(lambda x: pyg(x, edge_index, edge_attr), (x,), (tangent,))[1]
+    got = torch.func.jvp(lambda x: fast(x, edge_index, edge_attr), (x,), (tangent,))[1]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_attention_dropout_training_only_seeded_and_returned(backend):
     src, dst, num_nodes, _ = random_graph("random", 16)
     edge_index = torch.stack([src, dst])
