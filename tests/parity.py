@@ -1,7 +1,10 @@
 """Parity with a PyG layer: the same weights, features and upstream gradient through both, and
 every output, attention weight and gradient compared (tests/test_conv.py,
-tests/test_transformer_conv.py)."""
+tests/test_gatv2_conv.py, tests/test_transformer_conv.py)."""
+import pytest
 import torch
+
+from graphs import random_graph
 
 IN_CHANNELS, OUT_CHANNELS = 6, 4
 
@@ -47,3 +50,18 @@ def assert_parity(pyg, fast, x, edge_index, edge_attr, tol=1e-10, **kwargs):
         assert (got[4][name] is None) == (want[4][name] is None), name
         if want[4][name] is not None:
             close(got[4][name], want[4][name])
+
+
+def assert_sparse_tensor_parity(pair):
+    """A torch_sparse SparseTensor adj_t gives PyG's output and attention weights; `pair(config)`
+    makes the (PyG, fastgat) layers."""
+    torch_sparse = pytest.importorskip("torch_sparse", reason="torch_sparse is not installed "
+                                       "(no wheel for this torch): SparseTensor is untestable")
+    src, dst, num_nodes, _ = random_graph("random", 13)
+    adj = torch_sparse.SparseTensor(row=dst, col=src, sparse_sizes=(num_nodes, num_nodes))
+    pyg, fast = pair(dict(heads=2))
+    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
+    want, got = pyg(x, adj, return_attention_weights=True), fast(x, adj,
+                                                                return_attention_weights=True)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1].storage.value(), want[1].storage.value())

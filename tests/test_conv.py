@@ -10,7 +10,8 @@ from torch_geometric.utils import to_torch_coo_tensor, to_torch_csr_tensor
 from fastgat import FastGATConv
 from fastgat.backends import NAMES, unavailable_reason
 from graphs import KINDS, random_graph
-from parity import IN_CHANNELS, OUT_CHANNELS, assert_parity, features, make_pair, run
+from parity import (IN_CHANNELS, OUT_CHANNELS, assert_parity, assert_sparse_tensor_parity,
+                    features, make_pair, run)
 
 CPU_BACKENDS = [b for b in NAMES if not unavailable_reason(b, "cpu")]
 # The Triton interpreter runs ~9 ms per program: it gets the smaller grid (all of it on a GPU).
@@ -116,16 +117,7 @@ def test_input_forms_agree(layout, config):
 
 
 def test_sparse_tensor_input():
-    torch_sparse = pytest.importorskip("torch_sparse", reason="torch_sparse is not installed "
-                                       "(no wheel for this torch): SparseTensor is untestable")
-    src, dst, num_nodes, _ = random_graph("random", 13)
-    adj = torch_sparse.SparseTensor(row=dst, col=src, sparse_sizes=(num_nodes, num_nodes))
-    pyg, fast = pair(dict(heads=2))
-    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
-    want, got = pyg(x, adj, return_attention_weights=True), fast(x, adj,
-                                                                return_attention_weights=True)
-    torch.testing.assert_close(got[0], want[0])
-    torch.testing.assert_close(got[1].storage.value(), want[1].storage.value())
+    assert_sparse_tensor_parity(pair)
 
 
 def test_prepared_graph_is_reused_and_cache_sees_in_place_writes():

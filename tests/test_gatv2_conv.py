@@ -14,6 +14,7 @@ from fastgat.errors import InputShapeError
 from fastgat.ops import gatv2_attention, gatv2_attention_op
 from graphs import KINDS, random_graph
 # The parity helpers and the fresh_dynamo fixture are FastGATConv's own (tests/test_conv.py).
+from parity import assert_sparse_tensor_parity
 from test_conv import (IN_CHANNELS, OUT_CHANNELS, assert_parity, features,  # noqa: F401
                        fresh_dynamo, run)
 
@@ -111,16 +112,7 @@ def test_input_forms_agree(layout, config):
 
 
 def test_sparse_tensor_input():
-    torch_sparse = pytest.importorskip("torch_sparse", reason="torch_sparse is not installed "
-                                       "(no wheel for this torch): SparseTensor is untestable")
-    src, dst, num_nodes, _ = random_graph("random", 13)
-    adj = torch_sparse.SparseTensor(row=dst, col=src, sparse_sizes=(num_nodes, num_nodes))
-    pyg, fast = pair(dict(heads=2))
-    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
-    want, got = pyg(x, adj, return_attention_weights=True), fast(x, adj,
-                                                                return_attention_weights=True)
-    torch.testing.assert_close(got[0], want[0])
-    torch.testing.assert_close(got[1].storage.value(), want[1].storage.value())
+    assert_sparse_tensor_parity(pair)
 
 
 def test_prepared_graph_input():

@@ -16,7 +16,8 @@ from fastgat.backends import NAMES, torch_ref, unavailable_reason
 from fastgat.dropout import draw_seed, keep_scale
 from fastgat.ops import transformer_attention, transformer_op
 from graphs import KINDS, random_graph
-from parity import IN_CHANNELS, OUT_CHANNELS, assert_parity, features, make_pair, run
+from parity import (IN_CHANNELS, OUT_CHANNELS, assert_parity, assert_sparse_tensor_parity,
+                    features, make_pair, run)
 
 BACKENDS = [b for b in NAMES if not unavailable_reason(b, "cpu", "transformer")]
 FUSED = [b for b in BACKENDS if b != "torch"]
@@ -108,16 +109,7 @@ def test_input_forms_agree(layout, backend):
 
 
 def test_sparse_tensor_input():
-    torch_sparse = pytest.importorskip("torch_sparse", reason="torch_sparse is not installed "
-                                       "(no wheel for this torch): SparseTensor is untestable")
-    src, dst, num_nodes, _ = random_graph("random", 13)
-    adj = torch_sparse.SparseTensor(row=dst, col=src, sparse_sizes=(num_nodes, num_nodes))
-    pyg, fast = pair(dict(heads=2))
-    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
-    want, got = pyg(x, adj, return_attention_weights=True), fast(x, adj,
-                                                                return_attention_weights=True)
-    torch.testing.assert_close(got[0], want[0])
-    torch.testing.assert_close(got[1].storage.value(), want[1].storage.value())
+    assert_sparse_tensor_parity(pair)
 
 
 def test_hybrid_sparse_values_are_the_edge_attributes():
