@@ -2,8 +2,6 @@
 float64 reference, per backend that implements it."""
 import copy
 import math
-import subprocess
-import sys
 import zlib
 
 import pytest
