@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SOURCES = [ROOT / "csrc/emulated/gat_emulated.cpp", ROOT / "csrc/emulated/selftest.cpp"]
+SOURCES = sorted((ROOT / "csrc/emulated").glob("*.cpp"))
 SANITIZERS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
 # Set in the child process: the sanitizer runtime is loaded and the library may be built.
 ENV_FLAG = "FASTGAT_EMULATED_CUDA"

@@ -12,60 +12,17 @@ dropped self loops, bipartite sizes, dropout, scores of -inf, deterministic back
 emulator is slow by nature: where the GPU takes a large graph, the emulated case takes the
 smallest graph with the same shape of work (`sized`).
 """
-import dataclasses
 import zlib
 
 import pytest
 import torch
 
-import emulated_cuda
+from cuda_targets import coo_graph, graph_of, sms, star_rows, target, with_int64_indices  # noqa: F401
 from fastgat.backends import unavailable_reason
-from fastgat.graph import Graph
 from graphs import KINDS, random_graph
 from test_op import assert_close, reference, reference_grads
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    name: str
-    device: str
-
-    @property
-    def ops(self):
-        return torch.ops.fastgat if self.name == "cuda" else torch.ops.fastgat_emulated
-
-    def sized(self, gpu, emulated):
-        return gpu if self.name == "cuda" else emulated
-
-
-TARGETS = [pytest.param(Target("cuda", "cuda"), id="cuda", marks=pytest.mark.gpu),
-           pytest.param(Target("emulated", "cpu"), id="emulated", marks=pytest.mark.emulated)]
-
-
-@pytest.fixture(params=TARGETS)
-def target(request):
-    target = request.param
-    if target.name == "cuda":
-        reason = unavailable_reason("cuda", "cuda")
-        if reason:
-            pytest.skip(reason)
-    else:
-        emulated_cuda.load()
-    return target
-
-
-@pytest.fixture
-def sms(target, request):
-    """A pretend SM count for the emulated launch plan (the GPU has its own)."""
-    count = getattr(request, "param", 132)
-    if target.name == "emulated":
-        previous = target.ops.set_num_sms(count)
-        yield count
-        target.ops.set_num_sms(previous)
-    else:
-        yield count
 
 
 def make_inputs(target, graph, seed, heads, channels, dtype, edge_scores=True):
@@ -76,40 +33,6 @@ def make_inputs(target, graph, seed, heads, channels, dtype, edge_scores=True):
     t = rand(graph.num_edges, heads) if edge_scores else None
     t_loop = rand(graph.num_loops, heads) if edge_scores and graph.num_loops else None
     return h, s, d, t, t_loop
-
-
-def coo_graph(target, src, dst, num_src, num_dst, loops=True):
-    return Graph.from_coo(src.to(target.device), dst.to(target.device), num_src, num_dst,
-                          drop_self_loops=loops, num_loops=min(num_src, num_dst) if loops else 0)
-
-
-def graph_of(target, kind, seed, loops=True, **sizes):
-    return coo_graph(target, *random_graph(kind, seed, **sizes), loops=loops)
-
-
-def with_int64_indices(graph):
-    return dataclasses.replace(graph, rowptr=graph.rowptr.long(), col=graph.col.long(),
-                               colptr=graph.colptr.long(), csc_row=graph.csc_row.long(),
-                               csc_eid=graph.csc_eid.long())
-
-
-def star_rows(target, entries, num_nodes, seed=0, transpose=False):
-    """Random background edges plus rows 0, 1, ... with exactly entries[r] in-edges counting
-    the self loop (out-edges with `transpose`: the backward splits columns). With ~1 edge per
-    node the split length is its floor of 256, so entries around 256 and 512 land on chunk
-    boundaries."""
-    g = torch.Generator().manual_seed(seed)
-    src = [torch.randint(1, num_nodes, (num_nodes,), generator=g)]
-    dst = [torch.randint(len(entries), num_nodes, (num_nodes,), generator=g)]
-    for row, count in enumerate(entries):
-        others = torch.randperm(num_nodes, generator=g)
-        others = others[others != row][: count - 1]  # distinct sources, no self loop
-        src.append(others)
-        dst.append(torch.full_like(others, row))
-    src, dst = torch.cat(src), torch.cat(dst)
-    if transpose:
-        src, dst = dst, src
-    return coo_graph(target, src, dst, num_nodes, num_nodes)
 
 
 def forward(target, inputs, graph, dropout=0.0, seed=None, slope=0.2):

@@ -1,35 +1,15 @@
-// The fused CUDA kernels on a real GPU: the kernels (forward_kernels.cuh, backward_kernels.cuh)
+// GAT's fused CUDA kernels on a real GPU: the kernels (forward_kernels.cuh, backward_kernels.cuh)
 // and their launch plan (launch.h) are shared with the emulated build of csrc/emulated/; this
-// file adds only what a GPU needs: streams, the device's SM count and <<<>>> launches.
-#include <ATen/cuda/CUDAContext.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
+// file registers them for CUDA tensors on the GPU device of cuda_device.cuh.
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <utility>
-
+#include "cuda_device.cuh"
 #include "launch.h"
 
 namespace fastgat {
 namespace cuda {
 namespace {
-
-struct CudaDevice {
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-
-  int64_t sms() const { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
-
-  template <typename... P, typename... Args>
-  void launch(void (*kernel)(P...), int64_t blocks, int threads, Args&&... args) const {
-    kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(std::forward<Args>(args)...);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-
-  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) const {
-    return at::empty(sizes, options);
-  }
-};
 
 std::tuple<at::Tensor, at::Tensor> fused_forward_cuda(
     const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,

@@ -3,15 +3,9 @@
 // with the schemas of fastgat::fused_*: the same kernel bodies and the same launch plan
 // (csrc/cuda/launch.h) as the GPU build. A test-only library (tests/emulated_cuda.py builds it
 // under AddressSanitizer and UndefinedBehaviorSanitizer); it is not part of the wheel.
-#include "simt.h"  // first: it defines the CUDA keywords the kernel headers use
+#include "emulated_device.h"  // first: simt.h defines the CUDA keywords the kernel headers use
 
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
-
-#include <atomic>
-#include <limits>
-#include <stdexcept>
-#include <utility>
 
 #include "../common/schema.h"
 #include "../cuda/launch.h"
@@ -19,36 +13,6 @@
 namespace fastgat {
 namespace emulated {
 namespace {
-
-// The SM count the launch plan sees: tests pretend to have few SMs to split rows on small graphs.
-std::atomic<int64_t> num_sms{132};
-
-struct EmulatedDevice {
-  int64_t sms() const { return num_sms.load(); }
-
-  template <typename... P, typename... Args>
-  void launch(void (*kernel)(P...), int64_t blocks, int threads, Args&&... args) const {
-    try {
-      simt::launch(kernel, simt::Dim3{static_cast<unsigned>(blocks)},
-                   simt::Dim3{static_cast<unsigned>(threads)}, std::forward<Args>(args)...);
-    } catch (const std::runtime_error& error) {
-      TORCH_CHECK(false, error.what());
-    }
-  }
-
-  // Exactly sized host buffers, poisoned so that an element no thread writes shows up: NaN
-  // for floating point, a huge value for indices (an out-of-bounds read if used).
-  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) const {
-    at::Tensor buffer = at::empty(sizes, options);
-    if (at::isFloatingType(buffer.scalar_type())) {
-      buffer.fill_(std::numeric_limits<double>::quiet_NaN());
-    } else {
-      buffer.fill_(buffer.scalar_type() == at::kLong ? int64_t{0x7a7a7a7a7a7a7a7a}
-                                                     : int64_t{0x7a7a7a7a});
-    }
-    return buffer;
-  }
-};
 
 std::tuple<at::Tensor, at::Tensor> forward(
     const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,

@@ -1,0 +1,47 @@
+// The SIMT emulator (simt.h) as the device the launch code of csrc/cuda/launch.h is templated
+// on: launches run lane by lane on the CPU, buffers are exactly sized and poisoned.
+#pragma once
+#include "simt.h"  // first: it defines the CUDA keywords the kernel headers use
+
+#include <ATen/ops/empty.h>
+
+#include <atomic>
+#include <limits>
+#include <stdexcept>
+#include <utility>
+
+namespace fastgat {
+namespace emulated {
+
+// The SM count the launch plan sees: tests pretend to have few SMs to split rows on small graphs.
+inline std::atomic<int64_t> num_sms{132};
+
+struct EmulatedDevice {
+  int64_t sms() const { return num_sms.load(); }
+
+  template <typename... P, typename... Args>
+  void launch(void (*kernel)(P...), int64_t blocks, int threads, Args&&... args) const {
+    try {
+      simt::launch(kernel, simt::Dim3{static_cast<unsigned>(blocks)},
+                   simt::Dim3{static_cast<unsigned>(threads)}, std::forward<Args>(args)...);
+    } catch (const std::runtime_error& error) {
+      TORCH_CHECK(false, error.what());
+    }
+  }
+
+  // Exactly sized host buffers, poisoned so that an element no thread writes shows up: NaN
+  // for floating point, a huge value for indices (an out-of-bounds read if used).
+  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) const {
+    at::Tensor buffer = at::empty(sizes, options);
+    if (at::isFloatingType(buffer.scalar_type())) {
+      buffer.fill_(std::numeric_limits<double>::quiet_NaN());
+    } else {
+      buffer.fill_(buffer.scalar_type() == at::kLong ? int64_t{0x7a7a7a7a7a7a7a7a}
+                                                     : int64_t{0x7a7a7a7a});
+    }
+    return buffer;
+  }
+};
+
+}  // namespace emulated
+}  // namespace fastgat
