@@ -1,8 +1,8 @@
-"""python -m fastgat.bench: PyG GATConv and TransformerConv vs fastgat's (every available
-backend) vs the SpMM floor.
+"""python -m fastgat.bench: PyG's GATConv, GATv2Conv and TransformerConv vs fastgat's (every
+available backend) vs the SpMM floor.
 
     python -m fastgat.bench [--quick] [--device cpu|cuda] [--dtype float32|bfloat16]
-                            [--workloads cora,arxiv,reddit:8x64,...] [--layers gat,transformer]
+                            [--workloads cora,arxiv,reddit:8x64,...] [--layers gat,gatv2,transformer]
                             [--out DIR]
 
 Per layer (a workload of fastgat.workloads and a heads x channels shape) and implementation it
@@ -12,9 +12,9 @@ PNG of the speedups into --out.
 
 Implementations: `pyg` (torch_geometric.nn.GATConv), one FastGATConv per backend that
 fastgat.available_backends() reports available on the device (the rest are listed as skipped, with the
-reason), `pyg-transformer` (torch_geometric.nn.TransformerConv) and `transformer-<backend>`
-(FastTransformerConv on each backend with its kernels; speedups are over pyg-transformer),
-and the floor: the same layer with the attention replaced by fixed weights
+reason), `pyg-gatv2` / `pyg-transformer` (torch_geometric.nn.GATv2Conv / TransformerConv) and
+`gatv2-<backend>` / `transformer-<backend>` (FastGATv2Conv / FastTransformerConv on each backend
+with their kernels; speedups are over the PyG layer of the same family), and the floor: the same layer with the attention replaced by fixed weights
 1/in-degree, i.e. x·W then torch.sparse.mm of the same graph (self loops added, multi-edges
 kept) at width heads·channels, as CSR (`spmm`) and as COO (`spmm-coo`). "fwd / floor" and
 "fwd+bwd / floor" are a time over the faster floor's.
@@ -36,6 +36,7 @@ instead of waking the kernel's OOM killer.
 """
 import argparse
 import datetime
+import functools
 import gc
 import json
 import os
@@ -51,7 +52,7 @@ import traceback
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -60,8 +61,24 @@ from .workloads import (CPU_MAX_EDGES, CPU_MAX_NODES, TASKS, WORKLOADS, Case, Ta
                         power_law_edges, sample_neighbors)
 
 PYG, FLOOR, FLOOR_COO = "pyg", "spmm", "spmm-coo"
-PYG_TRANSFORMER, TRANSFORMER = "pyg-transformer", "transformer-"  # the latter + a backend name
-LAYERS = ("gat", "transformer")
+
+
+class Family(NamedTuple):
+    """An attention layer measured: PyG's class and ours, and their names in the results (ours
+    is `prefix` + a backend name)."""
+    pyg: str
+    prefix: str
+    pyg_class: str
+    fast_class: str
+    rule: str  # fastgat.backends.RULES key: which backends have its kernels
+
+
+FAMILIES = {"gat": Family(PYG, "", "GATConv", "FastGATConv", "gat"),
+            "gatv2": Family("pyg-gatv2", "gatv2-", "GATv2Conv", "FastGATv2Conv", "gatv2"),
+            "transformer": Family("pyg-transformer", "transformer-", "TransformerConv",
+                                  "FastTransformerConv", "transformer")}
+LAYERS = tuple(FAMILIES)
+PYGS = tuple(f.pyg for f in FAMILIES.values())
 FLOORS = (FLOOR, FLOOR_COO)  # torch.sparse.mm on CSR and on COO: the floor is the faster
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 QUICK_WORKLOADS = "cora,pubmed:8x32,arxiv:4x64"
@@ -85,18 +102,25 @@ def fastgat_backends(device: str) -> Tuple[List[str], Dict[str, str]]:
     return run, skipped
 
 
-def transformer_impls(device: str) -> List[str]:
-    """FastTransformerConv on every backend measured on `device` that has its kernels."""
+def family_impls(layer: str, device: str) -> List[str]:
+    """Our layer of family `layer` on every backend measured on `device` that has its kernels."""
     from .backends import unavailable_reason
-    return [TRANSFORMER + name for name in fastgat_backends(device)[0]
-            if not unavailable_reason(name, device, "transformer")]
+    family = FAMILIES[layer]
+    return [family.prefix + name for name in fastgat_backends(device)[0]
+            if not unavailable_reason(name, device, family.rule)]
+
+
+def family_of(impl: str) -> Family:
+    """The family of a PyG layer or of ours (the floors count as GAT's: a GATConv shape)."""
+    for family in FAMILIES.values():
+        if impl == family.pyg or (family.prefix and impl.startswith(family.prefix)):
+            return family
+    return FAMILIES["gat"]
 
 
 def pyg_of(impl: str) -> Optional[str]:
     """The PyG layer `impl` is compared with (None for the PyG layers themselves)."""
-    if impl in (PYG, PYG_TRANSFORMER):
-        return None
-    return PYG_TRANSFORMER if impl.startswith(TRANSFORMER) else PYG
+    return None if impl in PYGS else family_of(impl).pyg
 
 
 def is_oom(error: BaseException) -> bool:
@@ -128,10 +152,9 @@ class Layer:
 
     def __init__(self, case: Case, impl: str, x: torch.Tensor, edge_index: torch.Tensor,
                  seed: int):
-        from torch_geometric.nn import GATConv, TransformerConv
+        import torch_geometric.nn
 
-        from .conv import FastGATConv
-        from .transformer_conv import FastTransformerConv
+        import fastgat
         w, heads, channels = case.workload, case.heads, case.out_channels
         torch.manual_seed(seed)  # every implementation starts from the same parameters
         if impl in FLOORS:
@@ -141,15 +164,13 @@ class Layer:
                 self.adj = self.adj.to_sparse_coo()
             self.run = lambda: torch.sparse.mm(self.adj, self.module(x))
         else:
-            if impl == PYG:
-                self.module = GATConv(w.in_channels, channels, heads=heads)
-            elif impl == PYG_TRANSFORMER:
-                self.module = TransformerConv(w.in_channels, channels, heads=heads)
-            elif impl.startswith(TRANSFORMER):
-                self.module = FastTransformerConv(w.in_channels, channels, heads=heads,
-                                                  backend=impl[len(TRANSFORMER):])
+            family = family_of(impl)
+            if impl == family.pyg:
+                conv = getattr(torch_geometric.nn, family.pyg_class)
             else:
-                self.module = FastGATConv(w.in_channels, channels, heads=heads, backend=impl)
+                conv = functools.partial(getattr(fastgat, family.fast_class),
+                                         backend=impl[len(family.prefix):])
+            self.module = conv(w.in_channels, channels, heads=heads)
             self.run = lambda: self.module(x, edge_index)
         self.module.to(device=x.device, dtype=x.dtype)
         generator = torch.Generator(device=x.device).manual_seed(seed + 2)
@@ -371,8 +392,8 @@ def measure(spec: dict) -> None:
             result["fwd_bwd_ms"], result["fwd_bwd_repeats"] = time_ms(layer.step, **timing)
         except Exception as error:  # noqa: BLE001  (recorded in the table, never hidden)
             if is_oom(error):
-                name = {PYG: "PyG GATConv", PYG_TRANSFORMER: "PyG TransformerConv"}.get(impl,
-                                                                                       impl)
+                family = family_of(impl)
+                name = f"PyG {family.pyg_class}" if impl == family.pyg else impl
                 result = {"impl": impl, "status": "oom", "reason": f"{name} OOM"}
             else:
                 traceback.print_exc()
@@ -469,8 +490,8 @@ def table(results: List[dict]) -> str:
 
 
 def plot(results: List[dict], meta: dict, path: Path) -> None:
-    """Bars of the speedup over PyG (its GATConv, or TransformerConv for transformer-*) per
-    layer and implementation, forward and step."""
+    """Bars of the speedup over PyG (the layer of the same family) per layer and
+    implementation, forward and step."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -490,9 +511,9 @@ def plot(results: List[dict], meta: dict, path: Path) -> None:
                     xs.append(i + (k - (len(impls) - 1) / 2) * width)
                     ys.append(value)
             floor = impl in FLOORS
+            family = family_of(impl)
             label = f"SpMM floor ({'COO' if impl == FLOOR_COO else 'CSR'})" if floor \
-                else f"FastTransformerConv {impl[len(TRANSFORMER):]}" \
-                if impl.startswith(TRANSFORMER) else f"FastGATConv {impl}"
+                else f"{family.fast_class} {impl[len(family.prefix):]}"
             ax.bar(xs, ys, width, label=label, hatch=("//" if impl == FLOOR else "\\\\")
                    if floor else None, color="0.75" if floor else None)
         for i, case in enumerate(cases):
@@ -628,12 +649,10 @@ def plan(args: argparse.Namespace) -> Tuple[List[Case], dict, Dict[str, str]]:
     if not set(layers) <= set(LAYERS):
         raise SystemExit(f"--layers: choose from {', '.join(LAYERS)}, got {args.layers}")
     impls = [*FLOORS]
-    if "gat" in layers:
-        impls += backends
-    if "transformer" in layers:
-        impls += transformer_impls(args.device)
+    for layer in layers:
+        impls += family_impls(layer, args.device)
     # PyG last: its OOM costs no other result.
-    impls += [p for p, layer in ((PYG_TRANSFORMER, "transformer"), (PYG, "gat")) if layer in layers]
+    impls += [FAMILIES[layer].pyg for layer in reversed(layers)]
     spec = dict(device=args.device, dtype=args.dtype, seed=args.seed, impls=impls,
                 warmup=1, min_repeats=3, max_repeats=args.repeats or (5 if args.quick else 20),
                 budget_s=0.5 if args.quick else 2.0, cpu_mem_limit_mib=mem_limit or 0)

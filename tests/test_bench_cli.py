@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from fastgat.bench import FLOORS, PYG, PYG_TRANSFORMER, fastgat_backends, transformer_impls
+from fastgat.bench import FAMILIES, FLOORS, PYG, PYGS, family_impls, fastgat_backends
 from fastgat.workloads import CPU_MAX_EDGES, CPU_MAX_NODES, WORKLOADS, make_graph, parse_cases
 
 
@@ -56,7 +56,8 @@ def test_cli_quick_writes_table_json_png(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
     backends, skipped = fastgat_backends("cpu")
-    impls = [*FLOORS, *backends, *transformer_impls("cpu"), PYG_TRANSFORMER, PYG]
+    impls = [*FLOORS, *backends, *family_impls("gatv2", "cpu"), *family_impls("transformer", "cpu"),
+             FAMILIES["transformer"].pyg, FAMILIES["gatv2"].pyg, PYG]
     report = json.loads((tmp_path / "bench-cpu-float32.json").read_text())
     # the reason for triton may differ: this process runs under TRITON_INTERPRET=1
     assert report["meta"]["skipped_backends"].keys() == skipped.keys()
@@ -66,9 +67,9 @@ def test_cli_quick_writes_table_json_png(tmp_path):
     for r in results:
         assert r["status"] == "ok", r
         assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["peak_mib"] >= 0
-        if r["impl"] not in (PYG, PYG_TRANSFORMER):
+        if r["impl"] not in PYGS:
             assert r["speedup_fwd"] > 0 and r["speedup_fwd_bwd"] > 0
-        if r["impl"] not in (PYG, PYG_TRANSFORMER, *FLOORS):
+        if r["impl"] not in (*PYGS, *FLOORS):
             assert r["floor_ratio"] > 0 and r["floor_ratio_fwd_bwd"] > 0
     pyg = next(r for r in results if r["impl"] == PYG and r["case"] == "pubmed-4x64")
     assert pyg["peak_mib"] > 0  # PyG materialises E x H x C messages: the RSS method sees it
