@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -33,34 +34,85 @@ namespace fastgat::cpu {
 template <typename scalar_t>
 using acc_t = at::opmath_type<scalar_t>;
 
-// The channel loops are plain loops over 8 independent lanes: GCC vectorises them into one
-// AVX2 register (two SSE ones at baseline). at::vec::Vectorized is not used on purpose: without
-// -mavx2 on the command line it is ATen's portable version, which round-trips every vector
-// through the stack (store-forwarding stalls) and ran 2-3x slower than these loops.
-constexpr int64_t kLanes = 8;
+// Channel loops run on 32-byte vectors of the accumulation type (GCC vector extensions): one
+// AVX2 register in the AVX2 clone, two SSE ones at baseline. They are written out, not left to
+// the auto-vectoriser: inlined into the large row kernels, GCC kept loops with a select or a
+// reduction scalar (perf annotate of the GATv2 kernels showed only vaddss / vmulss).
+// at::vec::Vectorized is not used on purpose: without -mavx2 on the command line it is ATen's
+// portable version, which round-trips every vector through the stack and ran 2-3x slower.
+template <typename acc>
+struct LanesOf {
+  typedef acc type __attribute__((vector_size(32)));
+};
+template <typename acc>
+using Lanes = typename LanesOf<acc>::type;
+template <typename acc>
+constexpr int64_t kWidth = 32 / sizeof(acc);
+
+// Inlined where they are used: -Wpsabi's note on passing vectors by value does not apply.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+// A channel loop's body is written once, generic in V: Lanes<acc> for the full vectors of a
+// row, then acc for the tail channels. load<V> / store read and write at channel c either way.
+template <typename V, typename scalar_t>
+[[gnu::always_inline]] inline V load(const scalar_t* x) {
+  if constexpr (std::is_arithmetic_v<V>) {
+    return static_cast<V>(*x);
+  } else {
+    V v;
+    for (int64_t k = 0; k < int64_t(sizeof(V) / sizeof(v[0])); ++k) {
+      v[k] = static_cast<std::remove_reference_t<decltype(v[0])>>(x[k]);
+    }
+    return v;
+  }
+}
+
+template <typename acc, typename V>
+[[gnu::always_inline]] inline void store(acc* y, V v) {
+  std::memcpy(y, &v, sizeof(v));
+}
+
+// body(c, V{}) for every channel c < C: vectors, then the tail one by one.
+template <typename acc, typename Body>
+[[gnu::always_inline]] inline void each_channel(int64_t C, Body&& body) {
+  int64_t c = 0;
+  for (; c + kWidth<acc> <= C; c += kWidth<acc>) body(c, Lanes<acc>{});
+  for (; c < C; ++c) body(c, acc{});
+}
+
+// sum over c < C of term(c, V{}), in a fixed order (vector lanes, then the tail), so results do
+// not depend on the thread count.
+template <typename acc, typename Term>
+[[gnu::always_inline]] inline acc sum_channels(int64_t C, Term&& term) {
+  Lanes<acc> lanes = {};
+  int64_t c = 0;
+  for (; c + kWidth<acc> <= C; c += kWidth<acc>) lanes += term(c, Lanes<acc>{});
+  acc total = 0;
+  for (int64_t k = 0; k < kWidth<acc>; ++k) total += lanes[k];
+  for (; c < C; ++c) total += term(c, acc{});
+  return total;
+}
 
 // acc[c] += w * x[c] for c < C.
 template <typename scalar_t>
-inline void axpy(acc_t<scalar_t>* acc, acc_t<scalar_t> w, const scalar_t* x, int64_t C) {
-  for (int64_t c = 0; c < C; ++c) acc[c] += w * static_cast<acc_t<scalar_t>>(x[c]);
+[[gnu::always_inline]] inline void axpy(acc_t<scalar_t>* __restrict acc, acc_t<scalar_t> w,
+                                        const scalar_t* __restrict x, int64_t C) {
+  each_channel<acc_t<scalar_t>>(C, [&](int64_t c, auto v) __attribute__((always_inline)) {
+    using V = decltype(v);
+    store(acc + c, load<V>(acc + c) + w * load<V>(x + c));
+  });
 }
 
-// sum_c a[c] * b[c], in a fixed order (so the result does not depend on the thread count).
+// sum_c a[c] * b[c], in a fixed order.
 template <typename scalar_t>
-inline acc_t<scalar_t> dot(const scalar_t* a, const scalar_t* b, int64_t C) {
-  using acc = acc_t<scalar_t>;
-  acc lanes[kLanes] = {};
-  int64_t c = 0;
-  for (; c + kLanes <= C; c += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) {
-      lanes[l] += static_cast<acc>(a[c + l]) * static_cast<acc>(b[c + l]);
-    }
-  }
-  for (; c < C; ++c) lanes[c % kLanes] += static_cast<acc>(a[c]) * static_cast<acc>(b[c]);
-  acc total = 0;
-  for (int64_t l = 0; l < kLanes; ++l) total += lanes[l];
-  return total;
+[[gnu::always_inline]] inline acc_t<scalar_t> dot(const scalar_t* a, const scalar_t* b,
+                                                  int64_t C) {
+  return sum_channels<acc_t<scalar_t>>(C, [&](int64_t c, auto v) __attribute__((always_inline)) {
+    using V = decltype(v);
+    return load<V>(a + c) * load<V>(b + c);
+  });
 }
+#pragma GCC diagnostic pop
 
 // The lse that alpha = exp(x - lse) is recomputed from: a row of -inf scores only has
 // lse = -inf and must weigh nothing, so read it as +inf (alpha = 0, never exp(-inf + inf)).

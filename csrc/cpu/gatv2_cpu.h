@@ -44,11 +44,10 @@ struct Gatv2Inputs {
     return e_loop != nullptr ? e_loop + ((slot - num_slots) * heads + h) * channels : nullptr;
   }
 
-  // LeakyReLU(u) = max(u, 0) + slope min(u, 0), exactly u or slope u for any slope: both
-  // sides computed, so GCC vectorises it (a select of u * slope would be a speculated
-  // multiply, which -ftrapping-math forbids, and the loop stayed scalar and branchy).
-  static acc leaky(acc u, acc slope) {
-    return std::max(u, acc(0)) + slope * std::min(u, acc(0));
+  // LeakyReLU(u): u or slope u exactly, on vector lanes (a select of both sides) or a scalar.
+  template <typename V>
+  [[gnu::always_inline]] static V leaky(V u, acc slope) {
+    return u > 0 ? u : u * slope;
   }
 
   // z of the edge j -> i in slot `slot`, head h; also writes u to u_out when it is given.
@@ -67,31 +66,18 @@ struct Gatv2Inputs {
                          : score<true, true>(l, r, ev, a, u_out);
   }
 
-  // <a, LeakyReLU(l + r (+ ev))>, u stored if kStoreU. Lanes summed in a fixed order, as
-  // dot(): the result does not depend on the thread count.
+  // <a, LeakyReLU(l + r (+ ev))>, u stored if kStoreU, summed in a fixed order (as dot()).
   template <bool kEdge, bool kStoreU>
-  [[gnu::always_inline]] acc score(const scalar_t* l, const scalar_t* r, const scalar_t* ev, const scalar_t* a,
-            acc* u_out) const {
+  [[gnu::always_inline]] acc score(const scalar_t* l, const scalar_t* r, const scalar_t* ev,
+                                   const scalar_t* a, acc* u_out) const {
     const acc s = slope;  // a local: the stores to u_out could otherwise alias it
-    acc lanes[kLanes] = {};
-    int64_t c = 0;
-    for (; c + kLanes <= channels; c += kLanes) {
-      for (int64_t k = 0; k < kLanes; ++k) {
-        acc u = static_cast<acc>(l[c + k]) + static_cast<acc>(r[c + k]);
-        if constexpr (kEdge) u += static_cast<acc>(ev[c + k]);
-        if constexpr (kStoreU) u_out[c + k] = u;
-        lanes[k] += static_cast<acc>(a[c + k]) * leaky(u, s);
-      }
-    }
-    for (; c < channels; ++c) {
-      acc u = static_cast<acc>(l[c]) + static_cast<acc>(r[c]);
-      if constexpr (kEdge) u += static_cast<acc>(ev[c]);
-      if constexpr (kStoreU) u_out[c] = u;
-      lanes[c % kLanes] += static_cast<acc>(a[c]) * leaky(u, s);
-    }
-    acc total = 0;
-    for (int64_t k = 0; k < kLanes; ++k) total += lanes[k];
-    return total;
+    return sum_channels<acc>(channels, [&](int64_t c, auto v) __attribute__((always_inline)) {
+      using V = decltype(v);
+      V u = load<V>(l + c) + load<V>(r + c);
+      if constexpr (kEdge) u += load<V>(ev + c);
+      if constexpr (kStoreU) store(u_out + c, u);
+      return load<V>(a + c) * leaky(u, s);
+    });
   }
 };
 
