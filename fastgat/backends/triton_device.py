@@ -1,17 +1,20 @@
-"""The Triton programs of the fused GAT edge stage (docs/design.md §2, §5); launched
-by triton_kernels.
+"""The Triton programs of the fused attention edge stages (docs/design.md §2, §5, §10, §11);
+launched by triton_kernels.
 
 A program owns one work item: a chunk of at most CHUNK in-edges of one destination row (forward,
-the backward's dd segment sum) or out-edges of one source row (the backward's CSC pass, its one
-gather), all heads at once as [BLOCK_E, H_P2, C_P2] tiles gathered coalesced over C. A row longer than CHUNK is split over
-several programs that write partial states; a merge program per split row combines them in
-chunk order, so results are bitwise deterministic (no atomics). Chunk 0 of a row also takes
-its implicit self loop. Item and split tables come from triton_kernels.plan.
+the backward's CSR passes) or out-edges of one source row (the backward's CSC passes), all heads
+at once as [BLOCK_E, H_P2, C_P2] tiles gathered coalesced over C. A row longer than CHUNK is
+split over several programs that write partial states; a merge program per split row combines
+them in chunk order, so results are bitwise deterministic (no atomics). Chunk 0 of a row also
+takes its implicit self loop. Item and split tables come from triton_kernels.plan. The scoring
+rule (GAT, GATv2, TransformerConv) is the constexpr RULE: `_edge_logits` forms the logits and
+values, and one source compiles to a kernel per rule.
 
-Programs assume valid input (validated by FastGATConv / Graph) and never read dead slots.
+Programs assume valid input (validated by the layers / Graph) and never read dead slots.
 ACC is the accumulation dtype (float64 for float64 data, else float32); WIDE switches offsets
-to int64 when N*H*C or (E+N)*H can exceed 2^31. Scalars that must stay exact in float64
-(negative slope, 1/(1-p)) arrive as the int64 bits of a float64.
+to int64 when N*H*C or (E+N)*H (E*H*C for C-vector edge values) can exceed 2^31. Scalars that
+must stay exact in float64 (the rule's coefficient, 1/(1-p)) arrive as the int64 bits of a
+float64.
 """
 import os
 

@@ -3,10 +3,12 @@
 CUDA tensors run compiled kernels, autotuned per (H, C, dtype) (a pinned configuration under
 torch.use_deterministic_algorithms(True), see pinned_config); CPU tensors run under the
 Triton interpreter (TRITON_INTERPRET=1, read when this module is imported) with one fixed
-configuration. Launches per call: forward 1 and its merge; backward 3 (D = <dout, out>, the
-CSC pass, the dd segment sum), the last two each with a merge. A merge launches once the graph
-holds more than CHUNK edges (its programs return at once for rows that were not split). No host sync: every grid size comes from tensor shapes, and the item tables of a
-pointer array are built by torch ops on the device (`plan`).
+configuration. Launches per call: forward 1 and its merge; GAT's backward 3 (D = <dout, out>,
+the CSC pass, the dd segment sum), GATv2's and TransformerConv's 3 (D, the CSR pass, the CSC
+pass), the last two each with a merge. A merge launches once the graph holds more than CHUNK
+edges (its programs return at once for rows that were not split). No host sync: every grid
+size comes from tensor shapes, and the item tables of a pointer array are built by torch ops on
+the device (`plan`).
 """
 import contextlib
 import struct
