@@ -44,6 +44,17 @@ def _keep(seed, idx, threshold, scale):
 
 
 @triton.jit
+def _dropped(dalpha, alpha, seed, idx, threshold, scale, DROPOUT: tl.constexpr):
+    """(keep dalpha, keep alpha) at dropout counters idx: the backward's dropped <dout, value>
+    and weight; both unchanged without dropout."""
+    if DROPOUT:
+        keep = _keep(seed, idx, threshold, scale)
+        dalpha *= keep
+        alpha *= keep
+    return dalpha, alpha
+
+
+@triton.jit
 def _head_channel_tiles(H: tl.constexpr, C: tl.constexpr, H_P2: tl.constexpr,
                         C_P2: tl.constexpr):
     """Head indices, their mask, the (head, channel) offsets within a node's row of h, and
@@ -95,13 +106,9 @@ def forward_kernel(h, s, d, att, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, 
     row, chunk, start, end, split = _item(item_row, item_ptr, ptr, tl.program_id(0), num_dst,
                                           CHUNK, WIDE)
     if row < num_dst:
-        coef = _f64(coef_bits).to(ACC)
-        scale = _f64(scale_bits).to(ACC)
-        seed = tl.load(seed_ptr) if DROPOUT else 0
-        heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
         # Padded heads see finite zeros, so their (unused) state never turns to NaN.
-        d_i = _row_input(d, row, heads, hmask, hc, hcmask, RULE, H, C, ACC)
-        a = _att(att, hc, hcmask, RULE, ACC)
+        coef, scale, seed, heads, hmask, hc, hcmask, d_i, a = _row_setup(
+            d, att, row, seed_ptr, coef_bits, scale_bits, RULE, H, C, H_P2, C_P2, DROPOUT, ACC)
         m = tl.full([H_P2], float("-inf"), ACC)
         l = tl.zeros([H_P2], ACC)
         acc = tl.zeros([H_P2, C_P2], ACC)
@@ -115,13 +122,9 @@ def forward_kernel(h, s, d, att, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, 
                 if DROPOUT:
                     acc *= _keep(seed, (num_slots + row) * H + heads, threshold, scale)[:, None]
         for e0 in range(start, end, BLOCK_E):
-            k = e0 + tl.arange(0, BLOCK_E)
-            emask = k < end
-            j = _wide(tl.load(col + k, mask=emask, other=0), WIDE)
-            h_j = tl.load(h + j[:, None, None] * (H * C) + hc[None, :, :],
-                          mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
-            x, value, _ = _edge_logits(s, t, k, j, emask, h_j, d_i, a, heads, hmask, hc, hcmask,
-                                       coef, RULE, H, C, HAS_T, ACC)
+            k, emask, x, value, _ = _edge_block(h, s, t, col, e0, end, d_i, a, heads, hmask, hc,
+                                                hcmask, coef, RULE, H, C, BLOCK_E, HAS_T, WIDE,
+                                                ACC)
             x = tl.where(emask[:, None], x, float("-inf"))
             m_new = tl.maximum(m, tl.max(x, 0))
             shift = _finite_or_zero(m_new)  # -inf scores weigh 0, even while all are -inf
@@ -139,6 +142,35 @@ def forward_kernel(h, s, d, att, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, 
             tl.store(ws_acc + part * (H * C) + hc, acc, mask=hcmask)
         else:
             _finish_softmax(out, lse, row, m, l, acc, heads, hmask, hc, hcmask, H, C)
+
+
+@triton.jit
+def _row_setup(d, att, row, seed_ptr, coef_bits, scale_bits, RULE: tl.constexpr,
+               H: tl.constexpr, C: tl.constexpr, H_P2: tl.constexpr, C_P2: tl.constexpr,
+               DROPOUT: tl.constexpr, ACC: tl.constexpr):
+    """What a destination row's program reads once: the rule's coefficient, the dropout scale
+    and seed, the head / channel tiles, the row's score input and GATv2's att."""
+    heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
+    return (_f64(coef_bits).to(ACC), _f64(scale_bits).to(ACC),
+            tl.load(seed_ptr) if DROPOUT else 0, heads, hmask, hc, hcmask,
+            _row_input(d, row, heads, hmask, hc, hcmask, RULE, H, C, ACC),
+            _att(att, hc, hcmask, RULE, ACC))
+
+
+@triton.jit
+def _edge_block(h, s, t, col, e0, end, d_i, a, heads, hmask, hc, hcmask, coef,
+                RULE: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BLOCK_E: tl.constexpr,
+                HAS_T: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr):
+    """The block of CSR slots k = e0 + [0, BLOCK_E) of a destination row (live while k < end):
+    its sources' rows h_j gathered once, then _edge_logits. Returns (k, emask, x, value, aux)."""
+    k = e0 + tl.arange(0, BLOCK_E)
+    emask = k < end
+    j = _wide(tl.load(col + k, mask=emask, other=0), WIDE)
+    h_j = tl.load(h + j[:, None, None] * (H * C) + hc[None, :, :],
+                  mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
+    x, value, aux = _edge_logits(s, t, k, j, emask, h_j, d_i, a, heads, hmask, hc, hcmask, coef,
+                                 RULE, H, C, HAS_T, ACC)
+    return k, emask, x, value, aux
 
 
 @triton.jit
@@ -331,11 +363,8 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
             alpha = _alpha(tl.where(z > 0, z, z * slope), lse_i)
             dout_i = tl.load(dout + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
             dalpha = tl.sum(dout_i * h_j, 1)
-            weight = alpha
-            if DROPOUT:
-                keep = _keep(seed, (num_slots + row) * H + heads, threshold, scale)
-                dalpha *= keep
-                weight *= keep
+            dalpha, weight = _dropped(dalpha, alpha, seed, (num_slots + row) * H + heads,
+                                     threshold, scale, DROPOUT)
             D_i = tl.load(D_buf + row * H + heads, mask=hmask, other=0.0)
             ds_j = _dz(z, alpha, dalpha, D_i, slope)
             tl.store(dz_loop + row * H + heads, ds_j, mask=hmask)
@@ -358,11 +387,8 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
             dout_i = tl.load(dout + i[:, None, None] * (H * C) + hc[None, :, :],
                              mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
             dalpha = tl.sum(dout_i * h_j[None, :, :], 2)
-            weight = alpha
-            if DROPOUT:
-                keep = _keep(seed, k[:, None] * H + heads[None, :], threshold, scale)
-                dalpha *= keep
-                weight *= keep
+            dalpha, weight = _dropped(dalpha, alpha, seed, k[:, None] * H + heads[None, :],
+                                     threshold, scale, DROPOUT)
             D_i = tl.load(D_buf + eh_i, mask=ehmask, other=0.0)
             dz_e = _dz(z, alpha, dalpha, D_i, slope)
             tl.store(dz + k[:, None] * H + heads[None, :], dz_e, mask=ehmask)
@@ -460,12 +486,8 @@ def backward_rows_kernel(dout, lse, D_buf, h, s, d, att, t, t_loop, ptr, col, se
     row, chunk, start, end, split = _item(item_row, item_ptr, ptr, tl.program_id(0), num_dst,
                                           CHUNK, WIDE)
     if row < num_dst:
-        coef = _f64(coef_bits).to(ACC)
-        scale = _f64(scale_bits).to(ACC)
-        seed = tl.load(seed_ptr) if DROPOUT else 0
-        heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
-        d_i = _row_input(d, row, heads, hmask, hc, hcmask, RULE, H, C, ACC)
-        a = _att(att, hc, hcmask, RULE, ACC)
+        coef, scale, seed, heads, hmask, hc, hcmask, d_i, a = _row_setup(
+            d, att, row, seed_ptr, coef_bits, scale_bits, RULE, H, C, H_P2, C_P2, DROPOUT, ACC)
         dout_i = tl.load(dout + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
         lse_i = tl.load(lse + row * H + heads, mask=hmask, other=0.0).to(ACC)
         D_i = tl.load(D_buf + row * H + heads, mask=hmask, other=0.0)
@@ -478,11 +500,8 @@ def backward_rows_kernel(dout, lse, D_buf, h, s, d, att, t, t_loop, ptr, col, se
                                     coef, RULE, H, C, HAS_T_LOOP, ACC)
                 alpha = _alpha(x, lse_i)
                 dalpha = tl.sum(dout_i * h_i, 1)
-                weight = alpha
-                if DROPOUT:
-                    keep = _keep(seed, (num_slots + row) * H + heads, threshold, scale)
-                    dalpha *= keep
-                    weight *= keep
+                dalpha, weight = _dropped(dalpha, alpha, seed, (num_slots + row) * H + heads,
+                                         threshold, scale, DROPOUT)
                 dz_i = alpha * (dalpha - D_i)
                 tl.store(dz_loop + row * H + heads, dz_i, mask=hmask)
                 tl.store(w_loop + row * H + heads, weight, mask=hmask)
@@ -492,22 +511,15 @@ def backward_rows_kernel(dout, lse, D_buf, h, s, d, att, t, t_loop, ptr, col, se
                     tl.store(dt_loop + row * (H * C) + hc, dd_i.to(dt_loop.dtype.element_ty),
                              mask=hcmask)
         for e0 in range(start, end, BLOCK_E):
-            k = e0 + tl.arange(0, BLOCK_E)
-            emask = k < end
+            k, emask, x, value, aux = _edge_block(h, s, t, col, e0, end, d_i, a, heads, hmask,
+                                                  hc, hcmask, coef, RULE, H, C, BLOCK_E, HAS_T,
+                                                  WIDE, ACC)
             ehmask = emask[:, None] & hmask[None, :]
             ehcmask = emask[:, None, None] & hcmask[None, :, :]
-            j = _wide(tl.load(col + k, mask=emask, other=0), WIDE)
-            h_j = tl.load(h + j[:, None, None] * (H * C) + hc[None, :, :], mask=ehcmask,
-                          other=0.0).to(ACC)
-            x, value, aux = _edge_logits(s, t, k, j, emask, h_j, d_i, a, heads, hmask, hc,
-                                         hcmask, coef, RULE, H, C, HAS_T, ACC)
             alpha = tl.where(ehmask, _alpha(x, lse_i[None, :]), 0.0)
             dalpha = tl.sum(dout_i[None, :, :] * value, 2)
-            weight = alpha
-            if DROPOUT:
-                keep = _keep(seed, k[:, None] * H + heads[None, :], threshold, scale)
-                dalpha *= keep
-                weight *= keep
+            dalpha, weight = _dropped(dalpha, alpha, seed, k[:, None] * H + heads[None, :],
+                                     threshold, scale, DROPOUT)
             dz_e = alpha * (dalpha - D_i[None, :])
             if RULE == GATV2:
                 de, act = _gatv2_du(dz_e[:, :, None], a[None, :, :], aux, coef)
