@@ -71,9 +71,13 @@ def _configs():
 def _prune(configs, named_args, **kwargs):
     """The two largest edge blocks whose tile fits the register budget (the smallest if none).
     A float64 accumulator takes two registers per element: its tiles count double (ptxas
-    spilled kilobytes at the float32 budget)."""
+    spilled kilobytes at the float32 budget). So do GATv2's and TransformerConv's, whose
+    programs hold more [BLOCK_E, H, C] tiles at once (u and LeakyReLU(u), du; key and value;
+    GATv2's CSR pass spilled kilobytes at GAT's budget)."""
     args = {**named_args, **kwargs}
     tile = args["H_P2"] * args["C_P2"] * (2 if args["ACC"] == tl.float64 else 1)
+    if args.get("RULE", dev.GAT.value) != dev.GAT.value:
+        tile *= 2
     blocks = sorted({c.kwargs["BLOCK_E"] for c in configs
                      if c.kwargs["BLOCK_E"] * tile <= _TILE_LIMIT})
     keep = blocks[-2:] or [min(c.kwargs["BLOCK_E"] for c in configs)]
@@ -120,12 +124,12 @@ def _acc_dtype(dtype: torch.dtype) -> Tuple[torch.dtype, "tl.dtype"]:
 
 
 def _meta(h: Tensor, num_dst: int, num_slots: int, t, t_loop, coef: float, dropout: float,
-          seed: Optional[Tensor], rule=dev.GAT):
+          seed: Optional[Tensor], rule: int = dev.GAT.value):
     """Scalar and constexpr arguments shared by the forward and backward programs; `coef` is
     the rule's scalar: the LeakyReLU slope, or TransformerConv's logit scale."""
     num_src, heads, channels = h.shape
     # GATv2's and TransformerConv's edge inputs (and datt's per-item shares) are E x H x C.
-    edge_width = 1 if rule == dev.GAT else channels
+    edge_width = 1 if rule == dev.GAT.value else channels
     wide = max(max(num_src, num_dst, 2 * (num_slots // CHUNK)) * heads * channels,
                (num_slots + num_dst) * heads * edge_width) >= _INT32_LIMIT
     meta = dict(RULE=rule, H=heads, C=channels, H_P2=triton.next_power_of_2(heads),
@@ -159,7 +163,7 @@ def gat_forward(
     rowptr: Tensor, col: Tensor, num_loops: int, negative_slope: float, dropout: float,
     seed: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor]:
-    return _forward(dev.GAT, h, s, d, None, t, t_loop, rowptr, col, num_loops, negative_slope,
+    return _forward(dev.GAT.value, h, s, d, None, t, t_loop, rowptr, col, num_loops, negative_slope,
                     dropout, seed)
 
 
@@ -168,7 +172,7 @@ def gatv2_forward(
     rowptr: Tensor, col: Tensor, num_loops: int, negative_slope: float, dropout: float,
     seed: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor]:
-    return _forward(dev.GATV2, xl, None, xr, att, e, e_loop, rowptr, col, num_loops,
+    return _forward(dev.GATV2.value, xl, None, xr, att, e, e_loop, rowptr, col, num_loops,
                     negative_slope, dropout, seed)
 
 
@@ -176,7 +180,7 @@ def transformer_forward(
     q: Tensor, k: Tensor, v: Tensor, e: Optional[Tensor], rowptr: Tensor, col: Tensor,
     scale: float, dropout: float, seed: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor]:
-    return _forward(dev.TRANSFORMER, v, k, q, None, e, None, rowptr, col, 0, scale, dropout,
+    return _forward(dev.TRANSFORMER.value, v, k, q, None, e, None, rowptr, col, 0, scale, dropout,
                     seed)
 
 
@@ -276,7 +280,7 @@ def gatv2_backward(
     dropout: float, seed: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     dxr, dxl, _, datt_parts, de, de_loop = _two_pass_backward(
-        dev.GATV2, dout, out, lse, xl, None, xr, att, e, e_loop, rowptr, col, colptr, csc_row,
+        dev.GATV2.value, dout, out, lse, xl, None, xr, att, e, e_loop, rowptr, col, colptr, csc_row,
         csc_eid, num_loops, negative_slope, dropout, seed)
     # A fixed-order sum of the CSR pass's per-item shares (torch reduces without atomics).
     return dxl, dxr, datt_parts.sum(0).to(att.dtype), de, de_loop
@@ -288,7 +292,7 @@ def transformer_backward(
     csc_eid: Tensor, scale: float, dropout: float, seed: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     dq, dk, dv, _, de, _ = _two_pass_backward(
-        dev.TRANSFORMER, dout, out, lse, v, k, q, None, e, None, rowptr, col, colptr, csc_row,
+        dev.TRANSFORMER.value, dout, out, lse, v, k, q, None, e, None, rowptr, col, colptr, csc_row,
         csc_eid, 0, scale, dropout, seed)
     return dq, dk, dv, de
 
@@ -303,7 +307,7 @@ def _two_pass_backward(rule, dout, out, lse, h, s, d, att, t, t_loop, rowptr, co
     num_src, heads, channels = h.shape
     num_dst, num_slots = d.size(0), col.numel()
     acc = _acc_dtype(h.dtype)[0]
-    transformer = rule == dev.TRANSFORMER
+    transformer = rule == dev.TRANSFORMER.value
     dd, dh_a = torch.empty_like(d), torch.empty_like(h)
     dh_b = torch.empty_like(h) if transformer else dh_a
     # Dead slots get no program; their dt stays 0 as in the reference.
@@ -319,8 +323,8 @@ def _two_pass_backward(rule, dout, out, lse, h, s, d, att, t, t_loop, rowptr, co
     rows, cols = plan(rowptr, num_slots), plan(colptr, num_slots)
     ws_dd = h.new_empty(rows.num_parts, heads, channels, dtype=acc)
     # Idle items write no share: their rows stay zero.
-    datt_parts = h.new_zeros(rows.item_row.numel() if rule == dev.GATV2 else 0, heads, channels,
-                             dtype=acc)
+    num_shares = rows.item_row.numel() if rule == dev.GATV2.value else 0
+    datt_parts = h.new_zeros(num_shares, heads, channels, dtype=acc)
     ws_a = h.new_empty(cols.num_parts, heads, channels, dtype=acc)
     ws_b = torch.empty_like(ws_a) if transformer else ws_a
     width = heads * channels
