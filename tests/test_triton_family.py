@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch_geometric.nn import GATv2Conv, TransformerConv
 
-from test_triton import (CHUNK, DEVICE, GPU_ONLY, TOLERANCE, assert_matches,
-                         power_law_graph, skewed_graph)
+from test_triton import (CHUNK, DEVICE, GPU_ONLY, assert_matches, power_law_graph,
+                         skewed_graph)
 from fastgat import FastGATv2Conv, FastTransformerConv, Graph
 from fastgat.backends import (RULES, resolve, torch_ref, triton_kernels,
                               unavailable_reason)
