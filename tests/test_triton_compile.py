@@ -3,10 +3,10 @@ and sm_80 with the installed Triton, without a GPU.
 
 The CPU tests run the kernels under the Triton interpreter, which never invokes Triton's
 compiler; this test does. A worker subprocess (this file run as a script, TRITON_INTERPRET
-unset so triton_kernels takes its GPU path: CHUNK, autotuned BLOCK_E / num_warps) calls
-every rule's <rule>_forward / <rule>_backward on small CPU tensors with every launch intercepted: autotuned
-kernels record the configs their pruner leaves (the set the autotuner would benchmark), plain
-kernels their arguments. Each launch is then specialized exactly as JITFunction.run does
+unset so triton_kernels takes its GPU path: CHUNK, autotuned BLOCK_E / num_warps) calls every
+rule's <rule>_forward / <rule>_backward on small CPU tensors with every launch intercepted:
+autotuned kernels record the configs their pruner leaves (the set the autotuner would
+benchmark), plain kernels their arguments. Each launch is then specialized exactly as JITFunction.run does
 (its binder and _pack_args, for a CUDA target) and compiled with triton.compile; ptxas's log
 gives registers and spills.
 
