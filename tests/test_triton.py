@@ -33,9 +33,10 @@ NAMES = ("out", "lse", "dh", "ds", "dd", "dt", "dt_loop")
 
 
 def skewed_graph(seed, num_nodes=24, num_edges=60, dst_hub=3 * CHUNK + 5, src_hub=2 * CHUNK + 3,
-                 device=DEVICE):
+                 device=DEVICE, loops=True):
     """Random edges plus node 1 receiving dst_hub edges and node 2 sending src_hub edges, so
-    both the CSR and the CSC pass split a row into several chunks."""
+    both the CSR and the CSC pass split a row into several chunks. With `loops`, the input's
+    self loops are dropped and every node gets an implicit one; else the edges stay as drawn."""
     g = torch.Generator().manual_seed(seed)
     src = torch.cat([torch.randint(0, num_nodes, (num_edges,), generator=g),
                      torch.randint(0, num_nodes, (dst_hub,), generator=g),
@@ -45,7 +46,7 @@ def skewed_graph(seed, num_nodes=24, num_edges=60, dst_hub=3 * CHUNK + 5, src_hu
                      torch.randint(0, num_nodes, (src_hub,), generator=g)])
     perm = torch.randperm(src.numel(), generator=g)
     return Graph.from_coo(src[perm].to(device), dst[perm].to(device), num_nodes, num_nodes,
-                          drop_self_loops=True, num_loops=num_nodes)
+                          drop_self_loops=loops, num_loops=num_nodes if loops else 0)
 
 
 def random_inputs(graph, seed, heads, channels, dtype, device=DEVICE):
@@ -80,8 +81,8 @@ def reference(inputs, graph, got, **kwargs):
     return run(torch_ref, [x.double() for x in inputs], graph, saved=saved, **kwargs)
 
 
-def assert_matches(got, want, dtype):
-    for name, x, ref in zip(NAMES, got, want):
+def assert_matches(got, want, dtype, names=NAMES):
+    for name, x, ref in zip(names, got, want):
         assert x.shape == ref.shape, name
         if name != "lse":
             assert x.dtype == dtype, name
@@ -248,15 +249,16 @@ def test_dropout_rule_at_64_bit_counters():
     assert 0 < int(want.gt(0).sum()) < slots.numel()
 
 
-def power_law_graph(num_nodes, num_edges, seed, device):
-    """Zipf-distributed endpoints: the top destinations and sources hold thousands of edges."""
+def power_law_graph(num_nodes, num_edges, seed, device, loops=True):
+    """Zipf-distributed endpoints: the top destinations and sources hold thousands of edges.
+    `loops` as for skewed_graph."""
     g = torch.Generator().manual_seed(seed)
     weight = torch.arange(1, num_nodes + 1, dtype=torch.float64) ** -1.1
     dst = torch.multinomial(weight, num_edges, replacement=True, generator=g)
     src = torch.randperm(num_nodes, generator=g)[
         torch.multinomial(weight, num_edges, replacement=True, generator=g)]
     return Graph.from_coo(src.to(device), dst.to(device), num_nodes, num_nodes,
-                          drop_self_loops=True, num_loops=num_nodes)
+                          drop_self_loops=loops, num_loops=num_nodes if loops else 0)
 
 
 @pytest.mark.gpu

@@ -3,10 +3,10 @@ and sm_80 with the installed Triton, without a GPU.
 
 The CPU tests run the kernels under the Triton interpreter, which never invokes Triton's
 compiler; this test does. A worker subprocess (this file run as a script, TRITON_INTERPRET
-unset so triton_kernels takes its GPU path: CHUNK, autotuned BLOCK_E / num_warps) calls
-gat_forward / gat_backward on small CPU tensors with every launch intercepted: autotuned
-kernels record the configs their pruner leaves (the set the autotuner would benchmark), plain
-kernels their arguments. Each launch is then specialized exactly as JITFunction.run does
+unset so triton_kernels takes its GPU path: CHUNK, autotuned BLOCK_E / num_warps) calls every
+rule's <rule>_forward / <rule>_backward on small CPU tensors with every launch intercepted:
+autotuned kernels record the configs their pruner leaves (the set the autotuner would
+benchmark), plain kernels their arguments. Each launch is then specialized exactly as JITFunction.run does
 (its binder and _pack_args, for a CUDA target) and compiled with triton.compile; ptxas's log
 gives registers and spills.
 
@@ -42,9 +42,18 @@ SWEEP = {
     (dtype, *((3, 40) if full else (4, 16)), full, full, 0.1 if full else 0.0, wide, arch, "all")
     for dtype in DTYPES for full in (False, True) for wide in (False, True) for arch in ARCHS
 }
-# Names as launched; merge_sum_kernel runs twice in the backward: (ds, dh), then dd.
-LAUNCHES = ("forward_kernel", "merge_softmax_kernel", "row_dot_kernel", "backward_csc_kernel",
-            "merge_sum_kernel[ds,dh]", "segment_sum_kernel", "merge_sum_kernel[dd]")
+# Names as launched, GAT's then GATv2's then TransformerConv's forward and backward; a program
+# with a scoring rule is labelled with it, merge_sum_kernel with the sums it merges.
+RULE_NAMES = ("gat", "gatv2", "transformer")
+LAUNCHES = ("forward_kernel[gat]", "merge_softmax_kernel", "row_dot_kernel",
+            "backward_csc_kernel", "merge_sum_kernel[a,b]", "segment_sum_kernel",
+            "merge_sum_kernel[a]",
+            "forward_kernel[gatv2]", "merge_softmax_kernel", "row_dot_kernel",
+            "backward_rows_kernel[gatv2]", "merge_sum_kernel[a]", "backward_cols_kernel[gatv2]",
+            "merge_sum_kernel[a]",
+            "forward_kernel[transformer]", "merge_softmax_kernel", "row_dot_kernel",
+            "backward_rows_kernel[transformer]", "merge_sum_kernel[a]",
+            "backward_cols_kernel[transformer]", "merge_sum_kernel[a,b]")
 NUM_NODES = 8
 
 
@@ -80,7 +89,8 @@ def check_case(name, case, res):
     for launch in res["launches"]:
         # The launch covers what the case claims (the kernels see exactly these constexprs).
         meta = launch["constexprs"]
-        expect = dict(WIDE=wide, HAS_T=has_t, HAS_T_LOOP=has_t_loop, DROPOUT=dropout > 0,
+        loops = has_t_loop and not launch["label"].endswith("[transformer]")  # it has none
+        expect = dict(WIDE=wide, HAS_T=has_t, HAS_T_LOOP=loops, DROPOUT=dropout > 0,
                       H=heads, C=channels)
         seen = {k: meta[k] for k in expect if k in meta}
         assert seen == {k: expect[k] for k in seen}, launch["label"]
@@ -143,8 +153,9 @@ def _heaviest(configs):
 
 
 def _launch_all(tk, case):
-    """gat_forward and gat_backward on a graph where node 0 receives and node 1 sends more than
-    CHUNK edges, so every kernel (merges included) launches."""
+    """The forward and backward of every rule (GAT, GATv2, TransformerConv) on a graph where
+    node 0 receives and node 1 sends more than CHUNK edges, so every kernel (merges included)
+    launches; the case's t / t_loop are also GATv2's e / e_loop and TransformerConv's e."""
     import torch
     from fastgat.graph import Graph
     dtype, heads, channels, has_t, has_t_loop, dropout, wide, _, _ = case
@@ -170,6 +181,15 @@ def _launch_all(tk, case):
         out, lse = tk.gat_forward(h, s, d, t, t_loop, rowptr, col, n, 0.2, dropout, seed)
         tk.gat_backward(torch.ones_like(out), out, lse, h, s, d, t, t_loop, rowptr, col, colptr,
                         csc_row, csc_eid, n, 0.2, dropout, seed)
+        xr, att = rand(n, heads, channels), rand(heads, channels)
+        e = rand(col.numel(), heads, channels) if has_t else None
+        e_loop = rand(n, heads, channels) if has_t_loop else None
+        out, lse = tk.gatv2_forward(h, xr, att, e, e_loop, rowptr, col, n, 0.2, dropout, seed)
+        tk.gatv2_backward(torch.ones_like(out), out, lse, h, xr, att, e, e_loop, rowptr, col,
+                          colptr, csc_row, csc_eid, n, 0.2, dropout, seed)
+        out, lse = tk.transformer_forward(xr, h, h, e, rowptr, col, 0.5, dropout, seed)
+        tk.transformer_backward(torch.ones_like(out), out, lse, xr, h, h, e, rowptr, col, colptr,
+                                csc_row, csc_eid, 0.5, dropout, seed)
     finally:
         tk._INT32_LIMIT = limit
 
@@ -212,7 +232,9 @@ def _error(e):
 
 def _label(fn, kwargs):
     if fn.__name__ == "merge_sum_kernel":
-        return f"merge_sum_kernel[{'ds,dh' if kwargs['HAS_B'] else 'dd'}]"
+        return f"merge_sum_kernel[{'a,b' if kwargs['HAS_B'] else 'a'}]"
+    if "RULE" in kwargs:
+        return f"{fn.__name__}[{RULE_NAMES[kwargs['RULE']]}]"
     return fn.__name__
 
 

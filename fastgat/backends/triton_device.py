@@ -1,17 +1,20 @@
-"""The Triton programs of the fused GAT edge stage (docs/design.md §2, §5); launched
-by triton_kernels.
+"""The Triton programs of the fused attention edge stages (docs/design.md §2, §5, §10, §11);
+launched by triton_kernels.
 
 A program owns one work item: a chunk of at most CHUNK in-edges of one destination row (forward,
-the backward's dd segment sum) or out-edges of one source row (the backward's CSC pass, its one
-gather), all heads at once as [BLOCK_E, H_P2, C_P2] tiles gathered coalesced over C. A row longer than CHUNK is split over
-several programs that write partial states; a merge program per split row combines them in
-chunk order, so results are bitwise deterministic (no atomics). Chunk 0 of a row also takes
-its implicit self loop. Item and split tables come from triton_kernels.plan.
+the backward's CSR passes) or out-edges of one source row (the backward's CSC passes), all heads
+at once as [BLOCK_E, H_P2, C_P2] tiles gathered coalesced over C. A row longer than CHUNK is
+split over several programs that write partial states; a merge program per split row combines
+them in chunk order, so results are bitwise deterministic (no atomics). Chunk 0 of a row also
+takes its implicit self loop. Item and split tables come from triton_kernels.plan. The scoring
+rule (GAT, GATv2, TransformerConv) is the constexpr RULE: `_edge_logits` forms the logits and
+values, and one source compiles to a kernel per rule.
 
-Programs assume valid input (validated by FastGATConv / Graph) and never read dead slots.
+Programs assume valid input (validated by the layers / Graph) and never read dead slots.
 ACC is the accumulation dtype (float64 for float64 data, else float32); WIDE switches offsets
-to int64 when N*H*C or (E+N)*H can exceed 2^31. Scalars that must stay exact in float64
-(negative slope, 1/(1-p)) arrive as the int64 bits of a float64.
+to int64 when N*H*C or (E+N)*H (E*H*C for C-vector edge values) can exceed 2^31. Scalars that
+must stay exact in float64 (the rule's coefficient, 1/(1-p)) arrive as the int64 bits of a
+float64.
 """
 import os
 
@@ -20,7 +23,12 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Graph sizes and scalars change from call to call: one compiled kernel serves them all.
-_SCALARS = ["num_slots", "num_loops", "slope_bits", "threshold", "scale_bits"]
+_SCALARS = ["num_slots", "num_loops", "coef_bits", "threshold", "scale_bits"]
+# The scoring rules (docs/design.md §5): a constexpr argument of the programs, so each rule
+# compiles to its own kernel from one source.
+GAT = tl.constexpr(0)
+GATV2 = tl.constexpr(1)
+TRANSFORMER = tl.constexpr(2)
 
 
 @triton.jit
@@ -33,6 +41,17 @@ def _keep(seed, idx, threshold, scale):
     """fastgat.dropout: keep iff (philox word0 >> 1) >= threshold; kept weights scaled."""
     r = tl.randint(seed, idx)
     return tl.where((r >> 1).to(tl.int32) >= threshold, scale, 0.0)
+
+
+@triton.jit
+def _dropped(dalpha, alpha, seed, idx, threshold, scale, DROPOUT: tl.constexpr):
+    """(keep dalpha, keep alpha) at dropout counters idx: the backward's dropped <dout, value>
+    and weight; both unchanged without dropout."""
+    if DROPOUT:
+        keep = _keep(seed, idx, threshold, scale)
+        dalpha *= keep
+        alpha *= keep
+    return dalpha, alpha
 
 
 @triton.jit
@@ -76,39 +95,37 @@ def _part(split_ptr, row, chunk, WIDE: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["num_dst"] + _SCALARS)
-def forward_kernel(h, s, d, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l, ws_acc,
-                   item_row, item_ptr, split_ptr, num_dst, num_slots, num_loops, slope_bits,
-                   threshold, scale_bits, H: tl.constexpr, C: tl.constexpr,
+def forward_kernel(h, s, d, att, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l, ws_acc,
+                   item_row, item_ptr, split_ptr, num_dst, num_slots, num_loops, coef_bits,
+                   threshold, scale_bits, RULE: tl.constexpr, H: tl.constexpr, C: tl.constexpr,
                    H_P2: tl.constexpr, C_P2: tl.constexpr, CHUNK: tl.constexpr,
                    BLOCK_E: tl.constexpr, HAS_T: tl.constexpr, HAS_T_LOOP: tl.constexpr,
                    DROPOUT: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr):
-    """Online softmax (m, l, acc) over one chunk of destination row i's in-edges."""
+    """Online softmax (m, l, acc) over one chunk of destination row i's in-edges, each edge's
+    logit and value formed by RULE (_edge_logits)."""
     row, chunk, start, end, split = _item(item_row, item_ptr, ptr, tl.program_id(0), num_dst,
                                           CHUNK, WIDE)
     if row < num_dst:
-        slope = _f64(slope_bits).to(ACC)
-        scale = _f64(scale_bits).to(ACC)
-        seed = tl.load(seed_ptr) if DROPOUT else 0
-        heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
         # Padded heads see finite zeros, so their (unused) state never turns to NaN.
-        d_i = tl.load(d + row * H + heads, mask=hmask, other=0.0).to(ACC)
+        coef, scale, seed, heads, hmask, hc, hcmask, d_i, a = _row_setup(
+            d, att, row, seed_ptr, coef_bits, scale_bits, RULE, H, C, H_P2, C_P2, DROPOUT, ACC)
         m = tl.full([H_P2], float("-inf"), ACC)
         l = tl.zeros([H_P2], ACC)
         acc = tl.zeros([H_P2, C_P2], ACC)
-        if (chunk == 0) & (row < num_loops):
-            z = tl.load(s + row * H + heads, mask=hmask, other=0.0).to(ACC) + d_i
-            if HAS_T_LOOP:
-                z += tl.load(t_loop + row * H + heads, mask=hmask, other=0.0).to(ACC)
-            m = tl.where(z > 0, z, z * slope)
-            l = tl.full([H_P2], 1.0, ACC)
-            acc = tl.load(h + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
-            if DROPOUT:
-                acc *= _keep(seed, (num_slots + row) * H + heads, threshold, scale)[:, None]
+        if RULE != TRANSFORMER:  # TransformerConv adds no self loops
+            if (chunk == 0) & (row < num_loops):
+                h_i = tl.load(h + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+                m, _ = _loop_logits(s, t_loop, row, h_i, d_i, a, heads, hmask, hc, hcmask,
+                                    coef, RULE, H, C, HAS_T_LOOP, ACC)
+                l = tl.full([H_P2], 1.0, ACC)
+                acc = h_i
+                if DROPOUT:
+                    acc *= _keep(seed, (num_slots + row) * H + heads, threshold, scale)[:, None]
         for e0 in range(start, end, BLOCK_E):
-            k = e0 + tl.arange(0, BLOCK_E)
-            j, emask, ehmask, z = _row_block_scores(s, t, col, k, end, d_i, heads, hmask, H,
-                                                    HAS_T, WIDE, ACC)
-            x = tl.where(emask[:, None], tl.where(z > 0, z, z * slope), float("-inf"))
+            k, emask, x, value, _ = _edge_block(h, s, t, col, e0, end, d_i, a, heads, hmask, hc,
+                                                hcmask, coef, RULE, H, C, BLOCK_E, HAS_T, WIDE,
+                                                ACC)
+            x = tl.where(emask[:, None], x, float("-inf"))
             m_new = tl.maximum(m, tl.max(x, 0))
             shift = _finite_or_zero(m_new)  # -inf scores weigh 0, even while all are -inf
             rescale = tl.exp(m - shift)
@@ -116,9 +133,7 @@ def forward_kernel(h, s, d, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l,
             l = l * rescale + tl.sum(p, 0)
             if DROPOUT:
                 p *= _keep(seed, k[:, None] * H + heads[None, :], threshold, scale)
-            h_j = tl.load(h + j[:, None, None] * (H * C) + hc[None, :, :],
-                          mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
-            acc = acc * rescale[:, None] + tl.sum(p[:, :, None] * h_j, 0)
+            acc = acc * rescale[:, None] + tl.sum(p[:, :, None] * value, 0)
             m = m_new
         if split:
             part = _part(split_ptr, row, chunk, WIDE)
@@ -130,20 +145,117 @@ def forward_kernel(h, s, d, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, ws_l,
 
 
 @triton.jit
-def _row_block_scores(s, t, col, k, end, d_i, heads, hmask, H: tl.constexpr,
-                      HAS_T: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr):
-    """For a block of CSR slots k of one destination row (live while k < end): the sources j,
-    the edge and edge-by-head masks, and the scores z = s[j] + d_i + t[k] before LeakyReLU."""
+def _row_setup(d, att, row, seed_ptr, coef_bits, scale_bits, RULE: tl.constexpr,
+               H: tl.constexpr, C: tl.constexpr, H_P2: tl.constexpr, C_P2: tl.constexpr,
+               DROPOUT: tl.constexpr, ACC: tl.constexpr):
+    """What a destination row's program reads once: the rule's coefficient, the dropout scale
+    and seed, the head / channel tiles, the row's score input and GATv2's att."""
+    heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
+    return (_f64(coef_bits).to(ACC), _f64(scale_bits).to(ACC),
+            tl.load(seed_ptr) if DROPOUT else 0, heads, hmask, hc, hcmask,
+            _row_input(d, row, heads, hmask, hc, hcmask, RULE, H, C, ACC),
+            _att(att, hc, hcmask, RULE, ACC))
+
+
+@triton.jit
+def _edge_block(h, s, t, col, e0, end, d_i, a, heads, hmask, hc, hcmask, coef,
+                RULE: tl.constexpr, H: tl.constexpr, C: tl.constexpr, BLOCK_E: tl.constexpr,
+                HAS_T: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr):
+    """The block of CSR slots k = e0 + [0, BLOCK_E) of a destination row (live while k < end):
+    its sources' rows h_j gathered once, then _edge_logits. Returns (k, emask, x, value, aux)."""
+    k = e0 + tl.arange(0, BLOCK_E)
     emask = k < end
-    j = tl.load(col + k, mask=emask, other=0)
-    if WIDE:
-        j = j.to(tl.int64)
+    j = _wide(tl.load(col + k, mask=emask, other=0), WIDE)
+    h_j = tl.load(h + j[:, None, None] * (H * C) + hc[None, :, :],
+                  mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
+    x, value, aux = _edge_logits(s, t, k, j, emask, h_j, d_i, a, heads, hmask, hc, hcmask, coef,
+                                 RULE, H, C, HAS_T, ACC)
+    return k, emask, x, value, aux
+
+
+@triton.jit
+def _row_input(d, row, heads, hmask, hc, hcmask, RULE: tl.constexpr, H: tl.constexpr,
+               C: tl.constexpr, ACC: tl.constexpr):
+    """Destination row i's score input, read once per program: d_i (H) for GAT, the C-vectors
+    xr_i (GATv2) or q_i (TransformerConv) as (H, C)."""
+    if RULE == GAT:
+        d_i = tl.load(d + row * H + heads, mask=hmask, other=0.0).to(ACC)
+    else:
+        d_i = tl.load(d + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+    return d_i
+
+
+@triton.jit
+def _att(att, hc, hcmask, RULE: tl.constexpr, ACC: tl.constexpr):
+    """GATv2's attention vectors (H, C); a zero tile for the rules without them."""
+    if RULE == GATV2:
+        a = tl.load(att + hc, mask=hcmask, other=0.0).to(ACC)
+    else:
+        a = tl.zeros(hc.shape, ACC)
+    return a
+
+
+@triton.jit
+def _leaky(u, slope):
+    return tl.where(u > 0, u, u * slope)
+
+
+@triton.jit
+def _edge_logits(s, t, k, j, emask, h_j, d_i, a, heads, hmask, hc, hcmask, coef,
+                 RULE: tl.constexpr, H: tl.constexpr, C: tl.constexpr, HAS_T: tl.constexpr,
+                 ACC: tl.constexpr):
+    """For a block of CSR slots k (live where emask) of destination row i with sources j and
+    their gathered rows h_j (BLOCK_E, H, C): (x, value, aux), x the logit (BLOCK_E, H) before
+    the softmax, value the vector the row sums (BLOCK_E, H, C), aux what the backward
+    differentiates through (docs/design.md §2, §10, §11):
+      GAT          x = LeakyReLU(z), z = s_j + d_i + t_k,        value h_j,       aux z
+      GATv2        x = <att, LeakyReLU(u)>, u = xl_j + xr_i + e_k,  value xl_j,   aux u
+      Transformer  x = coef <q_i, k_j + e_k>,                    value v_j + e_k, aux k_j + e_k
+    with coef the LeakyReLU slope (GAT, GATv2) or the logit scale (TransformerConv)."""
     ehmask = emask[:, None] & hmask[None, :]
-    z = tl.load(s + j[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
-    z += d_i[None, :]
-    if HAS_T:
-        z += tl.load(t + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
-    return j, emask, ehmask, z
+    ehcmask = emask[:, None, None] & hcmask[None, :, :]
+    value = h_j
+    if RULE == GAT:
+        aux = tl.load(s + j[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
+        aux += d_i[None, :]
+        if HAS_T:
+            aux += tl.load(t + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0).to(ACC)
+        x = _leaky(aux, coef)
+    elif RULE == GATV2:
+        aux = h_j + d_i[None, :, :]
+        if HAS_T:
+            aux += tl.load(t + k[:, None, None] * (H * C) + hc[None, :, :], mask=ehcmask,
+                           other=0.0).to(ACC)
+        x = tl.sum(a[None, :, :] * _leaky(aux, coef), 2)
+    else:
+        aux = tl.load(s + j[:, None, None] * (H * C) + hc[None, :, :], mask=ehcmask,
+                      other=0.0).to(ACC)
+        if HAS_T:
+            e_k = tl.load(t + k[:, None, None] * (H * C) + hc[None, :, :], mask=ehcmask,
+                          other=0.0).to(ACC)
+            aux += e_k
+            value = h_j + e_k
+        x = tl.sum(d_i[None, :, :] * aux, 2) * coef
+    return x, value, aux
+
+
+@triton.jit
+def _loop_logits(s, t_loop, row, h_i, d_i, a, heads, hmask, hc, hcmask, coef,
+                 RULE: tl.constexpr, H: tl.constexpr, C: tl.constexpr,
+                 HAS_T_LOOP: tl.constexpr, ACC: tl.constexpr):
+    """(x, aux) of node i's implicit self loop (GAT, GATv2; its value is h_i): _edge_logits
+    for the one edge i -> i, scored with t_loop[i]."""
+    if RULE == GAT:
+        aux = tl.load(s + row * H + heads, mask=hmask, other=0.0).to(ACC) + d_i
+        if HAS_T_LOOP:
+            aux += tl.load(t_loop + row * H + heads, mask=hmask, other=0.0).to(ACC)
+        x = _leaky(aux, coef)
+    else:
+        aux = h_i + d_i
+        if HAS_T_LOOP:
+            aux += tl.load(t_loop + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+        x = tl.sum(a * _leaky(aux, coef), 1)
+    return x, aux
 
 
 @triton.jit
@@ -223,7 +335,7 @@ def row_dot_kernel(dout, out, D, num_rows, H: tl.constexpr, C: tl.constexpr,
 @triton.jit(do_not_specialize=["num_src"] + _SCALARS)
 def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, seed_ptr, D_buf,
                         dz, dz_loop, dh, ds, ws_ds, ws_dh, item_row, item_ptr, split_ptr,
-                        num_src, num_slots, num_loops, slope_bits, threshold, scale_bits,
+                        num_src, num_slots, num_loops, coef_bits, threshold, scale_bits,
                         H: tl.constexpr, C: tl.constexpr, H_P2: tl.constexpr,
                         C_P2: tl.constexpr, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr,
                         HAS_T: tl.constexpr, HAS_T_LOOP: tl.constexpr, DROPOUT: tl.constexpr,
@@ -235,7 +347,7 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
     row, chunk, start, end, split = _item(item_row, item_ptr, ptr, tl.program_id(0), num_src,
                                           CHUNK, WIDE)
     if row < num_src:
-        slope = _f64(slope_bits).to(ACC)
+        slope = _f64(coef_bits).to(ACC)
         scale = _f64(scale_bits).to(ACC)
         seed = tl.load(seed_ptr) if DROPOUT else 0
         heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
@@ -251,11 +363,8 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
             alpha = _alpha(tl.where(z > 0, z, z * slope), lse_i)
             dout_i = tl.load(dout + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
             dalpha = tl.sum(dout_i * h_j, 1)
-            weight = alpha
-            if DROPOUT:
-                keep = _keep(seed, (num_slots + row) * H + heads, threshold, scale)
-                dalpha *= keep
-                weight *= keep
+            dalpha, weight = _dropped(dalpha, alpha, seed, (num_slots + row) * H + heads,
+                                     threshold, scale, DROPOUT)
             D_i = tl.load(D_buf + row * H + heads, mask=hmask, other=0.0)
             ds_j = _dz(z, alpha, dalpha, D_i, slope)
             tl.store(dz_loop + row * H + heads, ds_j, mask=hmask)
@@ -278,11 +387,8 @@ def backward_csc_kernel(dout, lse, h, s, d, t, t_loop, ptr, csc_row, csc_eid, se
             dout_i = tl.load(dout + i[:, None, None] * (H * C) + hc[None, :, :],
                              mask=emask[:, None, None] & hcmask[None, :, :], other=0.0).to(ACC)
             dalpha = tl.sum(dout_i * h_j[None, :, :], 2)
-            weight = alpha
-            if DROPOUT:
-                keep = _keep(seed, k[:, None] * H + heads[None, :], threshold, scale)
-                dalpha *= keep
-                weight *= keep
+            dalpha, weight = _dropped(dalpha, alpha, seed, k[:, None] * H + heads[None, :],
+                                     threshold, scale, DROPOUT)
             D_i = tl.load(D_buf + eh_i, mask=ehmask, other=0.0)
             dz_e = _dz(z, alpha, dalpha, D_i, slope)
             tl.store(dz + k[:, None] * H + heads[None, :], dz_e, mask=ehmask)
@@ -352,3 +458,151 @@ def merge_sum_kernel(ws_a, out_a, ws_b, out_b, split_rows, split_ptr, num_rows,
         if HAS_B:
             tl.store(out_b + row * WIDTH_B + offs_b, sum_b.to(out_b.dtype.element_ty),
                      mask=offs_b < WIDTH_B)
+
+
+@triton.jit
+def _gatv2_du(dz, a, u, slope):
+    """(du, LeakyReLU(u)): du = dz att LeakyReLU'(u), branching on u (docs/design.md §10)."""
+    da = dz * a
+    return tl.where(u > 0, da, da * slope), _leaky(u, slope)
+
+
+@triton.jit(do_not_specialize=["num_dst"] + _SCALARS)
+def backward_rows_kernel(dout, lse, D_buf, h, s, d, att, t, t_loop, ptr, col, seed_ptr, dz,
+                         dz_loop, w, w_loop, dd, ws_dd, datt_parts, dt, dt_loop, item_row,
+                         item_ptr, split_ptr, num_dst, num_slots, num_loops, coef_bits,
+                         threshold, scale_bits, RULE: tl.constexpr, H: tl.constexpr,
+                         C: tl.constexpr, H_P2: tl.constexpr, C_P2: tl.constexpr,
+                         CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, HAS_T: tl.constexpr,
+                         HAS_T_LOOP: tl.constexpr, DROPOUT: tl.constexpr, WIDE: tl.constexpr,
+                         ACC: tl.constexpr):
+    """The CSR pass of GATv2 and TransformerConv, per destination chunk (the gather of the
+    sources' rows, as in the forward): recompute each logit and alpha, store
+    dz_ij = alpha (keep <dout_i, value_ij> - D_i) (times the scale for TransformerConv) and
+    w_ij = keep alpha at the edge's CSR slot (self loop: dz_loop[i], w_loop[i]), write dt = de,
+    and sum the destination's gradient dd_i: GATv2 dxr_i = sum_j du_ij, TransformerConv
+    dq_i = sum_j dz_ij (k_j + e_ij). GATv2 also stores this item's share of datt =
+    sum dz LeakyReLU(u) at datt_parts[item], summed in item order by the launcher."""
+    row, chunk, start, end, split = _item(item_row, item_ptr, ptr, tl.program_id(0), num_dst,
+                                          CHUNK, WIDE)
+    if row < num_dst:
+        coef, scale, seed, heads, hmask, hc, hcmask, d_i, a = _row_setup(
+            d, att, row, seed_ptr, coef_bits, scale_bits, RULE, H, C, H_P2, C_P2, DROPOUT, ACC)
+        dout_i = tl.load(dout + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+        lse_i = tl.load(lse + row * H + heads, mask=hmask, other=0.0).to(ACC)
+        D_i = tl.load(D_buf + row * H + heads, mask=hmask, other=0.0)
+        dd_i = tl.zeros([H_P2, C_P2], ACC)
+        datt_i = tl.zeros([H_P2, C_P2], ACC)
+        if RULE == GATV2:
+            if (chunk == 0) & (row < num_loops):
+                h_i = tl.load(h + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+                x, u = _loop_logits(s, t_loop, row, h_i, d_i, a, heads, hmask, hc, hcmask,
+                                    coef, RULE, H, C, HAS_T_LOOP, ACC)
+                alpha = _alpha(x, lse_i)
+                dalpha = tl.sum(dout_i * h_i, 1)
+                dalpha, weight = _dropped(dalpha, alpha, seed, (num_slots + row) * H + heads,
+                                         threshold, scale, DROPOUT)
+                dz_i = alpha * (dalpha - D_i)
+                tl.store(dz_loop + row * H + heads, dz_i, mask=hmask)
+                tl.store(w_loop + row * H + heads, weight, mask=hmask)
+                dd_i, act = _gatv2_du(dz_i[:, None], a, u, coef)
+                datt_i = dz_i[:, None] * act
+                if HAS_T_LOOP:
+                    tl.store(dt_loop + row * (H * C) + hc, dd_i.to(dt_loop.dtype.element_ty),
+                             mask=hcmask)
+        for e0 in range(start, end, BLOCK_E):
+            k, emask, x, value, aux = _edge_block(h, s, t, col, e0, end, d_i, a, heads, hmask,
+                                                  hc, hcmask, coef, RULE, H, C, BLOCK_E, HAS_T,
+                                                  WIDE, ACC)
+            ehmask = emask[:, None] & hmask[None, :]
+            ehcmask = emask[:, None, None] & hcmask[None, :, :]
+            alpha = tl.where(ehmask, _alpha(x, lse_i[None, :]), 0.0)
+            dalpha = tl.sum(dout_i[None, :, :] * value, 2)
+            dalpha, weight = _dropped(dalpha, alpha, seed, k[:, None] * H + heads[None, :],
+                                     threshold, scale, DROPOUT)
+            dz_e = alpha * (dalpha - D_i[None, :])
+            if RULE == GATV2:
+                de, act = _gatv2_du(dz_e[:, :, None], a[None, :, :], aux, coef)
+                dd_i += tl.sum(de, 0)
+                datt_i += tl.sum(dz_e[:, :, None] * act, 0)
+            else:
+                dz_e = dz_e * coef
+                dd_i += tl.sum(dz_e[:, :, None] * aux, 0)
+                de = dz_e[:, :, None] * d_i[None, :, :] + weight[:, :, None] * dout_i[None, :, :]
+            tl.store(dz + k[:, None] * H + heads[None, :], dz_e, mask=ehmask)
+            tl.store(w + k[:, None] * H + heads[None, :], weight, mask=ehmask)
+            if HAS_T:
+                tl.store(dt + k[:, None, None] * (H * C) + hc[None, :, :],
+                         de.to(dt.dtype.element_ty), mask=ehcmask)
+        if split:
+            tl.store(ws_dd + _part(split_ptr, row, chunk, WIDE) * (H * C) + hc, dd_i,
+                     mask=hcmask)
+        else:
+            tl.store(dd + row * (H * C) + hc, dd_i.to(dd.dtype.element_ty), mask=hcmask)
+        if RULE == GATV2:
+            tl.store(datt_parts + _wide(tl.program_id(0), WIDE) * (H * C) + hc, datt_i,
+                     mask=hcmask)
+
+
+@triton.jit(do_not_specialize=["num_src", "num_loops", "coef_bits"])
+def backward_cols_kernel(dout, h, d, att, t, t_loop, ptr, csc_row, csc_eid, dz, dz_loop, w,
+                         w_loop, dh_a, dh_b, ws_a, ws_b, item_row, item_ptr, split_ptr, num_src,
+                         num_loops, coef_bits, RULE: tl.constexpr, H: tl.constexpr,
+                         C: tl.constexpr, H_P2: tl.constexpr, C_P2: tl.constexpr,
+                         CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, HAS_T: tl.constexpr,
+                         HAS_T_LOOP: tl.constexpr, WIDE: tl.constexpr, ACC: tl.constexpr):
+    """The CSC pass of GATv2 and TransformerConv, per source chunk, from the dz and w the CSR
+    pass stored per slot (no logit is recomputed): GATv2 dh_a = dxl_j = sum_i (w_ij dout_i +
+    du_ij), du recomputed from u = xl_j + xr_i + e_ij (chunk 0 adds j's self loop);
+    TransformerConv dh_a = dk_j = sum_i dz_ij q_i and dh_b = dv_j = sum_i w_ij dout_i."""
+    row, chunk, start, end, split = _item(item_row, item_ptr, ptr, tl.program_id(0), num_src,
+                                          CHUNK, WIDE)
+    if row < num_src:
+        slope = _f64(coef_bits).to(ACC)
+        heads, hmask, hc, hcmask = _head_channel_tiles(H, C, H_P2, C_P2)
+        a = _att(att, hc, hcmask, RULE, ACC)
+        sum_a = tl.zeros([H_P2, C_P2], ACC)
+        sum_b = tl.zeros([H_P2, C_P2], ACC)
+        if RULE == GATV2:
+            h_j = tl.load(h + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+            if (chunk == 0) & (row < num_loops):
+                u = h_j + tl.load(d + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+                if HAS_T_LOOP:
+                    u += tl.load(t_loop + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+                dz_j = tl.load(dz_loop + row * H + heads, mask=hmask, other=0.0)
+                w_j = tl.load(w_loop + row * H + heads, mask=hmask, other=0.0)
+                du, _ = _gatv2_du(dz_j[:, None], a, u, slope)
+                dout_j = tl.load(dout + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
+                sum_a = w_j[:, None] * dout_j + du
+        for e0 in range(start, end, BLOCK_E):
+            q = e0 + tl.arange(0, BLOCK_E)
+            emask = q < end
+            ehmask = emask[:, None] & hmask[None, :]
+            ehcmask = emask[:, None, None] & hcmask[None, :, :]
+            i = _wide(tl.load(csc_row + q, mask=emask, other=0), WIDE)
+            k = _wide(tl.load(csc_eid + q, mask=emask, other=0), WIDE)
+            ihc = i[:, None, None] * (H * C) + hc[None, :, :]
+            dout_i = tl.load(dout + ihc, mask=ehcmask, other=0.0).to(ACC)
+            d_i = tl.load(d + ihc, mask=ehcmask, other=0.0).to(ACC)
+            dz_e = tl.load(dz + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0)
+            w_e = tl.load(w + k[:, None] * H + heads[None, :], mask=ehmask, other=0.0)
+            if RULE == GATV2:
+                u = h_j[None, :, :] + d_i
+                if HAS_T:
+                    u += tl.load(t + k[:, None, None] * (H * C) + hc[None, :, :], mask=ehcmask,
+                                 other=0.0).to(ACC)
+                du, _ = _gatv2_du(dz_e[:, :, None], a[None, :, :], u, slope)
+                sum_a += tl.sum(w_e[:, :, None] * dout_i + du, 0)
+            else:
+                sum_a += tl.sum(dz_e[:, :, None] * d_i, 0)
+                sum_b += tl.sum(w_e[:, :, None] * dout_i, 0)
+        if split:
+            part = _part(split_ptr, row, chunk, WIDE)
+            tl.store(ws_a + part * (H * C) + hc, sum_a, mask=hcmask)
+            if RULE == TRANSFORMER:
+                tl.store(ws_b + part * (H * C) + hc, sum_b, mask=hcmask)
+        else:
+            tl.store(dh_a + row * (H * C) + hc, sum_a.to(dh_a.dtype.element_ty), mask=hcmask)
+            if RULE == TRANSFORMER:
+                tl.store(dh_b + row * (H * C) + hc, sum_b.to(dh_b.dtype.element_ty),
+                         mask=hcmask)
