@@ -10,6 +10,9 @@ import emulated_cuda
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The `target` and `sms` fixtures of the CUDA kernel tests, for every rule's test module.
+pytest_plugins = ["cuda_targets"]
+
 GPU_REASON = "needs a CUDA device (scripts/gpu_check.sh runs these on a GPU machine)"
 
 
@@ -26,3 +29,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=GPU_REASON))
+        # Triton on CPU tensors runs under its interpreter, far slower than any other backend.
+        params = getattr(item, "callspec", None)
+        if params is not None and any(isinstance(v, str) and v == "triton"
+                                      for v in params.params.values()):
+            item.add_marker(pytest.mark.slow)

@@ -1,6 +1,7 @@
 """The two targets of the CUDA kernel tests, for every rule's test module: `cuda` (the kernels of
 fastgat._C on a GPU, marked gpu) and `emulated` (the same sources on the SIMT emulator, marked
-emulated; tests/emulated_cuda.py), with the graphs those tests build on either target."""
+emulated; tests/emulated_cuda.py), with the graphs those tests build on either target. A pytest
+plugin of conftest.py: its fixtures `target` and `sms` serve every test module."""
 import dataclasses
 
 import pytest

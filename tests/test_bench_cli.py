@@ -10,6 +10,9 @@ import torch
 from fastgat.bench import FAMILIES, FLOORS, PYG, PYGS, family_impls, fastgat_backends
 from fastgat.workloads import CPU_MAX_EDGES, CPU_MAX_NODES, WORKLOADS, make_graph, parse_cases
 
+# Minutes, not seconds: `pytest -m "not slow"` leaves it out of the quick loop.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
 def test_workload_counts_and_seed(name):

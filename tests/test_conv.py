@@ -8,12 +8,12 @@ from torch_geometric.nn import GATConv
 from torch_geometric.utils import to_torch_coo_tensor, to_torch_csr_tensor
 
 from fastgat import FastGATConv
-from fastgat.backends import NAMES, unavailable_reason
 from graphs import KINDS, random_graph
+from helpers import backends
 from parity import (IN_CHANNELS, OUT_CHANNELS, assert_parity, assert_sparse_tensor_parity,
                     features, make_pair, run)
 
-CPU_BACKENDS = [b for b in NAMES if not unavailable_reason(b, "cpu")]
+CPU_BACKENDS = backends()
 # The Triton interpreter runs ~9 ms per program: it gets the smaller grid (all of it on a GPU).
 SLOW = {"triton"} if not torch.cuda.is_available() else set()
 

@@ -8,13 +8,11 @@ from fastgat.backends import torch_ref
 from fastgat.graph import Graph
 from fastgat.ops import gat_attention
 from graphs import random_graph
+from helpers import TOLERANCE, rel_error
 
 pytestmark = pytest.mark.skipif(bool(kernel_status("CPU")),
                                 reason=f"no fused CPU kernel: {kernel_status('CPU')}")
 
-# ||x - ref|| / ||ref|| bounds against the float64 reference (float32 accumulation).
-TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 2e-2,
-             torch.float16: 5e-3}
 
 
 def make_case(kind, seed, dtype=torch.float64, heads=4, channels=21, index_dtype=torch.int32,
@@ -39,11 +37,6 @@ def forward_backward(inputs, index, num_loops, dout, **kwargs):
     leaves = [x.detach().clone().requires_grad_() for x in inputs]
     out, lse = run(leaves, index, num_loops, **kwargs)
     return (out, lse, *torch.autograd.grad(out, leaves, dout.to(out.dtype)))
-
-
-def rel_error(x, ref):
-    x, ref = x.double(), ref.double()
-    return ((x - ref).norm() / ref.norm().clamp_min(1.0)).item()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -17,10 +17,11 @@ import zlib
 import pytest
 import torch
 
-from cuda_targets import coo_graph, graph_of, sms, star_rows, target, with_int64_indices  # noqa: F401
+from cuda_targets import Target, coo_graph, graph_of, star_rows, with_int64_indices
 from fastgat.backends import unavailable_reason
 from graphs import KINDS, random_graph
-from test_op import assert_close, reference, reference_grads
+from helpers import assert_close
+from test_op import reference, reference_grads
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 

@@ -17,6 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from common import GAT, conv_factory, make_optimizer  # noqa: E402
 import train_ddp  # noqa: E402
 
+# Minutes, not seconds: `pytest -m "not slow"` leaves it out of the quick loop.
+pytestmark = pytest.mark.slow
+
 WORLD_SIZE = 2
 TIMEOUT_S = 120  # per collective; the whole spawn gets twice that
 DROPOUTS = (0.0, 0.6)  # with dropout, equal seeds give every rank (and the reference) one mask

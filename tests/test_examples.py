@@ -16,6 +16,9 @@ from common import (OFFLINE_COPY_VAR, GAT, conv_factory, load_planetoid,  # noqa
                     make_optimizer, offline_copy)
 from train_planetoid import train_step  # noqa: E402
 
+# Minutes, not seconds: `pytest -m "not slow"` leaves it out of the quick loop.
+pytestmark = pytest.mark.slow
+
 EPOCHS = 20  # the eval loss falls ~0.16 and validation accuracy reaches ~0.79 (seed 0)
 CHANCE = 1 / 7
 # the reference and what "auto" picks; the Triton interpreter is left to the synthetic tests

@@ -13,6 +13,7 @@ from fastgat.backends import NAMES, RULES, torch_ref, unavailable_reason
 from fastgat.errors import InputShapeError
 from fastgat.ops import gatv2_attention, gatv2_attention_op
 from graphs import KINDS, random_graph
+from helpers import TOLERANCE, backends, rel_error
 # The parity helpers and the fresh_dynamo fixture are FastGATConv's own (tests/test_conv.py).
 from parity import assert_sparse_tensor_parity
 from test_conv import (IN_CHANNELS, OUT_CHANNELS, assert_parity, features,  # noqa: F401
@@ -20,8 +21,7 @@ from test_conv import (IN_CHANNELS, OUT_CHANNELS, assert_parity, features,  # no
 
 # Triton runs its own, smaller grid in test_triton_family.py: this one takes hours under the
 # Triton interpreter (gradcheck alone launches per Jacobian column).
-BACKENDS = [b for b in NAMES if not unavailable_reason(b, "cpu", "gatv2") and b != "triton"]
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}  # ||x - ref|| / ||ref||, as test_op
+BACKENDS = backends(rule="gatv2", interpreted=False)
 
 CONFIGS = [
     dict(heads=1),
@@ -330,10 +330,6 @@ def run_op(inputs, graph, backend, dropout=0.0, seed=None, slope=0.2):
                            backend)
 
 
-def rel_error(x, ref):
-    return ((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1.0)).item()
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -367,6 +363,7 @@ def test_op_matches_reference(backend, kind, dtype, edges, loops, dropout):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.slow  # a Jacobian column per input element
 def test_op_gradcheck_and_gradgradcheck(backend):
     inputs, graph = op_inputs("self_loops", 3)
     seed = torch.tensor([99])

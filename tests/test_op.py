@@ -4,21 +4,19 @@ import zlib
 import pytest
 import torch
 
-from fastgat.backends import NAMES, torch_ref, unavailable_reason
+from fastgat.backends import torch_ref, unavailable_reason
 from fastgat.dropout import keep_scale
 from fastgat.graph import Graph
 from fastgat.ops import attention_op, gat_attention
 from graphs import KINDS, random_graph
+from helpers import DEVICES, assert_close, backends, rel_error
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 BACKENDS = [pytest.param(name, device, id=f"{name}-{device}")
-            for device in DEVICES for name in NAMES if not unavailable_reason(name, device)]
+            for device in DEVICES for name in backends(device)]
 # The fused GPU backends, listed (and skipped with a reason) on machines without a GPU;
 # where they are available, BACKENDS already holds them.
 GPU_BACKENDS = [pytest.param(name, "cuda", id=f"{name}-cuda", marks=pytest.mark.gpu)
                 for name in ("triton", "cuda") if f"{name}-cuda" not in {b.id for b in BACKENDS}]
-# ||x - ref|| / ||ref|| bounds: accumulation is float32 (float64 for float64 inputs).
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 HEADS, CHANNELS = 3, 5  # C not a power of two
 
 
@@ -48,22 +46,11 @@ def reference(inputs, graph, dropout=0.0, seed=None, slope=0.2):
                                  else None)
 
 
-def rel_error(x, ref):
-    x, ref = x.double().cpu(), ref.double().cpu()
-    return ((x - ref).norm() / ref.norm().clamp_min(1.0)).item()  # absolute near 0
-
-
 def grads(fn, inputs, dout):
     leaves = [x.detach().clone().requires_grad_() if x is not None else None for x in inputs]
     out = fn(leaves)[0]
     live = [x for x in leaves if x is not None]
     return torch.autograd.grad(out, live, dout.to(out.dtype).to(out.device))
-
-
-def assert_close(actual, expected, dtype):
-    assert torch.isfinite(actual.double()).all()
-    if expected.numel():
-        assert rel_error(actual, expected) < TOLERANCE[dtype], rel_error(actual, expected)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -121,6 +108,7 @@ def reference_grads(dout, ref_out, ref_lse, inputs, graph, dtype, dropout=0.0, s
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.slow  # a Jacobian column per input element
 def test_gradcheck_float64(backend, device):
     inputs, graph = make_inputs("self_loops", 3, device)
     seed = torch.tensor([99], device=device)

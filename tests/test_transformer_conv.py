@@ -10,17 +10,17 @@ from torch_geometric.nn import TransformerConv
 from torch_geometric.utils import to_torch_coo_tensor, to_torch_csr_tensor
 
 from fastgat import FastTransformerConv, Graph
-from fastgat.backends import NAMES, RULES, torch_ref, unavailable_reason
+from fastgat.backends import NAMES, RULES, torch_ref
 from fastgat.dropout import draw_seed, keep_scale
 from fastgat.ops import transformer_attention, transformer_op
 from graphs import KINDS, random_graph
+from helpers import TOLERANCE, backends, rel_error
 from parity import (IN_CHANNELS, OUT_CHANNELS, assert_parity, assert_sparse_tensor_parity,
                     features, make_pair, run)
 
 # Triton runs its own, smaller grid in test_triton_family.py: this one takes hours under the
 # Triton interpreter (gradcheck alone launches per Jacobian column).
-BACKENDS = [b for b in NAMES
-            if not unavailable_reason(b, "cpu", "transformer") and b != "triton"]
+BACKENDS = backends(rule="transformer", interpreted=False)
 FUSED = [b for b in BACKENDS if b != "torch"]
 
 CONFIGS = [
@@ -274,7 +274,6 @@ def test_bad_input_is_named():
 
 # -- the op against the float64 reference ---------------------------------------------------
 HEADS, CHANNELS = 3, 5  # C not a power of two
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
 def op_inputs(kind, seed, dtype=torch.float64, edge_values=True, heads=HEADS,
@@ -292,11 +291,6 @@ def op_inputs(kind, seed, dtype=torch.float64, edge_values=True, heads=HEADS,
 def call(inputs, graph, backend, dropout=0.0, seed=None):
     return transformer_attention(*inputs, *graph.op_args(), 1 / math.sqrt(inputs[0].size(2)),
                                  dropout, seed, backend)
-
-
-def rel_error(x, ref):
-    x, ref = x.double(), ref.double()
-    return ((x - ref).norm() / ref.norm().clamp_min(1.0)).item()
 
 
 def grads(inputs, graph, backend, dout, **kwargs):
@@ -333,6 +327,7 @@ def test_op_matches_reference(backend, kind, edge_values, dtype, dropout):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.slow  # a Jacobian column per input element
 def test_gradcheck_gradgradcheck_and_opcheck(backend):
     inputs, graph = op_inputs("hub", 3, heads=2, channels=3, graph_size=(10, 24, 12))
     leaves = [x.detach().clone().requires_grad_() for x in inputs]

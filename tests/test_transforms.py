@@ -8,9 +8,9 @@ from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vmap
 from torch_geometric.nn import GATConv
 
 from fastgat import FastGATConv
-from fastgat.backends import NAMES, unavailable_reason
+from helpers import backends
 
-CPU_BACKENDS = [b for b in NAMES if not unavailable_reason(b, "cpu")]
+CPU_BACKENDS = backends()
 CONFIGS = [dict(heads=2), dict(heads=2, edge_dim=3, residual=True, concat=False)]
 NUM_NODES, NUM_EDGES, IN_CHANNELS = 6, 14, 4
 

@@ -15,6 +15,8 @@ fewest warps) for the others. Run as a script to print the table of registers an
 with no arguments for CASES, with `sweep` for every dtype x feature set x offset width x arch
 with all configs (~5 min on 2 cores; 480 compiles, all passed on triton 3.6 and 3.9).
 """
+import contextlib
+import io
 import json
 import os
 import re
@@ -23,7 +25,11 @@ import sys
 
 import pytest
 
+# Minutes, not seconds: `pytest -m "not slow"` leaves it out of the quick loop.
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("triton")
+import triton_internals  # noqa: E402
 
 ARCHS = (90, 80)
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -127,26 +133,6 @@ def test_compile_error_fails(ci_results):
 
 # ---------------------------------------------------------------- worker (own process) -----
 
-def _capture_launches(tk):
-    """Replace kernel launches by recorders: [(JITFunction, args, kwargs, [config kwargs])]."""
-    from triton.runtime.autotuner import Autotuner
-    from triton.runtime.jit import JITFunction
-    launches = []
-
-    def tuned_run(self, *args, **kwargs):
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("grid", "warmup")}
-        self.nargs = dict(zip(self.arg_names, args))
-        configs = [c.all_kwargs() for c in self.prune_configs(kwargs)]
-        self.nargs = None
-        launches.append((self.fn, args, kwargs, configs))
-
-    def plain_run(self, *args, grid, warmup, **kwargs):
-        launches.append((self, args, kwargs, [{}]))
-
-    Autotuner.run, JITFunction.run = tuned_run, plain_run
-    return launches
-
-
 def _heaviest(configs):
     """Most elements per thread: the largest edge block on the fewest warps."""
     return [max(configs, key=lambda c: (c.get("BLOCK_E", 0), -c.get("num_warps", 0)))]
@@ -195,23 +181,10 @@ def _launch_all(tk, case):
 
 
 def _compile(fn, args, kwargs, arch):
-    """Specialize as JITFunction.run does (binder, _pack_args) and compile for sm_<arch>."""
-    import contextlib
-    import io
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    bound, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound,
-                                                          specialization, options)
+    """Compile one launch for sm_<arch>; ptxas's log gives registers and spills."""
     log = io.StringIO()
     with contextlib.redirect_stdout(log):  # TRITON_DUMP_PTXAS_LOG prints ptxas -v here
-        kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
-                                options=options.__dict__)
+        signature, kernel = triton_internals.compile_launch(fn, args, kwargs, arch)
     regs = re.search(r"Used (\d+) registers", log.getvalue())
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.getvalue())
     return signature, dict(ok=True, arch=kernel.metadata.target.arch,
@@ -244,7 +217,7 @@ def _plain(value):
 
 def _compile_case(tk, case):
     import triton
-    launches = _capture_launches(tk)
+    launches = triton_internals.capture_launches()
     _launch_all(tk, case)
     arch, which = case[7], case[8]
     res = dict(interpret=tk.dev.INTERPRET,
@@ -269,7 +242,7 @@ def _compile_case(tk, case):
 
 def _probe(tk):
     """forward_kernel with C_P2 = C = 5: must fail in the compiler."""
-    launches = _capture_launches(tk)
+    launches = triton_internals.capture_launches()
     _launch_all(tk, ("float32", 2, 5, False, False, 0.0, False, 90, "heaviest"))
     fn, args, kwargs, configs = launches[0]
     try:

@@ -24,6 +24,9 @@ from fastgat.ops import gatv2_attention_op, transformer_op
 from graphs import KINDS, random_graph
 from parity import IN_CHANNELS, assert_parity, features, make_pair
 
+# Minutes, not seconds: `pytest -m "not slow"` leaves it out of the quick loop.
+pytestmark = pytest.mark.slow
+
 RULE_NAMES = ("gatv2", "transformer")
 GRADS = {"gatv2": ("dxl", "dxr", "datt", "de", "de_loop"), "transformer": ("dq", "dk", "dv", "de")}
 
