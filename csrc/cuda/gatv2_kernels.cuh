@@ -51,10 +51,11 @@ struct Gatv2Rule : SourceValue<T_> {
   const T* e_loop;  // (num_loops, H, C), or nullptr
   A slope;
 
-  // This lane's tile-0 channels of xr_i and att, read once per item.
+  // This lane's tile-0 channels of xr_i and att, read once per item; kept in T, as
+  // load_pack's rows (half the registers for 16-bit types).
   struct Row {
-    A xr[VEC];
-    A att[VEC];
+    Pack<T, VEC> xr;
+    Pack<T, VEC> att;
   };
   struct Entry {};
 
@@ -76,8 +77,8 @@ struct Gatv2Rule : SourceValue<T_> {
   template <bool ALIGNED>
   __device__ __forceinline__ Row row(const Item& it) const {
     Row r;
-    load<ALIGNED>(xr_row(it), it.c_first, it.channels, r.xr);
-    load<ALIGNED>(att_row(it), it.c_first, it.channels, r.att);
+    load_pack<ALIGNED>(xr_row(it), it.c_first, it.channels, r.xr);
+    load_pack<ALIGNED>(att_row(it), it.c_first, it.channels, r.att);
     return r;
   }
   __device__ __forceinline__ Entry entry(const Item&, int64_t, bool) const { return {}; }
@@ -85,11 +86,11 @@ struct Gatv2Rule : SourceValue<T_> {
   // u[0..VEC) = (x + y) + e_ij at channels c .. c + VEC: x = xl_j read from `x_row`, y = xr_i
   // at c given (or the other way round, the same bits); zeros past C.
   template <bool ALIGNED>
-  __device__ __forceinline__ void u_at(const T* x_row, const A (&y)[VEC], const T* e_ij,
+  __device__ __forceinline__ void u_at(const T* x_row, const Pack<T, VEC>& y, const T* e_ij,
                                        int64_t c, int64_t channels, A (&u)[VEC]) const {
     load<ALIGNED>(x_row, c, channels, u);
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) u[v] += y[v];
+    for (int v = 0; v < VEC; ++v) u[v] += static_cast<A>(y.v[v]);
     if (e_ij != nullptr) {
       A ev[VEC];
       load<ALIGNED>(e_ij, c, channels, ev);
@@ -108,14 +109,14 @@ struct Gatv2Rule : SourceValue<T_> {
     A u[VEC], z = A(0);
     u_at<ALIGNED>(xl_j, r.xr, e_ij, it.c_first, it.channels, u);
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) z += r.att[v] * leaky_relu(u[v], slope);
+    for (int v = 0; v < VEC; ++v) z += static_cast<A>(r.att.v[v]) * leaky_relu(u[v], slope);
     for (int64_t c = it.c_first + it.stride; c < it.channels; c += it.stride) {
-      A xr_c[VEC], att_c[VEC];
-      load<ALIGNED>(xr_row(it), c, it.channels, xr_c);
-      load<ALIGNED>(att_row(it), c, it.channels, att_c);
+      Pack<T, VEC> xr_c, att_c;
+      load_pack<ALIGNED>(xr_row(it), c, it.channels, xr_c);
+      load_pack<ALIGNED>(att_row(it), c, it.channels, att_c);
       u_at<ALIGNED>(xl_j, xr_c, e_ij, c, it.channels, u);
 #pragma unroll
-      for (int v = 0; v < VEC; ++v) z += att_c[v] * leaky_relu(u[v], slope);
+      for (int v = 0; v < VEC; ++v) z += static_cast<A>(att_c.v[v]) * leaky_relu(u[v], slope);
     }
     return z;
   }
@@ -186,9 +187,9 @@ __global__ void __launch_bounds__(kBlock) gatv2_csr_kernel(const Gatv2BackwardAr
                                       stride, channels));
   const A lse = a.lse[row_head];
   // This tile's xr_i and att (tile 0 is the Row's).
-  A xr_own[VEC], att_own[VEC];
-  load<ALIGNED>(rule.xr_row(it), it.c0, channels, xr_own);
-  load<ALIGNED>(rule.att_row(it), it.c0, channels, att_own);
+  Pack<T, VEC> xr_own, att_own;
+  load_pack<ALIGNED>(rule.xr_row(it), it.c0, channels, xr_own);
+  load_pack<ALIGNED>(rule.att_row(it), it.c0, channels, att_own);
 
   const int64_t row_begin = a.rowptr[i];
   const int64_t degree = static_cast<int64_t>(a.rowptr[i + 1]) - row_begin;
@@ -240,7 +241,7 @@ __global__ void __launch_bounds__(kBlock) gatv2_csr_kernel(const Gatv2BackwardAr
       rule.template u_at<ALIGNED>(rule.xl_row(it, j_e), xr_own, e_ij, it.c0, channels, u);
 #pragma unroll
       for (int v = 0; v < VEC; ++v) {
-        du[v] = dz_e * att_own[v] * leaky_relu_grad(u[v], slope);
+        du[v] = dz_e * static_cast<A>(att_own.v[v]) * leaky_relu_grad(u[v], slope);
         dxr[v] += du[v];
         datt[v] += dz_e * leaky_relu(u[v], slope);
       }
@@ -272,9 +273,9 @@ __global__ void __launch_bounds__(kBlock) gatv2_csc_kernel(const Gatv2BackwardAr
   const A slope = rule.slope;
   const int64_t col_head = j * heads + head;
 
-  A xl_j[VEC], att_own[VEC];
-  load<ALIGNED>(rule.values + col_head * channels, c0, channels, xl_j);
-  load<ALIGNED>(rule.att + static_cast<int64_t>(head) * channels, c0, channels, att_own);
+  Pack<T, VEC> xl_j, att_own;
+  load_pack<ALIGNED>(rule.values + col_head * channels, c0, channels, xl_j);
+  load_pack<ALIGNED>(rule.att_row(it), c0, channels, att_own);
   const int64_t col_begin = a.colptr[j];
   const int64_t degree = static_cast<int64_t>(a.colptr[j + 1]) - col_begin;
   const int64_t entries = degree + (j < a.num_loops);
@@ -305,7 +306,8 @@ __global__ void __launch_bounds__(kBlock) gatv2_csc_kernel(const Gatv2BackwardAr
       load<ALIGNED>(a.dout + row_head * channels, c0, channels, dout_i);
 #pragma unroll
       for (int v = 0; v < VEC; ++v)
-        dxl[v] += w_e * dout_i[v] + dz_e * att_own[v] * leaky_relu_grad(u[v], slope);
+        dxl[v] += w_e * dout_i[v] +
+                  dz_e * static_cast<A>(att_own.v[v]) * leaky_relu_grad(u[v], slope);
     }
   }
   store<ALIGNED>(a.dxl + col_head * channels, c0, channels, dxl, A(1));
