@@ -61,6 +61,15 @@ struct Item {
   int64_t num_slots;  // E: slot E + i is row i's self loop
 };
 
+// The Item of row i, a head and a channel tile for this lane of group g, VEC channels a lane.
+template <int VEC>
+__device__ __forceinline__ Item make_item(const Group& g, int64_t i, int head, int heads,
+                                          int64_t tile, int64_t channels, int64_t num_slots) {
+  const int64_t stride = static_cast<int64_t>(g.size) * VEC;
+  const int64_t c_first = static_cast<int64_t>(g.lane) * VEC;
+  return Item{i, head, heads, channels, tile * stride + c_first, c_first, stride, num_slots};
+}
+
 // A value gathered as the source's row: h_j (GAT) or xl_j (GATv2).
 template <typename T_>
 struct SourceValue {
@@ -164,10 +173,7 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<Rule, Index>& a, 
   const int heads = a.heads;
   const int64_t row_begin = a.rowptr[i];
   const int64_t degree = static_cast<int64_t>(a.rowptr[i + 1]) - row_begin;
-  const int64_t stride = static_cast<int64_t>(g.size) * VEC;
-  const int64_t c_first = static_cast<int64_t>(g.lane) * VEC;
-  const Item item{i, head, heads, a.channels, tile * stride + c_first, c_first, stride,
-                  a.num_slots};
+  const Item item = make_item<VEC>(g, i, head, heads, tile, a.channels, a.num_slots);
   const typename Rule::Row row = a.rule.template row<ALIGNED>(item);
   const uint64_t seed = a.dropout.seed_value();
 

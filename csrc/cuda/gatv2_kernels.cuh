@@ -155,6 +155,17 @@ struct Gatv2BackwardArgs {
   Dropout dropout;
 };
 
+// The Item of this lane's group in a grid of a group per (row, head, tile) over `rows` rows
+// (destinations or sources); i = -1 past the end.
+template <int VEC, typename T, typename Index>
+__device__ __forceinline__ Item gatv2_item(const Group& g, const Gatv2BackwardArgs<T, Index>& a,
+                                           int64_t rows) {
+  const int64_t per_row = a.heads * a.tiles, index = g.index();
+  if (index >= rows * per_row) return Item{-1};
+  return make_item<VEC>(g, index / per_row, static_cast<int>(index % per_row / a.tiles),
+                        a.heads, index % a.tiles, a.channels, a.num_slots);
+}
+
 // g(u) = (u > 0 ? 1 : slope), the derivative of LeakyReLU branching on u (any slope).
 template <typename A>
 __device__ __forceinline__ A leaky_relu_grad(A u, A slope) {
@@ -167,15 +178,11 @@ __global__ void __launch_bounds__(kBlock) gatv2_csr_kernel(const Gatv2BackwardAr
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
   const Group g(a.group_size);
-  const int64_t per_row = a.heads * a.tiles;
-  const int64_t index = g.index();
-  if (index >= a.num_dst * per_row) return;
-  const int64_t i = index / per_row, tile = index % a.tiles;
-  const int head = static_cast<int>(index % per_row / a.tiles), heads = a.heads;
-  const int64_t channels = a.channels, stride = static_cast<int64_t>(g.size) * VEC;
-  const int64_t c_first = static_cast<int64_t>(g.lane) * VEC;
-  const Item it{i, head, heads, channels, tile * stride + c_first, c_first, stride, a.num_slots};
+  const Item it = gatv2_item<VEC>(g, a, a.num_dst);
+  if (it.i < 0) return;
   const Gatv2Rule<T>& rule = a.rule;
+  const int64_t i = it.i, channels = it.channels, stride = it.stride, c_first = it.c_first;
+  const int head = it.head, heads = it.heads;
   const int64_t row_head = i * heads + head;
   const A slope = rule.slope;
 
@@ -226,7 +233,7 @@ __global__ void __launch_bounds__(kBlock) gatv2_csr_kernel(const Gatv2BackwardAr
       const A alpha = weight_of(z, lse);
       const A keep = a.dropout.template keep<A>(seed, slot, heads, head);
       dz = alpha * (keep * dalpha - D);
-      if (tile == 0) {
+      if (it.c0 == c_first) {  // tile 0: one writer per entry
         a.dz[slot * heads + head] = dz;
         a.w[slot * heads + head] = alpha * keep;
       }
@@ -260,16 +267,12 @@ __global__ void __launch_bounds__(kBlock) gatv2_csc_kernel(const Gatv2BackwardAr
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
   const Group g(a.group_size);
-  const int64_t per_col = a.heads * a.tiles;
-  const int64_t index = g.index();
-  if (index >= a.num_src * per_col) return;
-  const int64_t j = index / per_col, tile = index % a.tiles;
-  const int head = static_cast<int>(index % per_col / a.tiles), heads = a.heads;
-  const int64_t channels = a.channels, stride = static_cast<int64_t>(g.size) * VEC;
-  const int64_t c0 = tile * stride + static_cast<int64_t>(g.lane) * VEC;
-  // As an Item: the loop of source j is row j's (slot E + j), so edge_row reads it.
-  const Item it{j, head, heads, channels, c0, c0 - tile * stride, stride, a.num_slots};
+  // Source j as the Item's row: its self loop is slot E + j, as row j's, so edge_row reads it.
+  const Item it = gatv2_item<VEC>(g, a, a.num_src);
+  if (it.i < 0) return;
   const Gatv2Rule<T>& rule = a.rule;
+  const int64_t j = it.i, channels = it.channels, c0 = it.c0;
+  const int head = it.head, heads = it.heads;
   const A slope = rule.slope;
   const int64_t col_head = j * heads + head;
 
