@@ -68,6 +68,15 @@ def with_int64_indices(graph):
                                csc_eid=graph.csc_eid.long())
 
 
+def hub_graph(target, seed, transpose=False, **sizes):
+    """graphs.py's "hub" graph: a node with hub_degree in-edges, or out-edges with `transpose`
+    (the backward's CSC pass then holds the long column)."""
+    src, dst, num_src, num_dst = random_graph("hub", seed, **sizes)
+    if transpose:
+        src, dst, num_src, num_dst = dst, src, num_dst, num_src
+    return coo_graph(target, src, dst, num_src, num_dst)
+
+
 def assert_int64_indices_agree(graph, forward, backward):
     """forward(graph) -> (out, lse) and backward(dout, out, lse, graph) -> gradients give the
     same bits with the graph's int64 copy as with its int32 indices."""

@@ -17,10 +17,11 @@ import zlib
 import pytest
 import torch
 
-from cuda_targets import (assert_backward_repeats, assert_int64_indices_agree, coo_graph,  # noqa: F401
-                          graph_of, sms, star_rows, target)
+from cuda_targets import sms, target  # noqa: F401 (pytest fixtures)
+from cuda_targets import (Target, assert_backward_repeats, assert_int64_indices_agree,
+                          coo_graph, graph_of, hub_graph, star_rows)
 from fastgat.backends import unavailable_reason
-from graphs import KINDS, random_graph
+from graphs import KINDS
 from test_op import assert_close, reference, reference_grads
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
@@ -136,11 +137,8 @@ def test_hub_far_beyond_one_block(target, sms, dropout, transpose):
     """A hub of thousands of in-edges (the forward splits its row) or out-edges (the backward
     splits its column): dozens of chunks merged in order. With one (pretend) SM the chunk and
     merge kernels run on 8 blocks and stride over the chunks."""
-    src, dst, num_src, num_dst = random_graph("hub", 9, num_nodes=300, num_edges=1200,
-                                              hub_degree=target.sized(20_000, 4_000))
-    if transpose:
-        src, dst = dst, src
-    graph = coo_graph(target, src, dst, num_src, num_dst)
+    graph = hub_graph(target, 9, transpose, num_nodes=300, num_edges=1200,
+                      hub_degree=target.sized(20_000, 4_000))
     inputs = make_inputs(target, graph, 9, heads=2, channels=32, dtype=torch.float32)
     seed = torch.tensor([2**33 + 5], device=target.device) if dropout else None
     check_against_reference(target, inputs, graph, torch.float32, dropout, seed)

@@ -13,10 +13,10 @@ import zlib
 import pytest
 import torch
 
-from cuda_targets import (assert_backward_repeats, assert_int64_indices_agree, coo_graph,  # noqa: F401
-                          graph_of, sms, target)
+from cuda_targets import sms, target  # noqa: F401 (pytest fixtures)
+from cuda_targets import assert_backward_repeats, assert_int64_indices_agree, graph_of, hub_graph
 from fastgat.backends import torch_ref
-from graphs import KINDS, random_graph
+from graphs import KINDS
 from test_op import assert_close
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
@@ -140,11 +140,8 @@ def test_hub_far_beyond_the_split_length(target, sms, dropout, transpose):
     """A hub of 600 in-edges (the forward splits its row into chunks of 256 and merges them in
     order, on a wave of 8 blocks with one pretend SM) or out-edges (one long column of the
     backward's CSC pass)."""
-    src, dst, num_src, num_dst = random_graph("hub", 9, num_nodes=40, num_edges=80,
-                                              hub_degree=target.sized(20_000, 600))
-    if transpose:
-        src, dst = dst, src
-    graph = coo_graph(target, src, dst, num_src, num_dst)
+    graph = hub_graph(target, 9, transpose, num_nodes=40, num_edges=80,
+                      hub_degree=target.sized(20_000, 600))
     inputs = make_inputs(target, graph, 9, heads=2, channels=8, dtype=torch.float32)
     seed = torch.tensor([2**33 + 5], device=target.device) if dropout else None
     check_against_reference(target, inputs, graph, torch.float32, dropout, seed)
