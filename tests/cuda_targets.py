@@ -69,6 +69,36 @@ def with_int64_indices(graph):
                                csc_eid=graph.csc_eid.long())
 
 
+def hub_graph(target, seed, transpose=False, **sizes):
+    """graphs.py's "hub" graph: a node with hub_degree in-edges, or out-edges with `transpose`
+    (the backward's CSC pass then holds the long column)."""
+    src, dst, num_src, num_dst = random_graph("hub", seed, **sizes)
+    if transpose:
+        src, dst, num_src, num_dst = dst, src, num_dst, num_src
+    return coo_graph(target, src, dst, num_src, num_dst)
+
+
+def assert_int64_indices_agree(graph, forward, backward):
+    """forward(graph) -> (out, lse) and backward(dout, out, lse, graph) -> gradients give the
+    same bits with the graph's int64 copy as with its int32 indices."""
+    graph64 = with_int64_indices(graph)
+    assert graph.rowptr.dtype == torch.int32 and graph64.csc_eid.dtype == torch.int64
+    out, lse = forward(graph)
+    out64, lse64 = forward(graph64)
+    assert torch.equal(out, out64) and torch.equal(lse, lse64)
+    dout = torch.randn(out.shape).to(out.dtype)
+    for a, b in zip(backward(dout, out, lse, graph), backward(dout, out, lse, graph64)):
+        assert torch.equal(a, b)
+
+
+def assert_backward_repeats(forward, backward):
+    """Two runs of backward(dout, out, lse) on forward()'s results give the same bits."""
+    out, lse = forward()
+    dout = torch.randn(out.shape).to(out.dtype)
+    for a, b in zip(backward(dout, out, lse), backward(dout, out, lse)):
+        assert torch.equal(a, b)
+
+
 def star_rows(target, entries, num_nodes, seed=0, transpose=False):
     """Random background edges plus rows 0, 1, ... with exactly entries[r] in-edges counting
     the self loop (out-edges with `transpose`: the backward splits columns). With ~1 edge per

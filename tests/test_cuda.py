@@ -17,9 +17,10 @@ import zlib
 import pytest
 import torch
 
-from cuda_targets import Target, coo_graph, graph_of, star_rows, with_int64_indices
+from cuda_targets import (Target, assert_backward_repeats, assert_int64_indices_agree,
+                          coo_graph, graph_of, hub_graph, star_rows)
 from fastgat.backends import unavailable_reason
-from graphs import KINDS, random_graph
+from graphs import KINDS
 from helpers import assert_close
 from test_op import reference, reference_grads
 
@@ -136,11 +137,8 @@ def test_hub_far_beyond_one_block(target, sms, dropout, transpose):
     """A hub of thousands of in-edges (the forward splits its row) or out-edges (the backward
     splits its column): dozens of chunks merged in order. With one (pretend) SM the chunk and
     merge kernels run on 8 blocks and stride over the chunks."""
-    src, dst, num_src, num_dst = random_graph("hub", 9, num_nodes=300, num_edges=1200,
-                                              hub_degree=target.sized(20_000, 4_000))
-    if transpose:
-        src, dst = dst, src
-    graph = coo_graph(target, src, dst, num_src, num_dst)
+    graph = hub_graph(target, 9, transpose, num_nodes=300, num_edges=1200,
+                      hub_degree=target.sized(20_000, 4_000))
     inputs = make_inputs(target, graph, 9, heads=2, channels=32, dtype=torch.float32)
     seed = torch.tensor([2**33 + 5], device=target.device) if dropout else None
     check_against_reference(target, inputs, graph, torch.float32, dropout, seed)
@@ -242,27 +240,18 @@ def test_int64_indices_give_bitwise_the_same_result(target, dtype):
     graph = graph_of(target, "hub", 12, hub_degree=600)
     inputs = make_inputs(target, graph, 12, heads=2, channels=8, dtype=dtype)
     seed = torch.tensor([3], device=target.device)
-    graph64 = with_int64_indices(graph)
-    assert graph.rowptr.dtype == torch.int32 and graph64.csc_eid.dtype == torch.int64
-    out, lse = forward(target, inputs, graph, 0.2, seed)
-    out64, lse64 = forward(target, inputs, graph64, 0.2, seed)
-    assert torch.equal(out, out64) and torch.equal(lse, lse64)
-    dout = torch.randn(out.shape).to(dtype)
-    for a, b in zip(backward(target, dout, out, lse, inputs, graph, 0.2, seed),
-                    backward(target, dout, out, lse, inputs, graph64, 0.2, seed)):
-        assert torch.equal(a, b)
+    assert_int64_indices_agree(
+        graph, lambda g: forward(target, inputs, g, 0.2, seed),
+        lambda dout, out, lse, g: backward(target, dout, out, lse, inputs, g, 0.2, seed))
 
 
 def test_backward_is_bitwise_deterministic(target):
     graph = graph_of(target, "hub", 21, hub_degree=700)
     inputs = make_inputs(target, graph, 21, heads=3, channels=12, dtype=torch.float32)
     seed = torch.tensor([5], device=target.device)
-    out, lse = forward(target, inputs, graph, 0.2, seed)
-    dout = torch.randn(out.shape)
-    first = backward(target, dout, out, lse, inputs, graph, 0.2, seed)
-    second = backward(target, dout, out, lse, inputs, graph, 0.2, seed)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    assert_backward_repeats(
+        lambda: forward(target, inputs, graph, 0.2, seed),
+        lambda dout, out, lse: backward(target, dout, out, lse, inputs, graph, 0.2, seed))
 
 
 @pytest.mark.gpu

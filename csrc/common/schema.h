@@ -15,7 +15,7 @@ constexpr const char* kBackwardSchema =
     "Tensor csc_eid, int num_loops, float negative_slope, float dropout, Tensor? seed) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor)";
 
-// GATv2 (CPU only so far): xl (N_src, H, C), xr (N_dst, H, C), att (H, C), e (E, H, C)?,
+// GATv2: xl (N_src, H, C), xr (N_dst, H, C), att (H, C), e (E, H, C)?,
 // e_loop (num_loops, H, C)?; the backward returns (dxl, dxr, datt, de, de_loop).
 constexpr const char* kGatv2ForwardSchema =
     "gatv2_fused_forward(Tensor xl, Tensor xr, Tensor att, Tensor? e, Tensor? e_loop, "

@@ -58,25 +58,6 @@ struct BackwardArgs {
   Dropout dropout;
 };
 
-// sum over this lane's channels, all tiles, of x[c] * row[c]; x_first holds tile 0 of x.
-template <bool ALIGNED, int VEC, typename T, typename A>
-__device__ __forceinline__ A lane_dot(const A (&x_first)[VEC], const T* x, const T* row,
-                                      int64_t c0, int64_t stride, int64_t channels) {
-  A y[VEC];
-  load<ALIGNED>(row, c0, channels, y);
-  A dot = A(0);
-#pragma unroll
-  for (int v = 0; v < VEC; ++v) dot += x_first[v] * y[v];
-  for (int64_t c = c0 + stride; c < channels; c += stride) {
-    A xs[VEC];
-    load<ALIGNED>(x, c, channels, xs);
-    load<ALIGNED>(row, c, channels, y);
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) dot += xs[v] * y[v];
-  }
-  return dot;
-}
-
 // D_i = <dout_i, out_i> per (row, head): the softmax's Jacobian term, a dense product.
 template <bool ALIGNED, typename T, typename Index>
 __global__ void __launch_bounds__(kBlock) dot_kernel(const BackwardArgs<T, Index> a) {
@@ -271,17 +252,16 @@ __global__ void csc_merge_kernel(const BackwardArgs<T, Index> a) {
   }
 }
 
-
-
-// Dead CSR slots (dropped self loops, past rowptr[-1]) get dt = 0: read on the device, so a
-// fixed grid strides over the tail without a host sync.
+// Dead CSR slots (dropped self loops, past rowptr[-1]) get a zero gradient (GAT's dt, `width`
+// = H; GATv2's de, H * C): read on the device, so a fixed grid strides over the tail without a
+// host sync.
 template <typename T, typename Index>
 __global__ void zero_dead_slots_kernel(const Index* __restrict__ rowptr, int64_t num_dst,
-                                       int64_t num_slots, int heads, T* __restrict__ dt) {
-  const int64_t first = static_cast<int64_t>(rowptr[num_dst]) * heads;
+                                       int64_t num_slots, int width, T* __restrict__ dt) {
+  const int64_t first = static_cast<int64_t>(rowptr[num_dst]) * width;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t k = first + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       k < num_slots * heads; k += stride)
+       k < num_slots * width; k += stride)
     dt[k] = T(0);
 }
 

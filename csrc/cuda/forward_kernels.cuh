@@ -1,8 +1,10 @@
-// Fused GAT forward on CUDA (docs/design.md §2, §6): per destination row and head, one pass over the
-// in-edges with an online softmax; writes only out (N_dst, H, C) and lse (N_dst, H).
+// Fused attention forward on CUDA (docs/design.md §2, §6): per destination row and head, one
+// pass over the in-edges with an online softmax; writes only out (N_dst, H, C) and lse (N_dst, H).
+// The skeleton is templated on a scoring Rule (below), as the CPU's csrc/cpu/attention_rows.h:
+// GAT's GatRule here, other layers' rules in headers of their own.
 //
 // Entries of row i: its CSR slots rowptr[i] .. rowptr[i+1]), then its implicit self loop
-// (i < num_loops: source i, dropout slot E + i, score t_loop[i]).
+// (i < num_loops: source i, dropout slot E + i).
 //
 // Degree skew without a host sync: a lane group takes a whole row when the row has at most
 // L entries, L = max(256, min(4 * average entries per row, entries / (8 * SMs))) from shapes
@@ -14,9 +16,31 @@
 // for ceil(2 (E + num_loops) / L) >= the true count (a row of n > L entries has
 // ceil(n / L) < 2 n / L chunks). The chunk and merge kernels run on at most one wave of blocks
 // and stride over the chunk count read on the device, so where nothing splits they exit at once.
+//
+// A Rule says what one entry scores and what it adds (T the element type, A = opmath of T,
+// VEC = vec_width<T>(), Index the graph's index type; methods are __device__ and const):
+//   using T                        element type of the inputs and of out
+//   using Value                    one lane's VEC channels of an entry's value, as loaded
+//   kValueReadsSlot                whether value() reads the entry's slot (e.g. v_j + e_ij),
+//                                  so the skeleton broadcasts the slot beside the source
+//   struct Row                     what an item reads once: d_i, or this lane's tile-0 channels
+//   Row row<ALIGNED>(item)           of xr_i and att
+//   struct Entry                   per-lane data of an entry fetched with its source, a step
+//   Entry entry(item, slot, loop)    ahead of use (GAT's t_ij); loop: the self loop of row
+//                                    item.i (slot E + i; elsewhere slot >= item.num_slots)
+//   A logit<ALIGNED>(g, item, row, j, slot, entry, valid, n)
+//                                  the score of this lane's entry (source j, CSR slot, valid
+//                                  for lanes k < n of the step), -inf where !valid. Every lane
+//                                  of the group calls it together, so a score summed over all
+//                                  C channels (GATv2, TransformerConv) is a group reduction
+//                                  (group_logits); a score that needs all of C while the item
+//                                  owns one tile loops over the tiles (recomputed per tile).
+//   void value<ALIGNED>(item, j, slot, Value&)   this lane's channels of the entry's value
+//   void accumulate(acc, w, value)               acc[v] += w * value[v]
+// So a new layer costs a rule, not a copy of the online softmax or of the split/merge plan.
 // Kernels assume valid input (fastgat/graph.py builds it; csrc/common/checks.h checks shapes).
-// Device code only, included by gat_cuda.cu (nvcc) and by csrc/emulated/gat_emulated.cpp (the
-// host compiler with the SIMT emulator): the launch code lives in launch.h.
+// Device code only, included by the .cu files (nvcc) and by csrc/emulated/ (the host compiler
+// with the SIMT emulator): the launch code lives in launch.h.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -26,14 +50,103 @@
 namespace fastgat {
 namespace cuda {
 
-template <typename T, typename Index>
-struct ForwardArgs {
+// One work item as a rule sees it: row i, a head, and this lane's channels.
+struct Item {
+  int64_t i;          // destination row
+  int head, heads;
+  int64_t channels;   // C
+  int64_t c0;         // this lane's first channel in the item's tile
+  int64_t c_first;    // this lane's first channel in tile 0
+  int64_t stride;     // channels per tile (G * VEC): a lane's next channels are c + stride
+  int64_t num_slots;  // E: slot E + i is row i's self loop
+};
+
+// The Item of row i, a head and a channel tile for this lane of group g, VEC channels a lane.
+template <int VEC>
+__device__ __forceinline__ Item make_item(const Group& g, int64_t i, int head, int heads,
+                                          int64_t tile, int64_t channels, int64_t num_slots) {
+  const int64_t stride = static_cast<int64_t>(g.size) * VEC;
+  const int64_t c_first = static_cast<int64_t>(g.lane) * VEC;
+  return Item{i, head, heads, channels, tile * stride + c_first, c_first, stride, num_slots};
+}
+
+// A value gathered as the source's row: h_j (GAT) or xl_j (GATv2).
+template <typename T_>
+struct SourceValue {
+  using T = T_;
   using A = at::opmath_type<T>;
-  const T* h;
+  static constexpr int VEC = vec_width<T>();
+  using Value = Pack<T, VEC>;
+  static constexpr bool kValueReadsSlot = false;
+  const T* values;  // (N_src, H, C)
+
+  template <bool ALIGNED, typename Index>
+  __device__ __forceinline__ void value(const Item& it, Index j, int64_t, Value& v) const {
+    load_pack<ALIGNED>(values + (static_cast<int64_t>(j) * it.heads + it.head) * it.channels,
+                       it.c0, it.channels, v);
+  }
+  __device__ __forceinline__ static void accumulate(A (&acc)[VEC], A w, const Value& v) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) acc[k] += w * static_cast<A>(v.v[k]);
+  }
+};
+
+// GAT (docs/design.md §2): x_ij = LeakyReLU(s_j + d_i + t_ij), the value h_j (values).
+template <typename T_>
+struct GatRule : SourceValue<T_> {
+  using T = T_;
+  using A = at::opmath_type<T>;
   const T* s;
   const T* d;
   const T* t;       // nullptr without edge scores
   const T* t_loop;  // nullptr without loop scores
+  A slope;
+
+  struct Row {
+    A d_i;
+  };
+  struct Entry {
+    A t;
+  };
+  template <bool ALIGNED>
+  __device__ __forceinline__ Row row(const Item& it) const {
+    return {static_cast<A>(d[it.i * it.heads + it.head])};
+  }
+  __device__ __forceinline__ Entry entry(const Item& it, int64_t slot, bool loop) const {
+    if (loop) {
+      return {t_loop != nullptr ? static_cast<A>(t_loop[it.i * it.heads + it.head]) : A(0)};
+    }
+    return {t != nullptr ? static_cast<A>(t[slot * it.heads + it.head]) : A(0)};
+  }
+  template <bool ALIGNED, typename Index>
+  __device__ __forceinline__ A logit(const Group&, const Item& it, const Row& r, Index j, int64_t,
+                                     const Entry& en, bool valid, int) const {
+    return valid ? leaky_relu(static_cast<A>(s[static_cast<int64_t>(j) * it.heads + it.head]) +
+                                  r.d_i + en.t,
+                              slope)
+                 : minus_infinity<A>();
+  }
+};
+
+// This lane's score of its entry (lane k: entry k of the step, k < n) where a score is a sum
+// over all C channels: entry e's (j, slot) go to the whole group, each lane adds its channels'
+// terms (partial(j, slot), every tile), a group sum, and lane e keeps it.
+template <typename A, typename Index, typename Partial>
+__device__ __forceinline__ A group_logits(const Group& g, int n, Index j, int64_t slot,
+                                          const Partial& partial) {
+  A mine = A(0);
+  for (int e = 0; e < n; ++e) {
+    const A z = g.sum(partial(g.broadcast(j, e), g.broadcast(slot, e)));
+    if (g.lane == e) mine = z;
+  }
+  return mine;
+}
+
+template <typename Rule, typename Index>
+struct ForwardArgs {
+  using T = typename Rule::T;
+  using A = at::opmath_type<T>;
+  Rule rule;
   const Index* rowptr;
   const Index* col;
   T* out;
@@ -44,35 +157,36 @@ struct ForwardArgs {
   int64_t num_dst, num_slots, num_loops, split_len, channels;
   int heads, group_size;
   int64_t tiles;
-  A slope;
   Dropout dropout;
 };
 
 // One work item: entries [begin, end) of row i for one head and channel tile; chunk >= 0 for a
 // piece of a split row (writes a partial), -1 for a whole row (writes out and lse).
-template <bool ALIGNED, typename T, typename Index>
-__device__ __forceinline__ void forward_item(const ForwardArgs<T, Index>& a, const Group& g,
+template <bool ALIGNED, typename Rule, typename Index>
+__device__ __forceinline__ void forward_item(const ForwardArgs<Rule, Index>& a, const Group& g,
                                              int64_t i, int head, int64_t tile, int64_t begin,
                                              int64_t end, int64_t chunk) {
+  using T = typename Rule::T;
   using A = at::opmath_type<T>;
+  using Entry = typename Rule::Entry;
   constexpr int VEC = vec_width<T>();
   const int heads = a.heads;
   const int64_t row_begin = a.rowptr[i];
   const int64_t degree = static_cast<int64_t>(a.rowptr[i + 1]) - row_begin;
-  const A d_i = static_cast<A>(a.d[i * heads + head]);
+  const Item item = make_item<VEC>(g, i, head, heads, tile, a.channels, a.num_slots);
+  const typename Rule::Row row = a.rule.template row<ALIGNED>(item);
   const uint64_t seed = a.dropout.seed_value();
-  const int64_t c0 = tile * g.size * VEC + static_cast<int64_t>(g.lane) * VEC;
 
-  // Entry q of the row: source j, dropout slot and edge score; q == degree is the self loop.
-  auto fetch = [&](int64_t q, Index& j, int64_t& slot, A& t_q) {
+  // Entry q of the row: source j, dropout slot and the rule's Entry; q == degree is the loop.
+  auto fetch = [&](int64_t q, Index& j, int64_t& slot, Entry& en) {
     if (q < degree) {
       slot = row_begin + q;
       j = a.col[slot];
-      t_q = a.t != nullptr ? static_cast<A>(a.t[slot * heads + head]) : A(0);
+      en = a.rule.entry(item, slot, false);
     } else {
       slot = a.num_slots + i;
       j = static_cast<Index>(i);
-      t_q = a.t_loop != nullptr ? static_cast<A>(a.t_loop[i * heads + head]) : A(0);
+      en = a.rule.entry(item, slot, true);
     }
   };
 
@@ -80,23 +194,23 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<T, Index>& a, con
 #pragma unroll
   for (int v = 0; v < VEC; ++v) acc[v] = A(0);
 
-  // Lane k scores entry base + k; the next chunk's col and t are fetched before this chunk's
+  // Lane k scores entry base + k; the next step's col and Entry are fetched before this step's
   // gather so their latency hides behind it.
   Index j = 0;
   int64_t slot = 0;
-  A t_q = A(0);
+  Entry en{};
   bool valid = begin + g.lane < end;
-  if (valid) fetch(begin + g.lane, j, slot, t_q);
+  if (valid) fetch(begin + g.lane, j, slot, en);
   for (int64_t base = begin; base < end; base += g.size) {
-    A x = valid ? leaky_relu(static_cast<A>(a.s[static_cast<int64_t>(j) * heads + head]) + d_i + t_q,
-                             a.slope)
-                : minus_infinity<A>();
+    const int n = static_cast<int>(std::min<int64_t>(g.size, end - base));
+    const A x = a.rule.template logit<ALIGNED>(g, item, row, j, slot, en, valid, n);
     const A keep = valid ? a.dropout.template keep<A>(seed, slot, heads, head) : A(0);
     const Index j_now = j;
+    const int64_t slot_now = slot;
 
     const int64_t next = base + g.size + g.lane;
     valid = next < end;
-    if (valid) fetch(next, j, slot, t_q);
+    if (valid) fetch(next, j, slot, en);
 
     const A m_new = g.max(m > x ? m : x);
     const A rescale = m == m_new ? A(1) : exp_(m - m_new);  // m = m_new = -inf: no NaN
@@ -106,31 +220,28 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<T, Index>& a, con
 #pragma unroll
     for (int v = 0; v < VEC; ++v) acc[v] *= rescale;
 
-    // Gather: four source rows in flight per step, lanes across channels.
+    // Gather: four values in flight per step, lanes across channels.
     const A w = p * keep;
-    const int n = static_cast<int>(std::min<int64_t>(g.size, end - base));
     for (int e = 0; e < n; e += 4) {
       Index src[4];
+      int64_t src_slot[4] = {};
       A weight[4];
-      Pack<T, VEC> x_src[4];
+      typename Rule::Value value[4];
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         src[u] = g.broadcast(j_now, (e + u) & (g.size - 1));
+        if constexpr (Rule::kValueReadsSlot) {
+          src_slot[u] = g.broadcast(slot_now, (e + u) & (g.size - 1));
+        }
         weight[u] = g.broadcast(w, (e + u) & (g.size - 1));
       }
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        if (e + u < n) {
-          load_pack<ALIGNED>(a.h + (static_cast<int64_t>(src[u]) * heads + head) * a.channels,
-                             c0, a.channels, x_src[u]);
-        }
+        if (e + u < n) a.rule.template value<ALIGNED>(item, src[u], src_slot[u], value[u]);
       }
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        if (e + u < n) {
-#pragma unroll
-          for (int v = 0; v < VEC; ++v) acc[v] += weight[u] * static_cast<A>(x_src[u].v[v]);
-        }
+        if (e + u < n) Rule::accumulate(acc, weight[u], value[u]);
       }
     }
   }
@@ -139,17 +250,17 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<T, Index>& a, con
   const A lse = l > A(0) ? m + log_(l) : minus_infinity<A>();
   const A scale = l > A(0) ? A(1) / l : A(0);
   if (chunk < 0) {
-    store<ALIGNED>(a.out + (i * heads + head) * a.channels, c0, a.channels, acc, scale);
+    store<ALIGNED>(a.out + (i * heads + head) * a.channels, item.c0, a.channels, acc, scale);
     if (tile == 0 && g.lane == 0) a.lse[i * heads + head] = lse;
   } else {
-    store<false>(a.part_out + (chunk * heads + head) * a.channels, c0, a.channels, acc, scale);
+    store<false>(a.part_out + (chunk * heads + head) * a.channels, item.c0, a.channels, acc, scale);
     if (tile == 0 && g.lane == 0) a.part_lse[chunk * heads + head] = lse;
   }
 }
 
 // A group per (row, head, tile); rows that split are left to chunk_kernel.
-template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) row_kernel(const ForwardArgs<T, Index> a) {
+template <bool ALIGNED, typename Rule, typename Index>
+__global__ void __launch_bounds__(kBlock) row_kernel(const ForwardArgs<Rule, Index> a) {
   const Group g(a.group_size);
   const int64_t per_row = a.heads * a.tiles;
   const int64_t item = g.index();
@@ -163,8 +274,8 @@ __global__ void __launch_bounds__(kBlock) row_kernel(const ForwardArgs<T, Index>
 
 // A group per (chunk, head, tile), striding over the chunk count read on the device. A kernel
 // of its own so that its loop state does not raise row_kernel's register count.
-template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) chunk_kernel(const ForwardArgs<T, Index> a) {
+template <bool ALIGNED, typename Rule, typename Index>
+__global__ void __launch_bounds__(kBlock) chunk_kernel(const ForwardArgs<Rule, Index> a) {
   const Group g(a.group_size);
   const int64_t per_row = a.heads * a.tiles;
   const int64_t items = a.chunk_ptr[a.num_dst] * per_row;

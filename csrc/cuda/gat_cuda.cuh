@@ -126,6 +126,25 @@ __device__ __forceinline__ void store(T* __restrict__ row, int64_t c0, int64_t c
   }
 }
 
+// sum over this lane's channels, all tiles, of x[c] * row[c]; x_first holds tile 0 of x.
+template <bool ALIGNED, int VEC, typename T, typename A>
+__device__ __forceinline__ A lane_dot(const A (&x_first)[VEC], const T* x, const T* row,
+                                      int64_t c0, int64_t stride, int64_t channels) {
+  A y[VEC];
+  load<ALIGNED>(row, c0, channels, y);
+  A dot = A(0);
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) dot += x_first[v] * y[v];
+  for (int64_t c = c0 + stride; c < channels; c += stride) {
+    A xs[VEC];
+    load<ALIGNED>(x, c, channels, xs);
+    load<ALIGNED>(row, c, channels, y);
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) dot += xs[v] * y[v];
+  }
+  return dot;
+}
+
 __device__ __forceinline__ float exp_(float x) { return expf(x); }
 __device__ __forceinline__ double exp_(double x) { return exp(x); }
 __device__ __forceinline__ float log_(float x) { return logf(x); }

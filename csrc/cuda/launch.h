@@ -1,7 +1,8 @@
-// Host side of the fused CUDA kernels: grid sizes, the split plan, partial buffers and argument
-// structs, written once for two builds (docs/design.md §6, §8):
-//   gat_cuda.cu                    nvcc, a real GPU:  CudaDevice launches with <<<>>>
-//   ../emulated/gat_emulated.cpp   host compiler:     EmulatedDevice runs the kernels lane by lane
+// Host side of the fused CUDA kernels: grid sizes, the split plan, partial buffers, argument
+// structs and the dtype dispatch, written once for every rule and for two builds
+// (docs/design.md §6, §8), and GAT's entry points:
+//   *_cuda.cu                      nvcc, a real GPU:  CudaDevice launches with <<<>>>
+//   ../emulated/*_emulated.cpp     host compiler:     EmulatedDevice runs the kernels lane by lane
 // A Device provides
 //   int64_t sms() const                            SMs to plan for (the emulated one is settable)
 //   void launch(kernel, blocks, threads, args...)  one kernel launch (errors are thrown)
@@ -64,21 +65,28 @@ inline Dropout make_dropout(double dropout, const c10::optional<at::Tensor>& see
                  dropout_threshold(dropout), 1.0 / (1.0 - dropout), dropout > 0.0};
 }
 
-template <typename T, typename Index, typename Device>
-void launch_forward(const Device& device, const at::Tensor& h, const at::Tensor& s,
-                    const at::Tensor& d, const c10::optional<at::Tensor>& t,
-                    const c10::optional<at::Tensor>& t_loop, const at::Tensor& rowptr,
-                    const at::Tensor& col, int64_t num_loops, double negative_slope,
+// Runs fn(T{}, Index{}) for the floating dtype of `values` and the index dtype of `rowptr`:
+// the dtype dispatch of every rule's forward and backward.
+template <typename Fn>
+void dispatch_types(const at::Tensor& values, const at::Tensor& rowptr, Fn&& fn) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "fastgat", [&] {
+    AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat", [&] { fn(scalar_t{}, index_t{}); });
+  });
+}
+
+// The forward of any rule (forward_kernels.cuh) over the CSR graph: the split plan, the row
+// kernel, and for split rows the chunk and merge kernels. `aligned`: the rule's own inputs
+// allow 16-byte loads (C % VEC and out are checked here).
+template <typename Index, typename Rule, typename Device>
+void launch_forward(const Device& device, const Rule& rule, bool aligned,
+                    const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops,
                     double dropout, const c10::optional<at::Tensor>& seed, at::Tensor& out,
                     at::Tensor& lse) {
+  using T = typename Rule::T;
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
-  ForwardArgs<T, Index> a{};
-  a.h = h.data_ptr<T>();
-  a.s = s.data_ptr<T>();
-  a.d = d.data_ptr<T>();
-  a.t = t.has_value() ? t->data_ptr<T>() : nullptr;
-  a.t_loop = t_loop.has_value() ? t_loop->data_ptr<T>() : nullptr;
+  ForwardArgs<Rule, Index> a{};
+  a.rule = rule;
   a.rowptr = rowptr.data_ptr<Index>();
   a.col = col.data_ptr<Index>();
   a.out = out.data_ptr<T>();
@@ -86,11 +94,10 @@ void launch_forward(const Device& device, const at::Tensor& h, const at::Tensor&
   a.num_dst = out.size(0);
   a.num_slots = col.numel();
   a.num_loops = num_loops;
-  a.channels = h.size(2);
-  a.heads = static_cast<int>(h.size(1));
+  a.channels = out.size(2);
+  a.heads = static_cast<int>(out.size(1));
   a.group_size = group_size(a.channels, VEC);
   a.tiles = channel_tiles(a.channels, a.group_size, VEC);
-  a.slope = static_cast<A>(negative_slope);
   a.dropout = make_dropout(dropout, seed);
 
   const int64_t sms = device.sms();
@@ -110,11 +117,11 @@ void launch_forward(const Device& device, const at::Tensor& h, const at::Tensor&
     a.part_lse = part_lse.data_ptr<A>();
   }
 
-  const bool aligned = a.channels % VEC == 0 && is_aligned_16(a.h) && is_aligned_16(a.out);
+  aligned = aligned && a.channels % VEC == 0 && is_aligned_16(a.out);
   const int64_t per_block = kBlock / a.group_size;
   const int64_t row_blocks = blocks_for(a.num_dst * a.heads * a.tiles, per_block);
-  device.launch(aligned ? row_kernel<true, T, Index> : row_kernel<false, T, Index>, row_blocks,
-                kBlock, a);
+  device.launch(aligned ? row_kernel<true, Rule, Index> : row_kernel<false, Rule, Index>,
+                row_blocks, kBlock, a);
   if (plan.chunk_bound == 0) return;
 
   // Chunk groups and merge threads: at most one wave (kWave blocks per SM), striding over the
@@ -122,13 +129,28 @@ void launch_forward(const Device& device, const at::Tensor& h, const at::Tensor&
   const int64_t wave = kWave * sms;
   const int64_t chunk_blocks =
       std::min(blocks_for(plan.chunk_bound * a.heads * a.tiles, per_block), wave);
-  device.launch(aligned ? chunk_kernel<true, T, Index> : chunk_kernel<false, T, Index>,
+  device.launch(aligned ? chunk_kernel<true, Rule, Index> : chunk_kernel<false, Rule, Index>,
                 chunk_blocks, kBlock, a);
   const int64_t threads = plan.chunk_bound * a.heads * std::max<int64_t>(a.channels, 1);
   device.launch(merge_kernel<T>, std::min(blocks_for(threads, kBlock), wave), kBlock,
                 static_cast<const A*>(a.part_out), static_cast<const A*>(a.part_lse),
                 static_cast<const int64_t*>(a.chunk_ptr), a.num_dst, a.heads, a.channels, a.out,
                 a.lse);
+}
+
+// out (N_dst, H, C) of `like`'s dtype and lse (N_dst, H) of the accumulation dtype, filled by
+// launch(T{}, Index{}, out, lse) for the dtypes of `like` and `rowptr` (nothing to launch for
+// N_dst = 0 or H = 0).
+template <typename Device, typename Launch>
+std::tuple<at::Tensor, at::Tensor> forward_outputs(const Device& device, const at::Tensor& like,
+                                                   const at::Tensor& rowptr, Launch&& launch) {
+  const int64_t num_dst = rowptr.numel() - 1, heads = like.size(1), channels = like.size(2);
+  at::Tensor out = device.empty({num_dst, heads, channels}, like.options());
+  at::Tensor lse = device.empty({num_dst, heads},
+                                like.options().dtype(lse_dtype_for(like.scalar_type())));
+  if (num_dst == 0 || heads == 0) return {out, lse};
+  dispatch_types(like, rowptr, [&](auto type, auto index) { launch(type, index, out, lse); });
+  return {out, lse};
 }
 
 template <typename Device>
@@ -138,18 +160,20 @@ std::tuple<at::Tensor, at::Tensor> fused_forward(
     const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops, double negative_slope,
     double dropout, const c10::optional<at::Tensor>& seed) {
   check_forward_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed);
-  const int64_t num_dst = rowptr.numel() - 1, heads = h.size(1), channels = h.size(2);
-  const auto lse_dtype = lse_dtype_for(h.scalar_type());
-  at::Tensor out = device.empty({num_dst, heads, channels}, h.options());
-  at::Tensor lse = device.empty({num_dst, heads}, h.options().dtype(lse_dtype));
-  if (num_dst == 0 || heads == 0) return {out, lse};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "fastgat_forward", [&] {
-    AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_forward", [&] {
-      launch_forward<scalar_t, index_t>(device, h, s, d, t, t_loop, rowptr, col, num_loops,
-                                        negative_slope, dropout, seed, out, lse);
-    });
+  return forward_outputs(device, h, rowptr, [&](auto type, auto index, at::Tensor& out,
+                                                at::Tensor& lse) {
+    using T = decltype(type);
+    using A = at::opmath_type<T>;
+    GatRule<T> rule{};
+    rule.values = h.data_ptr<T>();
+    rule.s = s.data_ptr<T>();
+    rule.d = d.data_ptr<T>();
+    rule.t = t.has_value() ? t->data_ptr<T>() : nullptr;
+    rule.t_loop = t_loop.has_value() ? t_loop->data_ptr<T>() : nullptr;
+    rule.slope = static_cast<A>(negative_slope);
+    launch_forward<decltype(index)>(device, rule, is_aligned_16(rule.values), rowptr, col,
+                                    num_loops, dropout, seed, out, lse);
   });
-  return {out, lse};
 }
 
 template <typename T, typename Index, typename Device>
@@ -262,12 +286,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
   at::Tensor dt_loop =
       device.empty(t_loop.has_value() ? t_loop->sizes() : at::IntArrayRef{0}, h.options());
   if (h.size(1) == 0) return {dh, ds, dd, dt, dt_loop};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "fastgat_backward", [&] {
-    AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_backward", [&] {
-      launch_backward<scalar_t, index_t>(device, dout, out, lse, h, s, d, t, t_loop, rowptr, col,
-                                         colptr, csc_row, csc_eid, num_loops, negative_slope,
-                                         dropout, seed, dh, ds, dd, dt, dt_loop);
-    });
+  dispatch_types(h, rowptr, [&](auto type, auto index) {
+    launch_backward<decltype(type), decltype(index)>(
+        device, dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid,
+        num_loops, negative_slope, dropout, seed, dh, ds, dd, dt, dt_loop);
   });
   return {dh, ds, dd, dt, dt_loop};
 }
