@@ -66,4 +66,4 @@ def test_emulated_cuda_suite_under_sanitizers():
     if emulated_cuda.active():
         pytest.skip("this is the child process")
     assert emulated_cuda.run_suite(["-q", "-x", "tests/test_emulator.py",
-                                    "tests/test_cuda.py"]) == 0
+                                    "tests/test_cuda.py", "tests/test_cuda_transformer.py"]) == 0
