@@ -147,8 +147,8 @@ def test_misaligned_inputs_take_the_scalar_path(target, dtype):
 @pytest.mark.parametrize("transpose", [False, True], ids=["in", "out"])
 def test_hub_far_beyond_the_split_length(target, sms, dropout, transpose):
     """A hub of thousands of in-edges (the forward and the CSR pass split its row) or out-edges
-    (the CSC pass splits its column): many chunks, added in order. With one (pretend) SM the chunk and merge
-    kernels run on 8 blocks and stride over the chunks."""
+    (the CSC pass splits its column): many chunks, added in order. With one (pretend) SM the
+    chunk and merge kernels run on 8 blocks and stride over the chunks."""
     src, dst, num_src, num_dst = random_graph("hub", 9, num_nodes=200, num_edges=600,
                                               hub_degree=target.sized(20_000, 2_500))
     if transpose:

@@ -91,7 +91,9 @@ struct TransformerRule {
   }
   __device__ __forceinline__ static void accumulate(A (&acc)[VEC], A w, const Value& x) {
 #pragma unroll
-    for (int u = 0; u < VEC; ++u) acc[u] += w * (static_cast<A>(x.v.v[u]) + static_cast<A>(x.e.v[u]));
+    for (int u = 0; u < VEC; ++u) {
+      acc[u] += w * (static_cast<A>(x.v.v[u]) + static_cast<A>(x.e.v[u]));
+    }
   }
 };
 
