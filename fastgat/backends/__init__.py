@@ -24,8 +24,7 @@ _MODULES = {"torch": "torch_ref", "triton": "triton_kernels", "cuda": "compiled"
 # The backends implementing each scoring rule (the op of fastgat/ops.py it runs: "gat"
 # fastgat::gat_attention, "gatv2" fastgat::gatv2_attention, "transformer"
 # fastgat::transformer_attention); a rule's missing backend is reported, never run in its place.
-RULES = {"gat": NAMES, "gatv2": ("torch", "triton", "cuda", "cpu"),
-         "transformer": ("torch", "triton", "cpu")}
+RULES = {"gat": NAMES, "gatv2": NAMES, "transformer": NAMES}
 _COMPILED_OPS = {"gat": "fused_forward", "gatv2": "gatv2_fused_forward",
                  "transformer": "transformer_forward"}
 

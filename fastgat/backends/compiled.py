@@ -1,8 +1,8 @@
 """backend='cpu' and backend='cuda': the fused C++/CUDA kernels of fastgat._C.
 
 Each rule is one op pair, `torch.ops.fastgat.fused_forward` / `fused_backward` (GAT),
-`gatv2_fused_forward` / `_backward` and `transformer_forward` / `transformer_backward` (CPU
-only so far); the dispatcher picks the CPU or CUDA kernel from the tensors' device.
+`gatv2_fused_forward` / `_backward` and `transformer_forward` / `transformer_backward`; the
+dispatcher picks the CPU or CUDA kernel from the tensors' device.
 """
 import torch
 

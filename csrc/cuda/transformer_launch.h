@@ -1,0 +1,177 @@
+// Host side of TransformerConv's fused CUDA kernels (docs/design.md §6, §11), for the GPU
+// (transformer_cuda.cu) and the emulated device (../emulated/transformer_emulated.cpp): the
+// forward is launch.h's launch_forward with TransformerRule; the backward's grid sizes, split
+// plan over CSR rows and CSC columns, partial buffers and argument struct are here. The Device
+// interface and the shared pieces are launch.h's.
+#pragma once
+#include <vector>
+
+#include "launch.h"
+#include "transformer_kernels.cuh"
+
+namespace fastgat {
+namespace cuda {
+
+template <typename Device>
+std::tuple<at::Tensor, at::Tensor> transformer_forward(
+    const Device& device, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& e, const at::Tensor& rowptr, const at::Tensor& col,
+    double scale, double dropout, const c10::optional<at::Tensor>& seed) {
+  check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed);
+  return forward_outputs(device, q, rowptr, [&](auto type, auto index, at::Tensor& out,
+                                                at::Tensor& lse) {
+    using T = decltype(type);
+    TransformerRule<T> rule{};
+    rule.q = q.data_ptr<T>();
+    rule.k = k.data_ptr<T>();
+    rule.v = v.data_ptr<T>();
+    rule.e = e.has_value() ? e->data_ptr<T>() : nullptr;
+    rule.scale = static_cast<at::opmath_type<T>>(scale);
+    const bool aligned = is_aligned_16(rule.q) && is_aligned_16(rule.k) &&
+                         is_aligned_16(rule.v) && (rule.e == nullptr || is_aligned_16(rule.e));
+    launch_forward<decltype(index)>(device, rule, aligned, rowptr, col, /*num_loops=*/0, dropout,
+                                    seed, out, lse);
+  });
+}
+
+// Fills s.chunk_ptr (and returns its storage) when some of s's rows may be longer than the
+// split length: chunk counts per row on the device, numbered by a device cumsum (no host sync).
+// Returns the bound on the chunk count, 0 when no row can split.
+template <typename Index, typename Device>
+int64_t plan_chunks(const Device& device, Segments<Index>& s, int64_t num_slots,
+                    const at::Tensor& ptr, at::Tensor& chunk_ptr) {
+  const SplitPlan plan(s.count, num_slots, /*num_loops=*/0, device.sms());
+  s.split_len = plan.split_len;
+  s.chunk_ptr = nullptr;
+  if (plan.chunk_bound == 0) return 0;
+  at::Tensor counts = device.empty({s.count + 1}, ptr.options().dtype(at::kLong));
+  device.launch(count_chunks_kernel<Index>, blocks_for(s.count, kBlock), kBlock, s.ptr, s.count,
+                int64_t{0}, s.split_len, counts.data_ptr<int64_t>());
+  chunk_ptr = counts.cumsum(0);
+  s.chunk_ptr = chunk_ptr.data_ptr<int64_t>();
+  return plan.chunk_bound;
+}
+
+// One pass (CSR: CSC = false, or CSC) over the rows of s: whole rows, then the chunks of split
+// ones, each writing partials to the buffer named by a `outs` entry's field, merged into its
+// output (dq, or dk and dv).
+template <bool CSC, typename T, typename Index, typename Device>
+void launch_pass(const Device& device, TransformerBackwardArgs<T, Index>& a, bool aligned,
+                 int64_t num_slots, const at::Tensor& ptr,
+                 std::initializer_list<std::pair<at::Tensor*, at::opmath_type<T>**>> outs) {
+  using A = at::opmath_type<T>;
+  Segments<Index>& s = CSC ? a.columns : a.rows;
+  if (s.count == 0) return;
+  at::Tensor chunk_ptr;
+  const int64_t chunk_bound = plan_chunks(device, s, num_slots, ptr, chunk_ptr);
+  std::vector<at::Tensor> parts;
+  for (const auto& [out, field] : outs) {
+    parts.push_back(device.empty({chunk_bound, a.heads, a.channels},
+                                 out->options().dtype(c10::CppTypeToScalarType<A>::value)));
+    *field = parts.back().template data_ptr<A>();
+  }
+  const int64_t per_block = kBlock / a.group_size;
+  device.launch(aligned ? transformer_row_kernel<true, CSC, T, Index>
+                        : transformer_row_kernel<false, CSC, T, Index>,
+                blocks_for(s.count * a.heads * a.tiles, per_block), kBlock, a);
+  if (chunk_bound == 0) return;
+  // At most one wave of blocks, striding over the chunks that exist (launch.h's forward).
+  const int64_t wave = kWave * device.sms();
+  device.launch(aligned ? transformer_chunk_kernel<true, CSC, T, Index>
+                        : transformer_chunk_kernel<false, CSC, T, Index>,
+                std::min(blocks_for(chunk_bound * a.heads * a.tiles, per_block), wave), kBlock, a);
+  const int64_t width = a.heads * a.channels;
+  for (const auto& [out, field] : outs) {
+    device.launch(sum_chunks_kernel<T>, std::min(blocks_for(chunk_bound * width, kBlock), wave),
+                  kBlock, static_cast<const A*>(*field), static_cast<const int64_t*>(s.chunk_ptr),
+                  s.count, width, out->template data_ptr<T>());
+  }
+}
+
+template <typename T, typename Index, typename Device>
+void launch_transformer_backward(const Device& device, const at::Tensor& dout,
+                                 const at::Tensor& out, const at::Tensor& lse,
+                                 const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const c10::optional<at::Tensor>& e, const at::Tensor& rowptr,
+                                 const at::Tensor& col, const at::Tensor& colptr,
+                                 const at::Tensor& csc_row, const at::Tensor& csc_eid,
+                                 double scale, double dropout,
+                                 const c10::optional<at::Tensor>& seed, at::Tensor& dq,
+                                 at::Tensor& dk, at::Tensor& dv, at::Tensor& de) {
+  using A = at::opmath_type<T>;
+  constexpr int VEC = vec_width<T>();
+  const int64_t num_slots = col.numel();
+  at::Tensor dz = device.empty({num_slots, q.size(1)}, lse.options());
+  at::Tensor w = device.empty({num_slots, q.size(1)}, lse.options());
+  TransformerBackwardArgs<T, Index> a{};
+  a.dout = dout.data_ptr<T>();
+  a.out = out.data_ptr<T>();
+  a.lse = lse.data_ptr<A>();
+  a.q = q.data_ptr<T>();
+  a.k = k.data_ptr<T>();
+  a.v = v.data_ptr<T>();
+  a.e = e.has_value() ? e->data_ptr<T>() : nullptr;
+  a.col = col.data_ptr<Index>();
+  a.csc_row = csc_row.data_ptr<Index>();
+  a.csc_eid = csc_eid.data_ptr<Index>();
+  a.rows.ptr = rowptr.data_ptr<Index>();
+  a.rows.count = q.size(0);
+  a.columns.ptr = colptr.data_ptr<Index>();
+  a.columns.count = k.size(0);
+  a.dz = dz.data_ptr<A>();
+  a.w = w.data_ptr<A>();
+  a.dq = dq.data_ptr<T>();
+  a.dk = dk.data_ptr<T>();
+  a.dv = dv.data_ptr<T>();
+  a.de = e.has_value() ? de.data_ptr<T>() : nullptr;
+  a.channels = q.size(2);
+  a.heads = static_cast<int>(q.size(1));
+  a.group_size = group_size(a.channels, VEC);
+  a.tiles = channel_tiles(a.channels, a.group_size, VEC);
+  a.scale = static_cast<A>(scale);
+  a.dropout = make_dropout(dropout, seed);
+
+  bool aligned = a.channels % VEC == 0;
+  for (const at::Tensor* x : std::initializer_list<const at::Tensor*>{&dout, &out, &q, &k, &v,
+                                                                     &dq, &dk, &dv}) {
+    aligned = aligned && is_aligned_16(x->data_ptr());
+  }
+  if (e.has_value()) aligned = aligned && is_aligned_16(a.e) && is_aligned_16(a.de);
+
+  // CSR pass: dz and w per slot, de, dq (split rows: partials merged in order).
+  launch_pass<false>(device, a, aligned, num_slots, rowptr, {{&dq, &a.part_dq}});
+  if (a.de != nullptr && num_slots > 0) {  // dead slots: de = 0 (E x HC, read on the device)
+    device.launch(zero_dead_slots_kernel<T, Index>,
+                  std::min<int64_t>(blocks_for(num_slots * a.heads * a.channels, kBlock), 1024),
+                  kBlock, a.rows.ptr, a.rows.count, num_slots,
+                  static_cast<int>(a.heads * a.channels), a.de);
+  }
+  // CSC pass: dk and dv from the stored dz and w.
+  launch_pass<true>(device, a, aligned, num_slots, colptr,
+                    {{&dk, &a.part_dk}, {&dv, &a.part_dv}});
+}
+
+template <typename Device>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_backward(
+    const Device& device, const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const c10::optional<at::Tensor>& e, const at::Tensor& rowptr, const at::Tensor& col,
+    const at::Tensor& colptr, const at::Tensor& csc_row, const at::Tensor& csc_eid, double scale,
+    double dropout, const c10::optional<at::Tensor>& seed) {
+  check_transformer_backward_inputs(dout, out, lse, q, k, v, e, rowptr, col, colptr, csc_row,
+                                    csc_eid, dropout, seed);
+  at::Tensor dq = device.empty(q.sizes(), q.options());
+  at::Tensor dk = device.empty(k.sizes(), k.options());
+  at::Tensor dv = device.empty(v.sizes(), v.options());
+  at::Tensor de = device.empty(e.has_value() ? e->sizes() : at::IntArrayRef{0}, q.options());
+  if (q.size(1) == 0 || q.size(2) == 0) return {dq, dk, dv, de};
+  dispatch_types(q, rowptr, [&](auto type, auto index) {
+    launch_transformer_backward<decltype(type), decltype(index)>(
+        device, dout, out, lse, q, k, v, e, rowptr, col, colptr, csc_row, csc_eid, scale,
+        dropout, seed, dq, dk, dv, de);
+  });
+  return {dq, dk, dv, de};
+}
+
+}  // namespace cuda
+}  // namespace fastgat
