@@ -13,11 +13,11 @@ import zlib
 import pytest
 import torch
 
-from cuda_targets import coo_graph, graph_of, sms, target, with_int64_indices  # noqa: F401
+from cuda_targets import coo_graph, graph_of, with_int64_indices
 from fastgat.backends import torch_ref
 from fastgat.graph import Graph
 from graphs import KINDS, random_graph
-from test_op import assert_close
+from helpers import assert_close
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
