@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch_geometric.nn import GATConv
 
+import fastgat.backends
 import fastgat.graph
-from fastgat import FastGATConv, Graph
-from fastgat.backends import unavailable_reason
+from fastgat import FastGATConv, FastGATv2Conv, FastTransformerConv, Graph
+from fastgat.backends import resolve, unavailable_reason
 
 N = 8
 
@@ -21,6 +22,19 @@ def layer(**kwargs):
 
 def good_inputs():
     return torch.randn(N, 4), torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+
+
+@pytest.mark.parametrize("conv,rule", [(FastGATv2Conv, "gatv2"),
+                                       (FastTransformerConv, "transformer")])
+def test_a_backend_without_the_rule_is_reported_never_replaced(monkeypatch, conv, rule):
+    """Every backend implements every rule today; a rule's missing backend (as in RULES before
+    its kernels land) raises when asked for, and `auto` passes it over."""
+    monkeypatch.setitem(fastgat.backends.RULES, rule, ("torch",))
+    x, edge_index = good_inputs()
+    with pytest.raises(RuntimeError, match=f"'cpu' backend has no {rule} kernels"):
+        conv(4, 3, backend="cpu")(x, edge_index)
+    assert resolve("auto", "cpu", rule) == "torch"
+    assert conv(4, 3)(x, edge_index).shape == (N, 3)
 
 
 @pytest.mark.parametrize("bad,error,match", [
