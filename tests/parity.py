@@ -1,6 +1,8 @@
 """Parity with a PyG layer: the same weights, features and upstream gradient through both, and
 every output, attention weight and gradient compared (tests/test_conv.py,
 tests/test_gatv2_conv.py, tests/test_transformer_conv.py)."""
+import copy
+
 import pytest
 import torch
 
@@ -65,3 +67,18 @@ def assert_sparse_tensor_parity(pair):
                                                                 return_attention_weights=True)
     torch.testing.assert_close(got[0], want[0])
     torch.testing.assert_close(got[1].storage.value(), want[1].storage.value())
+
+
+def assert_compiled_matches_eager(conv, x, edge_index, edge_attr, dynamic):
+    """torch.compile(fullgraph=True) of the layer gives eager's output and input gradient, on
+    the graph and on one twice its size (a recompile, or the dynamic graph reused)."""
+    compiled = torch.compile(copy.deepcopy(conv), fullgraph=True, dynamic=dynamic)
+    for scale in (1, 2):
+        ei, ea = edge_index.repeat(1, scale), edge_attr.repeat(scale, 1)
+        want = run(conv, x, ei, ea)
+        xg = x.clone().requires_grad_()
+        out = compiled(xg, ei, ea)
+        torch.testing.assert_close(out, want[0])
+        dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+        (out * dout).sum().backward()
+        torch.testing.assert_close(xg.grad, want[3][0])

@@ -10,8 +10,8 @@ from torch_geometric.utils import to_torch_coo_tensor, to_torch_csr_tensor
 from fastgat import FastGATConv
 from graphs import KINDS, random_graph
 from helpers import backends
-from parity import (IN_CHANNELS, OUT_CHANNELS, assert_parity, assert_sparse_tensor_parity,
-                    features, make_pair, run)
+from parity import (IN_CHANNELS, OUT_CHANNELS, assert_compiled_matches_eager, assert_parity,
+                    assert_sparse_tensor_parity, features, make_pair, run)
 
 CPU_BACKENDS = backends()
 # The Triton interpreter runs ~9 ms per program: it gets the smaller grid (all of it on a GPU).
@@ -455,16 +455,7 @@ def test_torch_compile_fullgraph_matches_eager(dynamic, backend, fresh_dynamo):
     edge_index = torch.stack([src, dst])
     x, edge_attr = features(2, num_nodes, num_nodes, src.numel(), False)
     conv = FastGATConv(IN_CHANNELS, OUT_CHANNELS, heads=2, edge_dim=3, backend=backend).double()
-    compiled = torch.compile(copy.deepcopy(conv), fullgraph=True, dynamic=dynamic)
-    for scale in (1, 2):  # a second graph size: recompiles or reuses the dynamic graph
-        ei, xs, ea = edge_index.repeat(1, scale), x, edge_attr.repeat(scale, 1)
-        want = run(conv, xs, ei, ea)
-        out = compiled(xs.clone().requires_grad_(), ei, ea)
-        torch.testing.assert_close(out, want[0])
-        xg = xs.clone().requires_grad_()
-        dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-        (compiled(xg, ei, ea) * dout).sum().backward()
-        torch.testing.assert_close(xg.grad, want[3][0])
+    assert_compiled_matches_eager(conv, x, edge_index, edge_attr, dynamic)
 
 
 def test_graph_cache_is_thread_safe():

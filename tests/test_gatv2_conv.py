@@ -1,6 +1,5 @@
 """FastGATv2Conv against torch_geometric.nn.GATv2Conv with copied weights, and the
 fastgat::gatv2_attention op against its float64 reference, on every backend implementing it."""
-import copy
 import zlib
 
 import pytest
@@ -15,7 +14,7 @@ from fastgat.ops import gatv2_attention, gatv2_attention_op
 from graphs import KINDS, random_graph
 from helpers import TOLERANCE, backends, rel_error
 # The parity helpers and the fresh_dynamo fixture are FastGATConv's own (tests/test_conv.py).
-from parity import assert_sparse_tensor_parity
+from parity import assert_compiled_matches_eager, assert_sparse_tensor_parity
 from test_conv import (IN_CHANNELS, OUT_CHANNELS, assert_parity, features,  # noqa: F401
                        fresh_dynamo, run)
 
@@ -288,16 +287,7 @@ def test_torch_compile_fullgraph_matches_eager(dynamic, backend, fresh_dynamo):
     x, edge_attr = features(2, num_nodes, num_nodes, src.numel(), False)
     conv = FastGATv2Conv(IN_CHANNELS, OUT_CHANNELS, heads=2, edge_dim=3,
                          backend=backend).double()
-    compiled = torch.compile(copy.deepcopy(conv), fullgraph=True, dynamic=dynamic)
-    for scale in (1, 2):  # a second graph size: recompiles or reuses the dynamic graph
-        ei, ea = edge_index.repeat(1, scale), edge_attr.repeat(scale, 1)
-        want = run(conv, x, ei, ea)
-        xg = x.clone().requires_grad_()
-        out = compiled(xg, ei, ea)
-        torch.testing.assert_close(out, want[0])
-        dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-        (out * dout).sum().backward()
-        torch.testing.assert_close(xg.grad, want[3][0])
+    assert_compiled_matches_eager(conv, x, edge_index, edge_attr, dynamic)
 
 
 # -- the op ---------------------------------------------------------------------------------

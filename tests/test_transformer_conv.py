@@ -15,8 +15,8 @@ from fastgat.dropout import draw_seed, keep_scale
 from fastgat.ops import transformer_attention, transformer_op
 from graphs import KINDS, random_graph
 from helpers import TOLERANCE, backends, rel_error
-from parity import (IN_CHANNELS, OUT_CHANNELS, assert_parity, assert_sparse_tensor_parity,
-                    features, make_pair, run)
+from parity import (IN_CHANNELS, OUT_CHANNELS, assert_compiled_matches_eager, assert_parity,
+                    assert_sparse_tensor_parity, features, make_pair, run)
 
 # Triton runs its own, smaller grid in test_triton_family.py: this one takes hours under the
 # Triton interpreter (gradcheck alone launches per Jacobian column).
@@ -377,13 +377,4 @@ def test_torch_compile_fullgraph_matches_eager(dynamic, backend, fresh_dynamo):
     edge_index, x, edge_attr, _, _ = graph_case("self_loops", 24)
     conv = FastTransformerConv(IN_CHANNELS, OUT_CHANNELS, heads=2, edge_dim=3, beta=True,
                                backend=backend).double()
-    compiled = torch.compile(copy.deepcopy(conv), fullgraph=True, dynamic=dynamic)
-    for scale in (1, 2):  # a second graph size: recompiles or reuses the dynamic graph
-        ei, ea = edge_index.repeat(1, scale), edge_attr.repeat(scale, 1)
-        want = run(conv, x, ei, ea)
-        xg = x.clone().requires_grad_()
-        out = compiled(xg, ei, ea)
-        torch.testing.assert_close(out, want[0])
-        dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-        (out * dout).sum().backward()
-        torch.testing.assert_close(xg.grad, want[3][0])
+    assert_compiled_matches_eager(conv, x, edge_index, edge_attr, dynamic)
