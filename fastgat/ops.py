@@ -249,8 +249,16 @@ def _reference_jvp(reference):
 
 def _call(function, op, *args):
     """`op` through `function`, which torch.func accepts, except where dynamo traces the op
-    and its registered autograd (torch.compile)."""
-    return op(*args) if torch.compiler.is_compiling() else function.apply(*args)
+    and its registered autograd (torch.compile). Outside torch.func transforms, `args` is
+    already complete and positional, so it goes to autograd's C apply directly:
+    Function.apply would first bind it to forward's signature (inspect.signature, a large
+    part of a small graph's per-call cost)."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if torch._C._are_functorch_transforms_active():
+        return function.apply(*args)
+    args = torch._functorch.utils.unwrap_dead_wrappers(args)  # as Function.apply does here
+    return super(torch.autograd.Function, function).apply(*args)
 
 
 def _gat_jvp(out, lse, primals, tangents, rowptr, col, attrs, seed):

@@ -6,7 +6,9 @@
 // What differs between layers is a rule, a small struct with
 //   scalar_t, acc                  element and accumulation types
 //   heads, channels, num_slots     H, C of out, and E (node i's self loop is slot E + i)
-//   logit(i, j, slot, h)           the score of edge j -> i in head h, before the softmax
+//   logit(i, j, slot, h)           the score of edge j -> i in head h, before the softmax;
+//                                  a rule whose scores are contiguous over heads makes it a
+//                                  template logit<V>, V an acc vector of heads h, h + 1, ...
 //   keep(slot, k)                  k[h] = the edge's dropout factor in head h (0 or 1 / (1 - p))
 //   gather(part, w, j, slot, h)    part[c] += w * value[c], the edge's value in head h
 //   prefetch(j)                    asks for source j's rows ahead of their use
@@ -16,6 +18,8 @@
 
 namespace fastgat::cpu {
 
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // vector lambdas, always inlined
 template <typename Rule, typename index_t>
 FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, const index_t* col,
                                    int64_t num_loops, typename Rule::scalar_t* out,
@@ -49,23 +53,36 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
       const int64_t j = k < last ? int64_t(col[k]) : i;
       const int64_t slot = k < last ? k : rule.num_slots + i;
       if (k + kPrefetch < stop) rule.prefetch(col[k + kPrefetch]);
-      for (int64_t hd = 0; hd < H; ++hd) {
-        const acc v = rule.logit(i, j, slot, hd);
-        x[e * H + hd] = v;
-        m[hd] = std::max(m[hd], v);
+      acc* x_e = x.data() + e * H;
+      if constexpr (requires { rule.template logit<Lanes<acc>>(i, j, slot, int64_t(0)); }) {
+        each_channel<acc>(H, [&](int64_t hd, auto lanes) __attribute__((always_inline)) {
+          using V = decltype(lanes);
+          const V v = rule.template logit<V>(i, j, slot, hd);
+          store(x_e + hd, v);
+          store(m.data() + hd, max_of(load<V>(m.data() + hd), v));
+        });
+      } else {
+        for (int64_t hd = 0; hd < H; ++hd) {
+          const acc v = rule.logit(i, j, slot, hd);
+          x_e[hd] = v;
+          m[hd] = max_of(m[hd], v);
+        }
       }
     }
     std::fill(l_part.begin(), l_part.end(), acc(0));
     for (int64_t e = 0; e < n; ++e) {
       if (e % kChunk == 0) flush(l.data(), l_part.data(), H);
-      for (int64_t hd = 0; hd < H; ++hd) {
+      acc* x_e = x.data() + e * H;
+      each_channel<acc>(H, [&](int64_t hd, auto lanes) __attribute__((always_inline)) {
+        using V = decltype(lanes);
         // A -inf score weighs 0, also in a row of -inf scores only (m = -inf: no NaN), which
         // ends with l = 0: out = 0 and lse = -inf, as a row without in-edges.
-        const acc v = x[e * H + hd];
-        const acc p = v == -std::numeric_limits<acc>::infinity() ? acc(0) : std::exp(v - m[hd]);
-        x[e * H + hd] = p;
-        l_part[hd] += p;
-      }
+        const V v = load<V>(x_e + hd);
+        const V p = v == -std::numeric_limits<acc>::infinity()
+            ? V{} : exp_of(v - load<V>(m.data() + hd));
+        store(x_e + hd, p);
+        store(l_part.data() + hd, load<V>(l_part.data() + hd) + p);
+      });
     }
     flush(l.data(), l_part.data(), H);
     for (int64_t hd = 0; hd < H; ++hd) {
@@ -87,6 +104,7 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
     if (!direct) store(out + i * HC, acc_row, HC);
   }
 }
+#pragma GCC diagnostic pop
 
 // out (N_dst, H, C) and lse (N_dst, H) of `rule` over the CSR graph, rows split over threads by
 // elements moved. `like` gives out's dtype and device.

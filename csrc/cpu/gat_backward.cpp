@@ -17,6 +17,8 @@
 namespace fastgat::cpu {
 namespace {
 
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // vector lambdas, always inlined
 template <typename scalar_t, typename index_t>
 struct Backward {
   using acc = acc_t<scalar_t>;
@@ -46,7 +48,7 @@ struct Backward {
   FASTGAT_CLONES void sources(int64_t begin, int64_t end) const {
     constexpr bool direct = std::is_same_v<scalar_t, acc>;  // accumulate in dh itself
     const int64_t H = sc.heads, HC = H * channels, E = sc.num_slots;
-    std::vector<acc> ds_j(H), row_acc(direct ? 0 : HC), keep(H);
+    std::vector<acc> ds_j(H), row_acc(direct ? 0 : HC), keep(H), dalpha(H), w(H);
     const int64_t stop = colptr[end];
     for (int64_t j = begin; j < end; ++j) {
       acc* dh_j = row_acc.data();
@@ -71,16 +73,23 @@ struct Backward {
         }
         sc.dropout.keep_heads(slot, keep.data());
         for (int64_t hd = 0; hd < H; ++hd) {
-          const acc z = sc.score(j, i, slot, hd);
-          const acc alpha = std::exp(sc.leaky_relu(z) - lse_for_alpha(lse[i * H + hd]));
-          const acc dalpha = keep[hd] != acc(0)
+          dalpha[hd] = keep[hd] != acc(0)
               ? keep[hd] * dot(dout_i + hd * channels, h_j + hd * channels, channels)
               : acc(0);
-          const acc g = alpha * (dalpha - D[i * H + hd]) * sc.slope_at(z);
-          dz_e[hd] = g;
-          ds_j[hd] += g;
-          const acc w = alpha * keep[hd];
-          if (w != acc(0)) axpy(dh_j + hd * channels, w, dout_i + hd * channels, channels);
+        }
+        // The per-head scalars, heads in vector lanes (s, d, t, lse, D are contiguous in h).
+        each_channel<acc>(H, [&](int64_t hd, auto lanes) __attribute__((always_inline)) {
+          using V = decltype(lanes);
+          const V z = sc.template score<V>(j, i, slot, hd);
+          const V alpha = exp_of(sc.leaky_relu(z) - lse_for_alpha(load<V>(lse + i * H + hd)));
+          const V g = alpha * (load<V>(dalpha.data() + hd) - load<V>(D + i * H + hd)) *
+                      sc.slope_at(z);
+          store(dz_e + hd, g);
+          store(ds_j.data() + hd, load<V>(ds_j.data() + hd) + g);
+          store(w.data() + hd, alpha * load<V>(keep.data() + hd));
+        });
+        for (int64_t hd = 0; hd < H; ++hd) {
+          if (w[hd] != acc(0)) axpy(dh_j + hd * channels, w[hd], dout_i + hd * channels, channels);
         }
       }
       if constexpr (!direct) store(dh + j * HC, dh_j, HC);
@@ -105,6 +114,7 @@ struct Backward {
     }
   }
 };
+#pragma GCC diagnostic pop
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward(
     const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& h,

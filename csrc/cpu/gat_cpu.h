@@ -112,15 +112,78 @@ template <typename scalar_t>
     return load<V>(a + c) * load<V>(b + c);
   });
 }
-#pragma GCC diagnostic pop
+
+// The element type of a channel loop's V: V itself for scalars, the lane type for vectors.
+template <typename V, typename = void>
+struct ElementOf {
+  using type = V;
+};
+template <typename V>
+struct ElementOf<V, std::enable_if_t<!std::is_arithmetic_v<V>>> {
+  using type = std::remove_cvref_t<decltype(std::declval<V&>()[0])>;
+};
+
+typedef int32_t Int32Lanes __attribute__((vector_size(32)));  // float lanes' bits
+
+// exp(x) of the softmax weights, written once for scalars and vector lanes so that a row's
+// vector heads and tail heads agree bitwise, and inlined: libm's expf was a call per edge and
+// head, a large part of the forward at few channels per head. float: Cody-Waite reduction by
+// ln 2 and Cephes' degree-6 expf polynomial (within 2 ulp of exp) for x <= 88.37 (callers pass
+// x <= ~0); x < -87.33 (exp below FLT_MIN) gives 0, so exp(-inf) = 0 as the softmax needs.
+// double keeps libm's exp, lane by lane.
+template <typename V>
+[[gnu::always_inline]] inline V exp_of(V x) {
+  using E = typename ElementOf<V>::type;
+  if constexpr (!std::is_same_v<E, float>) {
+    if constexpr (std::is_arithmetic_v<V>) {
+      return std::exp(x);
+    } else {
+      V y;
+      for (int64_t k = 0; k < int64_t(sizeof(V) / sizeof(E)); ++k) y[k] = std::exp(x[k]);
+      return y;
+    }
+  } else {
+    using I = std::conditional_t<std::is_arithmetic_v<V>, int32_t, Int32Lanes>;
+    static_assert(sizeof(I) == sizeof(V));
+    const V below = x < -87.33654f ? V{} + 1.0f : V{};  // 1 where the result is 0
+    x = x > 88.3762626647949f ? V{} + 88.3762626647949f : x;
+    x = below != 0.0f ? V{} : x;
+    // n = round(x / ln 2) in the low mantissa bits of `shifted` (1.5 * 2^23 rounds to integer).
+    const V shifted = x * 1.44269504088896341f + 12582912.0f;
+    const V n = shifted - 12582912.0f;
+    const V r = x - n * 0.693359375f - n * -2.12194440e-4f;
+    V p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const V y = p * r * r + r + 1.0f;
+    I bits, magic_bits;
+    const V magic = V{} + 12582912.0f;
+    std::memcpy(&bits, &shifted, sizeof(V));
+    std::memcpy(&magic_bits, &magic, sizeof(V));
+    const I scale_bits = (bits - magic_bits + 127) << 23;  // 2^n as a float's bits
+    V scale;
+    std::memcpy(&scale, &scale_bits, sizeof(V));
+    return below != 0.0f ? V{} : y * scale;
+  }
+}
+
+// max(a, b) as std::max(a, b) lane by lane.
+template <typename V>
+[[gnu::always_inline]] inline V max_of(V a, V b) {
+  return a < b ? b : a;
+}
 
 // The lse that alpha = exp(x - lse) is recomputed from: a row of -inf scores only has
 // lse = -inf and must weigh nothing, so read it as +inf (alpha = 0, never exp(-inf + inf)).
-template <typename acc>
-inline acc lse_for_alpha(acc lse) {
-  return lse == -std::numeric_limits<acc>::infinity() ? std::numeric_limits<acc>::infinity()
-                                                       : lse;
+template <typename V>
+[[gnu::always_inline]] inline V lse_for_alpha(V lse) {
+  using E = typename ElementOf<V>::type;
+  constexpr E inf = std::numeric_limits<E>::infinity();
+  return lse == -inf ? V{} + inf : lse;
 }
+#pragma GCC diagnostic pop
 
 // Gathered rows are random reads, latency-bound on sparse graphs: the row loops ask for the
 // rows of the edge kPrefetch slots ahead (across row boundaries) while the current one works.
@@ -212,6 +275,8 @@ struct EdgeDropout {
 #pragma GCC diagnostic pop
 };
 
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // vectors passed to always-inlined helpers only
 // Everything GAT's edge score z = s[j] + d[i] + t and its dropout draw need.
 template <typename scalar_t>
 struct Scores {
@@ -237,19 +302,28 @@ struct Scores {
         slope(static_cast<acc>(negative_slope)),
         dropout(p, seed, s_.size(1)) {}
 
-  // z of the edge j -> i in CSR slot k (self loop: j = i and slot = E + i), head h.
-  acc score(int64_t j, int64_t i, int64_t slot, int64_t h) const {
-    acc z = static_cast<acc>(s[j * heads + h]) + static_cast<acc>(d[i * heads + h]);
+  // z of the edge j -> i in CSR slot k (self loop: j = i and slot = E + i), head h, or of
+  // heads h, h + 1, ... in the lanes of V (an acc vector: heads are contiguous in s, d, t).
+  template <typename V = acc>
+  [[gnu::always_inline]] V score(int64_t j, int64_t i, int64_t slot, int64_t h) const {
+    V z = load<V>(s + j * heads + h) + load<V>(d + i * heads + h);
     if (slot < num_slots) {
-      if (t != nullptr) z += static_cast<acc>(t[slot * heads + h]);
+      if (t != nullptr) z += load<V>(t + slot * heads + h);
     } else if (t_loop != nullptr) {
-      z += static_cast<acc>(t_loop[(slot - num_slots) * heads + h]);
+      z += load<V>(t_loop + (slot - num_slots) * heads + h);
     }
     return z;
   }
-  acc leaky_relu(acc z) const { return z > 0 ? z : z * slope; }
-  acc slope_at(acc z) const { return z > 0 ? acc(1) : slope; }
+  template <typename V>
+  [[gnu::always_inline]] V leaky_relu(V z) const {
+    return z > acc(0) ? z : z * slope;
+  }
+  template <typename V>
+  [[gnu::always_inline]] V slope_at(V z) const {
+    return z > acc(0) ? V{} + acc(1) : V{} + slope;
+  }
 };
+#pragma GCC diagnostic pop
 
 // Runs fn(begin, end) over row ranges of [0, n) in parallel, cutting where the cumulative cost
 // ptr[i] + i (edges plus one per row) crosses equal shares, so a few hub rows do not leave one

@@ -8,6 +8,8 @@
 namespace fastgat::cpu {
 namespace {
 
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // logit<V> returns vectors to inlined callers only
 // GAT's rule for the row skeleton: the score LeakyReLU(s_j + d_i + t), the value h_j.
 template <typename scalar_t_>
 struct GatRule {
@@ -17,8 +19,9 @@ struct GatRule {
   const scalar_t* h;
   int64_t heads, channels, num_slots;
 
-  acc logit(int64_t i, int64_t j, int64_t slot, int64_t hd) const {
-    return sc.leaky_relu(sc.score(j, i, slot, hd));
+  template <typename V = acc>  // heads hd, hd + 1, ... in V's lanes
+  [[gnu::always_inline]] V logit(int64_t i, int64_t j, int64_t slot, int64_t hd) const {
+    return sc.leaky_relu(sc.template score<V>(j, i, slot, hd));
   }
   void keep(int64_t slot, acc* k) const { sc.dropout.keep_heads(slot, k); }
   void gather(acc* part, acc w, int64_t j, int64_t, int64_t hd) const {
@@ -29,6 +32,7 @@ struct GatRule {
     fastgat::cpu::prefetch(h + j * heads * channels, heads * channels * sizeof(scalar_t));
   }
 };
+#pragma GCC diagnostic pop
 
 std::tuple<at::Tensor, at::Tensor> fused_forward(
     const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,

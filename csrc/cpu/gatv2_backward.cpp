@@ -107,7 +107,7 @@ struct Gatv2Backward {
         in.dropout.keep_heads(slot, keep.data());
         for (int64_t hd = 0; hd < H; ++hd) {
           const acc z = in.logit(i, j, slot, hd, u.data());
-          const acc alpha = std::exp(z - lse_for_alpha(lse[i * H + hd]));
+          const acc alpha = exp_of(z - lse_for_alpha(lse[i * H + hd]));
           const acc dalpha = keep[hd] != acc(0)
               ? keep[hd] * dot(dout_i + hd * C, in.xl_row(j, hd), C) : acc(0);
           const acc g = alpha * (dalpha - D[i * H + hd]);

@@ -64,7 +64,7 @@ struct TransformerBackward {
           const scalar_t* e_h = e != nullptr ? e + slot * HC + hd * C : nullptr;
           acc z = dot(q_ih, k_jh, C);
           if (e_h != nullptr) z += dot(q_ih, e_h, C);
-          const acc alpha = std::exp(scale * z - lse_for_alpha(lse[i * H + hd]));
+          const acc alpha = exp_of(scale * z - lse_for_alpha(lse[i * H + hd]));
           const acc keep = dropout.keep(slot, hd);
           acc dalpha = 0;
           if (keep != acc(0)) {
