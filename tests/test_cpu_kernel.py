@@ -108,6 +108,21 @@ def test_hub_row_matches_reference():
         assert rel_error(a, b) < TOLERANCE[torch.float32]
 
 
+@pytest.mark.parametrize("heads", [8, 11])  # all heads in vector lanes; 8 lanes and a tail
+def test_softmax_over_the_whole_float_exponent_range(heads):
+    # Scores spread over +-150 put exp's argument everywhere in [-300, 0]: the kernel's own
+    # exp (range reduction down to 2^-126, and 0 below) must agree with float64's.
+    inputs, index, num_loops = make_case("power_law", 9, torch.float32, heads=heads, channels=8)
+    h, s, d, t, t_loop = inputs
+    inputs = (h, 40 * s, 40 * d, t, t_loop)
+    dout = torch.randn(index[0].numel() - 1, heads, 8, dtype=torch.float64)
+    got = forward_backward(inputs, index, num_loops, dout)
+    want = forward_backward([x.double() for x in inputs], index, num_loops, dout,
+                            backend="torch")
+    for name, a, b in zip(("out", "lse", "dh", "ds", "dd", "dt", "dt_loop"), got, want):
+        assert rel_error(a, b) < TOLERANCE[torch.float32], (name, rel_error(a, b))
+
+
 def test_dead_slots_are_never_read_and_get_no_gradient():
     inputs, index, num_loops = make_case("self_loops", 6)
     rowptr, col = index[0], index[1]
