@@ -69,9 +69,12 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
         }
       }
     }
-    std::fill(l_part.begin(), l_part.end(), acc(0));
+    // Rows longer than kChunk sum chunk by chunk through l_part / part (zero between uses:
+    // flush zeroes them); shorter ones sum straight into l / acc_row, the same bits.
+    const bool chunked = n > kChunk;
+    acc* l_sum = chunked ? l_part.data() : l.data();
     for (int64_t e = 0; e < n; ++e) {
-      if (e % kChunk == 0) flush(l.data(), l_part.data(), H);
+      if (chunked && e % kChunk == 0) flush(l.data(), l_part.data(), H);
       acc* x_e = x.data() + e * H;
       each_channel<acc>(H, [&](int64_t hd, auto lanes) __attribute__((always_inline)) {
         using V = decltype(lanes);
@@ -81,26 +84,28 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
         const V p = v == -std::numeric_limits<acc>::infinity()
             ? V{} : exp_of(v - load<V>(m.data() + hd));
         store(x_e + hd, p);
-        store(l_part.data() + hd, load<V>(l_part.data() + hd) + p);
+        store(l_sum + hd, load<V>(l_sum + hd) + p);
       });
     }
-    flush(l.data(), l_part.data(), H);
+    if (chunked) flush(l.data(), l_part.data(), H);
     for (int64_t hd = 0; hd < H; ++hd) {
-      lse[i * H + hd] = m[hd] + std::log(l[hd]);
+      // log(1) = 0: a row of one edge (in a sampled graph, most rows: the self loop) needs no
+      // log call.
+      lse[i * H + hd] = l[hd] == acc(1) ? m[hd] : m[hd] + std::log(l[hd]);
       l[hd] = l[hd] > acc(0) ? acc(1) / l[hd] : acc(0);
     }
-    std::fill(part.begin(), part.end(), acc(0));
+    acc* sum = chunked ? part.data() : acc_row;
     for (int64_t e = 0, k = first; e < n; ++e, ++k) {
-      if (e % kChunk == 0) flush(acc_row, part.data(), HC);
+      if (chunked && e % kChunk == 0) flush(acc_row, part.data(), HC);
       const int64_t j = k < last ? int64_t(col[k]) : i;
       const int64_t slot = k < last ? k : rule.num_slots + i;
       rule.keep(slot, keep.data());
       for (int64_t hd = 0; hd < H; ++hd) {
         const acc w = x[e * H + hd] * l[hd] * keep[hd];
-        if (w != acc(0)) rule.gather(part.data() + hd * C, w, j, slot, hd);
+        if (w != acc(0)) rule.gather(sum + hd * C, w, j, slot, hd);
       }
     }
-    flush(acc_row, part.data(), HC);
+    if (chunked) flush(acc_row, part.data(), HC);
     if (!direct) store(out + i * HC, acc_row, HC);
   }
 }
