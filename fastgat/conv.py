@@ -4,6 +4,7 @@ It subclasses GATConv, so the constructor, parameters, initialisation, state_dic
 repr are PyG's own; only `forward` differs, and it falls back to PyG's when explain mode or
 message-passing hooks need the per-edge messages that the fused path never materialises.
 """
+import contextlib
 from typing import Optional, Tuple, Union
 
 import torch
@@ -48,18 +49,14 @@ class FastGATConv(AttentionLayer, GATConv):
         edge_index, graph = self._graph(edge_index, x_src, x_dst, size)
         num_loops = graph.num_loops
 
-        s, d = self._node_scores(x_src, x_dst, graph.num_dst)
-        t_edges, t_loop = self._edge_scores(edge_attr, graph)
+        dtype = score_dtype(x_src.dtype, self.att_src.dtype)
+        s, d = self._node_scores(x_src, x_dst, graph.num_dst, dtype)
+        t_edges, t_loop = self._edge_scores(edge_attr, graph, dtype)
         t = t_edges.index_select(0, graph.perm) if t_edges is not None else None
 
         p, seed = self._dropout(x_src.device)
         drop_all = p >= 1.0  # as F.dropout(p=1): every weight zeroed, no mask to draw
         backend = resolve(self.backend, x_src.device.type)
-        # The op takes one dtype: under autocast, h may be half precision while the
-        # attention parameters keep the scores in float32.
-        s, d = s.to(x_src.dtype), d.to(x_src.dtype)
-        t = t.to(x_src.dtype) if t is not None else None
-        t_loop = t_loop.to(x_src.dtype) if t_loop is not None else None
         # The CSC serves only the backward: not built for a call no backward can follow.
         backward = torch.is_grad_enabled() and any(
             x is not None and x.requires_grad for x in (x_src, s, d, t, t_loop))
@@ -104,10 +101,11 @@ class FastGATConv(AttentionLayer, GATConv):
             x_dst = lin_dst(x_dst).view(-1, H, C)
         return x_src, x_dst, res
 
-    def _node_scores(self, x_src, x_dst, num_dst) -> Tuple[Tensor, Tensor]:
+    def _node_scores(self, x_src, x_dst, num_dst, dtype) -> Tuple[Tensor, Tensor]:
         """s = <h_src, att_src> and d = <h_dst, att_dst> per head (docs/design.md §2) as one
         matrix product of h (N x HC) with the attention vectors laid out block-diagonally
-        (HC x 2H): no bmm, no N x H x C temporary, and h stays the contiguous GEMM output."""
+        (HC x 2H): no bmm, no N x H x C temporary, and h stays the contiguous GEMM output.
+        Formed in `dtype` (score_dtype)."""
         H, C = self.heads, self.out_channels
         eye = torch.eye(H, dtype=self.att_src.dtype, device=self.att_src.device)
 
@@ -115,16 +113,17 @@ class FastGATConv(AttentionLayer, GATConv):
             return (att.view(H, C, 1) * eye.view(H, 1, H)).reshape(H * C, H)
 
         if x_dst is x_src:
-            sd = x_src.reshape(-1, H * C) @ torch.cat([blocks(self.att_src),
-                                                       blocks(self.att_dst)], dim=1)
+            sd = scores_matmul(x_src.reshape(-1, H * C), torch.cat(
+                [blocks(self.att_src), blocks(self.att_dst)], dim=1), dtype)
             return sd[:, :H], sd[:, H:]
-        s = x_src.reshape(-1, H * C) @ blocks(self.att_src)
-        d = (x_dst.reshape(-1, H * C) @ blocks(self.att_dst) if x_dst is not None
-             else s.new_zeros(num_dst, H))
+        s = scores_matmul(x_src.reshape(-1, H * C), blocks(self.att_src), dtype)
+        d = (scores_matmul(x_dst.reshape(-1, H * C), blocks(self.att_dst), dtype)
+             if x_dst is not None else s.new_zeros(num_dst, H))
         return s, d
 
-    def _edge_scores(self, edge_attr, graph: Graph):
-        """Per input edge and per self loop, the score t = <lin_edge(e), att_edge> (E x H).
+    def _edge_scores(self, edge_attr, graph: Graph, dtype):
+        """Per input edge and per self loop, the score t = <lin_edge(e), att_edge> (E x H), in
+        `dtype` (score_dtype).
 
         The E x H x C projection is never formed: att_edge is folded into lin_edge's weight.
         Self-loop attributes are reduced from the raw attributes first (fill_value), since
@@ -135,10 +134,10 @@ class FastGATConv(AttentionLayer, GATConv):
         edge_attr = self._edge_attr(edge_attr, graph)
         weight = self.lin_edge.weight.view(self.heads, self.out_channels, -1)
         w_t = (weight * self.att_edge.view(self.heads, self.out_channels, 1)).sum(dim=1)
-        t_edges = edge_attr @ w_t.t()
+        t_edges = scores_matmul(edge_attr, w_t.t(), dtype)
         if graph.num_loops == 0:
             return t_edges, None
-        return t_edges, self._loop_attr(edge_attr, graph) @ w_t.t()
+        return t_edges, scores_matmul(self._loop_attr(edge_attr, graph), w_t.t(), dtype)
 
     def _gat_attention_weights(self, edge_index, graph: Graph, s, d, t_edges, t_loop, seed, p):
         """GATConv's returned attention weights: LeakyReLU(s_j + d_i + t_ij), softmaxed."""
@@ -149,3 +148,20 @@ class FastGATConv(AttentionLayer, GATConv):
                 scores = scores + torch.cat([t_edges[kept], loop_scores])
             return torch.nn.functional.leaky_relu(scores, self.negative_slope)
         return self._attention_weights(edge_index, graph, logits, seed, p)
+
+
+def score_dtype(h_dtype: torch.dtype, param_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the op's scores s, d, t: float32 where autocast gave half-precision h beside
+    float32 attention parameters (as GATConv, whose float32 att promotes its logits), else
+    h's (docs/design.md §4)."""
+    if h_dtype in (torch.bfloat16, torch.float16) and param_dtype == torch.float32:
+        return torch.float32
+    return h_dtype
+
+
+def scores_matmul(a: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:
+    """a @ b in `dtype`. Autocast would round the product of float32 operands to half
+    precision, so where it is on, the product runs with it off."""
+    on = torch.is_autocast_enabled(a.device.type)
+    with torch.autocast(a.device.type, enabled=False) if on else contextlib.nullcontext():
+        return a.to(dtype) @ b.to(dtype)

@@ -8,7 +8,9 @@ and one autograd plumbing (`_autograd`).
 
 Contract every backend implements (inputs are validated by the caller: FastGATConv / Graph):
   h (N_src, H, C), s (N_src, H), d (N_dst, H), t (E, H) or None, t_loop (num_loops, H) or None,
-  all contiguous and of one floating dtype. rowptr (N_dst + 1), col (E): CSR by destination;
+  all contiguous and on one device. The scores s, d, t, t_loop share one floating dtype: h's, or
+  float32 beside bfloat16 / float16 h (autocast keeps the logits in float32, docs/design.md §4);
+  their gradients come back in that dtype. rowptr (N_dst + 1), col (E): CSR by destination;
   colptr (N_src + 1), csc_row (E), csc_eid (E): the same edges by source, csc_eid giving each
   one's CSR slot. Index tensors share one dtype, int32 or int64. Slots past rowptr[-1] are dead.
   Node i < num_loops also has an implicit in-edge from source i, scored with t_loop[i].
@@ -42,7 +44,7 @@ def attention_op(
     num_src, heads, _ = _value_shape("h", h)
     _check_inputs("h", h, {"s": (s, (num_src, heads)), "d": (d, (rowptr.numel() - 1, heads)),
                       "t": (t, (col.numel(), heads)), "t_loop": (t_loop, (num_loops, heads))},
-                  rowptr, col, num_loops, dropout, seed)
+                  rowptr, col, num_loops, dropout, seed, float32_scores=True)
     impl = implementation(backend)
     return impl.gat_forward(h, s, d, t, t_loop, rowptr, col, num_loops, negative_slope,
                             dropout, seed)
@@ -56,10 +58,12 @@ def _value_shape(name: str, h: Tensor) -> Tuple[int, int, int]:
     return tuple(h.shape)
 
 
-def _check_inputs(name, h, tensors, rowptr, col, num_loops, dropout, seed) -> None:
+def _check_inputs(name, h, tensors, rowptr, col, num_loops, dropout, seed,
+                  float32_scores=False) -> None:
     """Shapes, dtypes and devices of the contract (metadata only: no pass over the data):
     `h` the values (named `name`), `tensors` maps each other float input's name to
-    (tensor or None, its expected shape)."""
+    (tensor or None, its expected shape). With `float32_scores` (GAT's s, d, t, t_loop) those
+    may instead all be float32 when h is bfloat16 / float16."""
     # Kernels index rows as dense (row, head, channel) offsets: a strided view would be read
     # as if it were contiguous. The caller copies (the layers do); the op never does silently.
     named = {name: h, **{k: x for k, (x, _) in tensors.items()}, "rowptr": rowptr, "col": col}
@@ -67,11 +71,18 @@ def _check_inputs(name, h, tensors, rowptr, col, num_loops, dropout, seed) -> No
         if x is not None and not x.is_contiguous():
             raise ValueError(f"{key} must be contiguous, got strides {x.stride()} for shape "
                              f"{tuple(x.shape)}")
+    dtype = h.dtype
+    if float32_scores:
+        dtype = next(iter(tensors.values()))[0].dtype
+        if dtype != h.dtype and not (dtype == torch.float32 and h.dtype in _HALF):
+            raise ValueError(f"the scores must be {h.dtype}"
+                             f"{' or float32' if h.dtype in _HALF else ''} for {h.dtype} "
+                             f"{name}, got {dtype}")
     for name, (x, shape) in tensors.items():
         if x is None:
             continue
-        if tuple(x.shape) != shape or x.dtype != h.dtype or x.device != h.device:
-            raise ValueError(f"{name} must be a {h.dtype} tensor of shape {shape} on "
+        if tuple(x.shape) != shape or x.dtype != dtype or x.device != h.device:
+            raise ValueError(f"{name} must be a {dtype} tensor of shape {shape} on "
                              f"{h.device}, got {x.dtype} {tuple(x.shape)} on {x.device}")
     if rowptr.dtype not in (torch.int32, torch.int64) or col.dtype != rowptr.dtype:
         raise ValueError(f"rowptr and col must share an int32 or int64 dtype, got "
@@ -80,6 +91,9 @@ def _check_inputs(name, h, tensors, rowptr, col, num_loops, dropout, seed) -> No
         raise ValueError(f"num_loops={num_loops} must lie in [0, min(N_src, N_dst)]")
     if dropout > 0.0 and (seed is None or seed.numel() != 1 or seed.dtype != torch.int64):
         raise ValueError("dropout > 0 needs a 1-element int64 seed tensor")
+
+
+_HALF = (torch.bfloat16, torch.float16)  # h dtypes that may take float32 scores
 
 
 def _fake_outputs(h: Tensor, rowptr: Tensor) -> Tuple[Tensor, Tensor]:

@@ -22,7 +22,7 @@ from cuda_targets import (Target, assert_backward_repeats, assert_int64_indices_
 from fastgat.backends import unavailable_reason
 from graphs import KINDS
 from helpers import assert_close
-from test_op import reference, reference_grads
+from test_op import check_float32_scores, float32_score_inputs, reference, reference_grads
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
@@ -95,6 +95,18 @@ def test_channel_widths_against_reference(target, channels, dtype):
     graph = graph_of(target, "hub", channels)
     inputs = make_inputs(target, graph, channels, heads=2, channels=channels, dtype=dtype)
     check_against_reference(target, inputs, graph, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kind", ["hub", "self_loops"])
+def test_float32_scores_beside_half_h(target, dtype, kind):
+    """float32 s, d, t, t_loop beside 16-bit h read as float32, and their gradients written
+    as float32 (dead slots' dt included)."""
+    inputs, graph = float32_score_inputs(kind, 11, target.device, dtype)
+    check_float32_scores(
+        lambda x: forward(target, x, graph),
+        lambda dout, out, lse, x: backward(target, dout, out, lse, x, graph), inputs, graph,
+        dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

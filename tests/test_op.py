@@ -136,6 +136,75 @@ def test_gradgradcheck_float64(backend, device):
         assert torch.autograd.gradgradcheck(fn, leaves, atol=1e-8, rtol=1e-6, fast_mode=True)
 
 
+def float32_score_inputs(kind, seed, device, dtype):
+    """h of the 16-bit `dtype` beside float32 scores that carry bits `dtype` cannot hold (as
+    autocast gives FastGATConv, docs/design.md §4)."""
+    (h, *_), graph = make_inputs(kind, seed, device, dtype=dtype)
+    (_, *scores), _ = make_inputs(kind, seed, device, dtype=torch.float32)
+    return (h, *scores), graph
+
+
+def check_float32_scores(forward, backward, inputs, graph, dtype):
+    """forward(inputs) -> (out, lse) and backward(dout, out, lse, inputs) -> one gradient per
+    given input, against the float64 reference: out and dh within `dtype`'s bound; lse and the
+    score gradients, float32 like the scores, within float32's, which a kernel that rounded
+    the scores to `dtype` would miss by orders of magnitude. The reference backward reads the
+    out this implementation stored: at float32's bound the score gradients (dd cancels) see
+    how out was narrowed, and Triton's CPU interpreter narrows to bfloat16 by truncation."""
+    out, lse = forward(inputs)
+    ref_out, ref_lse = reference(inputs, graph)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    assert_close(out, ref_out, dtype)
+    live = ~torch.isinf(ref_lse)
+    assert_close(lse.cpu()[live], ref_lse[live], torch.float32)
+    dout = torch.randn(out.shape, dtype=torch.float64).to(dtype)
+    got = backward(dout.to(out.device), out, lse, inputs)
+    want = reference_grads(dout, out.cpu(), ref_lse, inputs, graph, dtype)
+    assert_close(got[0], want[0], dtype)
+    for g_got, g_want in zip(got[1:], want[1:]):
+        assert g_got.dtype == torch.float32
+        assert_close(g_got, g_want, torch.float32)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS + GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_float32_scores_beside_half_h(backend, device, dtype):
+    if unavailable_reason(backend, device):
+        pytest.skip(unavailable_reason(backend, device))
+    inputs, graph = float32_score_inputs("hub", 11, device, dtype)
+
+    def backward(dout, out, lse, inputs):
+        return grads(lambda x: run_op(x, graph, backend), inputs, dout)
+    check_float32_scores(lambda x: run_op(x, graph, backend), backward, inputs, graph, dtype)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_opcheck_float32_scores_beside_bfloat16_h(backend, device):
+    (h, *scores), graph = float32_score_inputs("duplicates", 5, device, torch.bfloat16)
+    leaves = [x.detach().clone().requires_grad_() for x in (h, *scores)]
+    args = (*leaves, *graph.op_args(), graph.num_loops, 0.2, 0.0, None, backend)
+    torch.library.opcheck(attention_op, args)
+
+
+@pytest.mark.parametrize("h_dtype,score_dtype", [(torch.float32, torch.float64),
+                                                 (torch.float64, torch.float32),
+                                                 (torch.bfloat16, torch.float16)], ids=str)
+def test_scores_of_another_dtype_are_rejected(h_dtype, score_dtype):
+    (h, *scores), graph = make_inputs("duplicates", 5, "cpu", dtype=h_dtype)
+    scores = [x.to(score_dtype) for x in scores]
+    with pytest.raises(ValueError, match="scores must be"):
+        run_op((h, *scores), graph, "torch")
+
+
+@pytest.mark.parametrize("name", ["d", "t", "t_loop"])
+def test_scores_share_one_dtype(name):
+    (h, *scores), graph = float32_score_inputs("duplicates", 5, "cpu", torch.bfloat16)
+    index = ["s", "d", "t", "t_loop"].index(name)
+    scores[index] = scores[index].to(torch.bfloat16)
+    with pytest.raises(ValueError, match=f"{name} must be a torch.float32 tensor"):
+        run_op((h, *scores), graph, "torch")
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_opcheck(backend, device):
     inputs, graph = make_inputs("duplicates", 5, device, dtype=torch.float32)

@@ -89,6 +89,17 @@ inline void check_values_and_graph(const at::Tensor& h, const char* h_name,
   check_dropout(dropout, seed, h);
 }
 
+// GAT's scores s, d, t, t_loop share one dtype: h's, or float32 beside bfloat16 / float16 h
+// (fastgat/ops.py, docs/design.md §4).
+inline bool half_values(at::ScalarType h) { return h == at::kBFloat16 || h == at::kHalf; }
+
+inline void check_score_dtype(const at::Tensor& s, const at::Tensor& h) {
+  TORCH_CHECK(s.scalar_type() == h.scalar_type() ||
+                  (s.scalar_type() == at::kFloat && half_values(h.scalar_type())),
+              "fastgat: s has dtype ", s.scalar_type(), " but h has ", h.scalar_type(),
+              " (the scores take h's dtype, or float32 beside bfloat16 / float16 h)");
+}
+
 // GAT: h (N_src, H, C); s (N_src, H); d (N_dst, H); t (E, H)?; t_loop (num_loops, H)?; the graph.
 inline void check_forward_inputs(const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
                                  const c10::optional<at::Tensor>& t,
@@ -99,10 +110,11 @@ inline void check_forward_inputs(const at::Tensor& h, const at::Tensor& s, const
   check_values_and_graph(h, "h", rowptr, col, num_loops, dropout, seed);
   const int64_t num_src = h.size(0), heads = h.size(1);
   const int64_t num_dst = rowptr.numel() - 1, num_slots = col.numel();
-  check_float(s, "s", h, {num_src, heads});
-  check_float(d, "d", h, {num_dst, heads});
-  if (t.has_value()) check_float(*t, "t", h, {num_slots, heads});
-  if (t_loop.has_value()) check_float(*t_loop, "t_loop", h, {num_loops, heads});
+  check_score_dtype(s, h);
+  check_tensor(s, "s", h, {num_src, heads});
+  check_float(d, "d", s, {num_dst, heads}, "s");
+  if (t.has_value()) check_float(*t, "t", s, {num_slots, heads}, "s");
+  if (t_loop.has_value()) check_float(*t_loop, "t_loop", s, {num_loops, heads}, "s");
 }
 
 // GATv2: xl (N_src, H, C); xr (N_dst, H, C); att (H, C); e (E, H, C)?;

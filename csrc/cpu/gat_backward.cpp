@@ -19,7 +19,8 @@ namespace {
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // vector lambdas, always inlined
-template <typename scalar_t, typename index_t>
+// Gradients of the scores (ds, dd, dt, dt_loop) are score_t: h's dtype or float32.
+template <typename scalar_t, typename score_t, typename index_t>
 struct Backward {
   using acc = acc_t<scalar_t>;
   const scalar_t* dout;
@@ -30,16 +31,16 @@ struct Backward {
   const index_t* colptr;
   const index_t* csc_row;
   const index_t* csc_eid;
-  Scores<scalar_t> sc;
+  Scores<score_t> sc;
   int64_t num_loops, channels;
   acc* D;             // (N_dst, H)
   acc* dz;            // (E, H) by CSR slot: dt itself or scratch
   acc* dz_loop;       // (num_loops, H): dt_loop itself or scratch
-  scalar_t* dt;       // dt to fill from the scratch dz (reduced precision), or nullptr
-  scalar_t* dt_loop;  // likewise for dt_loop
-  scalar_t* dd;
+  score_t* dt;       // dt to fill from the scratch dz (reduced precision), or nullptr
+  score_t* dt_loop;  // likewise for dt_loop
+  score_t* dd;
   scalar_t* dh;
-  scalar_t* ds;
+  score_t* ds;
 
   FASTGAT_CLONES void row_dots(int64_t begin, int64_t end) const {
     cpu::row_dots(dout, out, D, sc.heads, channels, begin, end);
@@ -69,7 +70,7 @@ struct Backward {
           prefetch(dout + ahead * HC, HC * sizeof(scalar_t));
           prefetch(lse + ahead * H, H * sizeof(acc));
           prefetch(D + ahead * H, H * sizeof(acc));
-          prefetch(sc.d + ahead * H, H * sizeof(scalar_t));
+          prefetch(sc.d + ahead * H, H * sizeof(score_t));
         }
         sc.dropout.keep_heads(slot, keep.data());
         for (int64_t hd = 0; hd < H; ++hd) {
@@ -137,7 +138,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
   }
   // dz lives in dt / dt_loop when they hold the accumulation dtype (lse's), else in scratch:
   // dd sums it, and a reduced-precision dz would lose dd, a sum that nearly cancels (§2).
-  const bool in_place = h.scalar_type() == lse.scalar_type();
+  const bool in_place = s.scalar_type() == lse.scalar_type();
   const bool dz_in_dt = t.has_value() && in_place;
   const bool dz_in_dt_loop = t_loop.has_value() && in_place;
   at::Tensor dz = dz_in_dt ? dt : at::empty({num_slots, heads}, lse.options());
@@ -145,34 +146,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
   at::Tensor D = at::empty({num_dst, heads}, lse.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "fastgat_backward",
                                   [&] {
-    AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_backward", [&] {
-      using acc = acc_t<scalar_t>;
-      Backward<scalar_t, index_t> bw{
-          dout.const_data_ptr<scalar_t>(),
-          out.const_data_ptr<scalar_t>(),
-          lse.const_data_ptr<acc>(),
-          h.const_data_ptr<scalar_t>(),
-          rowptr.const_data_ptr<index_t>(),
-          colptr.const_data_ptr<index_t>(),
-          csc_row.const_data_ptr<index_t>(),
-          csc_eid.const_data_ptr<index_t>(),
-          Scores<scalar_t>(s, d, t, t_loop, num_slots, negative_slope, dropout, seed),
-          num_loops,
-          h.size(2),
-          D.mutable_data_ptr<acc>(),
-          dz.mutable_data_ptr<acc>(),
-          dz_loop.mutable_data_ptr<acc>(),
-          t.has_value() && !dz_in_dt ? dt.mutable_data_ptr<scalar_t>() : nullptr,
-          t_loop.has_value() && !dz_in_dt_loop ? dt_loop.mutable_data_ptr<scalar_t>() : nullptr,
-          dd.mutable_data_ptr<scalar_t>(),
-          dh.mutable_data_ptr<scalar_t>(),
-          ds.mutable_data_ptr<scalar_t>()};
-      at::parallel_for(0, num_dst, 256, [&](int64_t b, int64_t e) { bw.row_dots(b, e); });
-      const int64_t row_width = heads * h.size(2);  // a source row moves H x C per edge
-      parallel_rows(bw.colptr, num_src, [&](int64_t b, int64_t e) { bw.sources(b, e); },
-                    row_width);
-      parallel_rows(bw.rowptr, num_dst, [&](int64_t b, int64_t e) { bw.destinations(b, e); },
-                    heads);
+    dispatch_scores<scalar_t>(s, [&](auto score) {
+      using score_t = decltype(score);
+      AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_backward", [&] {
+        using acc = acc_t<scalar_t>;
+        Backward<scalar_t, score_t, index_t> bw{
+            dout.const_data_ptr<scalar_t>(),
+            out.const_data_ptr<scalar_t>(),
+            lse.const_data_ptr<acc>(),
+            h.const_data_ptr<scalar_t>(),
+            rowptr.const_data_ptr<index_t>(),
+            colptr.const_data_ptr<index_t>(),
+            csc_row.const_data_ptr<index_t>(),
+            csc_eid.const_data_ptr<index_t>(),
+            Scores<score_t>(s, d, t, t_loop, num_slots, negative_slope, dropout, seed),
+            num_loops,
+            h.size(2),
+            D.mutable_data_ptr<acc>(),
+            dz.mutable_data_ptr<acc>(),
+            dz_loop.mutable_data_ptr<acc>(),
+            t.has_value() && !dz_in_dt ? dt.mutable_data_ptr<score_t>() : nullptr,
+            t_loop.has_value() && !dz_in_dt_loop ? dt_loop.mutable_data_ptr<score_t>() : nullptr,
+            dd.mutable_data_ptr<score_t>(),
+            dh.mutable_data_ptr<scalar_t>(),
+            ds.mutable_data_ptr<score_t>()};
+        at::parallel_for(0, num_dst, 256, [&](int64_t b, int64_t e) { bw.row_dots(b, e); });
+        const int64_t row_width = heads * h.size(2);  // a source row moves H x C per edge
+        parallel_rows(bw.colptr, num_src, [&](int64_t b, int64_t e) { bw.sources(b, e); },
+                      row_width);
+        parallel_rows(bw.rowptr, num_dst, [&](int64_t b, int64_t e) { bw.destinations(b, e); },
+                      heads);
+      });
     });
   });
   return {dh, ds, dd, dt, dt_loop};

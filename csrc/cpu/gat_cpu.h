@@ -275,9 +275,21 @@ struct EdgeDropout {
 #pragma GCC diagnostic pop
 };
 
+// Runs fn(score_t{}) for GAT's score dtype beside h of scalar_t: scalar_t itself, or float
+// beside bfloat16 / float16 h (the op contract, docs/design.md §4). The extra float instance
+// exists only for the two 16-bit h types.
+template <typename scalar_t, typename Fn>
+void dispatch_scores(const at::Tensor& s, Fn&& fn) {
+  if constexpr (std::is_same_v<scalar_t, at::BFloat16> || std::is_same_v<scalar_t, at::Half>) {
+    if (s.scalar_type() == at::kFloat) return fn(float{});
+  }
+  fn(scalar_t{});
+}
+
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // vectors passed to always-inlined helpers only
-// Everything GAT's edge score z = s[j] + d[i] + t and its dropout draw need.
+// Everything GAT's edge score z = s[j] + d[i] + t and its dropout draw need, read from scores
+// of scalar_t (h's dtype or float32) into the accumulation type.
 template <typename scalar_t>
 struct Scores {
   using acc = acc_t<scalar_t>;

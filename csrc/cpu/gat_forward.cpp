@@ -10,12 +10,13 @@ namespace {
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // logit<V> returns vectors to inlined callers only
-// GAT's rule for the row skeleton: the score LeakyReLU(s_j + d_i + t), the value h_j.
-template <typename scalar_t_>
+// GAT's rule for the row skeleton: the score LeakyReLU(s_j + d_i + t), the value h_j; the
+// scores are score_t (h's dtype or float32).
+template <typename scalar_t_, typename score_t>
 struct GatRule {
   using scalar_t = scalar_t_;
   using acc = acc_t<scalar_t>;
-  Scores<scalar_t> sc;
+  Scores<score_t> sc;
   const scalar_t* h;
   int64_t heads, channels, num_slots;
 
@@ -28,7 +29,7 @@ struct GatRule {
     axpy(part, w, h + (j * heads + hd) * channels, channels);
   }
   [[gnu::always_inline]] void prefetch(int64_t j) const {
-    fastgat::cpu::prefetch(sc.s + j * heads, heads * sizeof(scalar_t));
+    fastgat::cpu::prefetch(sc.s + j * heads, heads * sizeof(score_t));
     fastgat::cpu::prefetch(h + j * heads * channels, heads * channels * sizeof(scalar_t));
   }
 };
@@ -43,10 +44,13 @@ std::tuple<at::Tensor, at::Tensor> fused_forward(
   std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "fastgat_forward",
                                   [&] {
-    const GatRule<scalar_t> rule{
-        Scores<scalar_t>(s, d, t, t_loop, col.numel(), negative_slope, dropout, seed),
-        h.const_data_ptr<scalar_t>(), h.size(1), h.size(2), col.numel()};
-    result = attention_forward(rule, h, rowptr, col, num_loops);
+    dispatch_scores<scalar_t>(s, [&](auto score) {
+      using score_t = decltype(score);
+      const GatRule<scalar_t, score_t> rule{
+          Scores<score_t>(s, d, t, t_loop, col.numel(), negative_slope, dropout, seed),
+          h.const_data_ptr<scalar_t>(), h.size(1), h.size(2), col.numel()};
+      result = attention_forward(rule, h, rowptr, col, num_loops);
+    });
   });
   return result;
 }

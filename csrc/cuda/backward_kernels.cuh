@@ -31,10 +31,10 @@ struct BackwardArgs {
   const T* out;
   const A* lse;
   const T* h;
-  const T* s;
-  const T* d;
-  const T* t;       // nullptr without edge scores
-  const T* t_loop;  // nullptr without loop scores
+  ScoreArray<const T> s;
+  ScoreArray<const T> d;
+  ScoreArray<const T> t;       // absent without edge scores
+  ScoreArray<const T> t_loop;  // absent without loop scores
   const Index* rowptr;
   const Index* col;
   const Index* colptr;
@@ -48,10 +48,10 @@ struct BackwardArgs {
   const int64_t* chunk_ptr;  // (N_src + 1) first chunk of each column; nullptr: nothing splits
   int64_t split_len;
   T* dh;
-  T* ds;
-  T* dd;
-  T* dt;       // nullptr without edge scores
-  T* dt_loop;  // nullptr without loop scores
+  ScoreArray<T> ds;
+  ScoreArray<T> dd;
+  ScoreArray<T> dt;       // absent without edge scores
+  ScoreArray<T> dt_loop;  // absent without loop scores
   int64_t num_src, num_dst, num_slots, num_loops, channels, tiles;
   int heads, group_size;
   A slope;
@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(kBlock) row_sum_kernel(const BackwardArgs<T, I
   for (int64_t k = a.rowptr[i] + g.lane; k < row_end; k += g.size) dd += a.dz[k * heads + head];
   if (g.lane == 0 && i < a.num_loops) dd += a.dz_loop[row_head];
   dd = g.sum(dd);
-  if (g.lane == 0) a.dd[row_head] = static_cast<T>(dd);
+  if (g.lane == 0) a.dd.store(row_head, dd);
 }
 
 // One work item of the CSC pass: out-edges [begin, end) of source j for one head and channel
@@ -117,7 +117,7 @@ __device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const 
   load<ALIGNED>(h_j, c0, channels, h_first);
   const int64_t col_begin = a.colptr[j];
   const int64_t degree = static_cast<int64_t>(a.colptr[j + 1]) - col_begin;
-  const A s_j = static_cast<A>(a.s[col_head]);
+  const A s_j = a.s[col_head];
   const uint64_t seed = a.dropout.seed_value();
   A dh[VEC], ds = A(0);
 #pragma unroll
@@ -132,15 +132,15 @@ __device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const 
     if (valid && q < degree) {
       i = a.csc_row[col_begin + q];
       slot = a.csc_eid[col_begin + q];
-      if (a.t != nullptr) t_q = static_cast<A>(a.t[slot * heads + head]);
+      if (a.t.present()) t_q = a.t[slot * heads + head];
     } else if (valid) {
       i = static_cast<Index>(j);
       slot = a.num_slots + j;
-      if (a.t_loop != nullptr) t_q = static_cast<A>(a.t_loop[col_head]);
+      if (a.t_loop.present()) t_q = a.t_loop[col_head];
     }
     if (valid) {
       const int64_t row_head = static_cast<int64_t>(i) * heads + head;
-      z = s_j + static_cast<A>(a.d[row_head]) + t_q;
+      z = s_j + a.d[row_head] + t_q;
       alpha = weight_of(leaky_relu(z, a.slope), a.lse[row_head]);
       keep = a.dropout.template keep<A>(seed, slot, heads, head);
       D = a.D[row_head];
@@ -176,17 +176,17 @@ __device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const 
     if (valid && tile == 0) {  // one writer per entry: lane k holds entry base + k
       if (q < degree) {
         a.dz[slot * heads + head] = dz;
-        if (a.dt != nullptr) a.dt[slot * heads + head] = static_cast<T>(dz);
+        if (a.dt.present()) a.dt.store(slot * heads + head, dz);
       } else {
         a.dz_loop[col_head] = dz;
-        if (a.dt_loop != nullptr) a.dt_loop[col_head] = static_cast<T>(dz);
+        if (a.dt_loop.present()) a.dt_loop.store(col_head, dz);
       }
     }
     ds += g.sum(dz);
   }
   if (chunk < 0) {
     store<ALIGNED>(a.dh + col_head * channels, c_own, channels, dh, A(1));
-    if (tile == 0 && g.lane == 0) a.ds[col_head] = static_cast<T>(ds);
+    if (tile == 0 && g.lane == 0) a.ds.store(col_head, ds);
   } else {
     store<false>(a.part_dh + (chunk * heads + head) * channels, c_own, channels, dh, A(1));
     if (tile == 0 && g.lane == 0) a.part_ds[chunk * heads + head] = ds;
@@ -248,7 +248,7 @@ __global__ void csc_merge_kernel(const BackwardArgs<T, Index> a) {
     }
     const int64_t col_head = j * heads + head;
     if (c < channels) a.dh[col_head * channels + c] = static_cast<T>(dh);
-    if (c == 0) a.ds[col_head] = static_cast<T>(ds);
+    if (c == 0) a.ds.store(col_head, ds);
   }
 }
 

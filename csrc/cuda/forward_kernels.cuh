@@ -96,10 +96,10 @@ template <typename T_>
 struct GatRule : SourceValue<T_> {
   using T = T_;
   using A = at::opmath_type<T>;
-  const T* s;
-  const T* d;
-  const T* t;       // nullptr without edge scores
-  const T* t_loop;  // nullptr without loop scores
+  ScoreArray<const T> s;
+  ScoreArray<const T> d;
+  ScoreArray<const T> t;       // absent without edge scores
+  ScoreArray<const T> t_loop;  // absent without loop scores
   A slope;
 
   struct Row {
@@ -110,19 +110,18 @@ struct GatRule : SourceValue<T_> {
   };
   template <bool ALIGNED>
   __device__ __forceinline__ Row row(const Item& it) const {
-    return {static_cast<A>(d[it.i * it.heads + it.head])};
+    return {d[it.i * it.heads + it.head]};
   }
   __device__ __forceinline__ Entry entry(const Item& it, int64_t slot, bool loop) const {
     if (loop) {
-      return {t_loop != nullptr ? static_cast<A>(t_loop[it.i * it.heads + it.head]) : A(0)};
+      return {t_loop.present() ? t_loop[it.i * it.heads + it.head] : A(0)};
     }
-    return {t != nullptr ? static_cast<A>(t[slot * it.heads + it.head]) : A(0)};
+    return {t.present() ? t[slot * it.heads + it.head] : A(0)};
   }
   template <bool ALIGNED, typename Index>
   __device__ __forceinline__ A logit(const Group&, const Item& it, const Row& r, Index j, int64_t,
                                      const Entry& en, bool valid, int) const {
-    return valid ? leaky_relu(static_cast<A>(s[static_cast<int64_t>(j) * it.heads + it.head]) +
-                                  r.d_i + en.t,
+    return valid ? leaky_relu(s[static_cast<int64_t>(j) * it.heads + it.head] + r.d_i + en.t,
                               slope)
                  : minus_infinity<A>();
   }

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "../common/philox.h"
 
@@ -209,6 +210,40 @@ struct Dropout {
 
   __device__ __forceinline__ uint64_t seed_value() const {
     return enabled ? static_cast<uint64_t>(*seed) : 0;
+  }
+};
+
+// GAT's scores s, d, t, t_loop (Elem = const T) and their gradients (Elem = T): T, or float
+// beside bfloat16 / float16 T (the op contract, docs/design.md §4), read and written in A.
+// Which one is a field, uniform over a launch, not a template parameter: the kernels are
+// compiled once per T whatever the score dtype.
+template <typename Elem, typename Wide = std::conditional_t<std::is_const_v<Elem>, const float,
+                                                              float>>
+struct ScoreArray {
+  using T = std::remove_const_t<Elem>;
+  using A = at::opmath_type<T>;
+  static constexpr bool kMayWiden = std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>;
+  Elem* narrow;  // scores of T, or nullptr
+  Wide* wide;    // float scores beside 16-bit T, or nullptr
+
+  __host__ __device__ bool present() const {
+    if constexpr (kMayWiden) return narrow != nullptr || wide != nullptr;
+    return narrow != nullptr;
+  }
+  __device__ __forceinline__ A operator[](int64_t k) const {
+    if constexpr (kMayWiden) {
+      if (wide != nullptr) return wide[k];
+    }
+    return static_cast<A>(narrow[k]);
+  }
+  __device__ __forceinline__ void store(int64_t k, A v) const {
+    if constexpr (kMayWiden) {
+      if (wide != nullptr) {
+        wide[k] = v;
+        return;
+      }
+    }
+    narrow[k] = static_cast<T>(v);
   }
 };
 

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 
 #include "../common/checks.h"
 #include "backward_kernels.cuh"
@@ -59,6 +60,23 @@ struct SplitPlan {
 };
 
 inline bool is_aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// GAT's score input or gradient `x` (absent when not given) as a ScoreArray of T: T's, or
+// float beside bfloat16 / float16 T.
+template <typename Elem>
+ScoreArray<Elem> score_array(const c10::optional<at::Tensor>& x) {
+  using T = std::remove_const_t<Elem>;
+  ScoreArray<Elem> array{nullptr, nullptr};
+  if (!x.has_value()) return array;
+  if constexpr (ScoreArray<Elem>::kMayWiden) {
+    if (x->scalar_type() == at::kFloat) {
+      array.wide = x->data_ptr<float>();
+      return array;
+    }
+  }
+  array.narrow = x->data_ptr<T>();
+  return array;
+}
 
 inline Dropout make_dropout(double dropout, const c10::optional<at::Tensor>& seed) {
   return Dropout{dropout > 0.0 ? seed->data_ptr<int64_t>() : nullptr,
@@ -166,10 +184,10 @@ std::tuple<at::Tensor, at::Tensor> fused_forward(
     using A = at::opmath_type<T>;
     GatRule<T> rule{};
     rule.values = h.data_ptr<T>();
-    rule.s = s.data_ptr<T>();
-    rule.d = d.data_ptr<T>();
-    rule.t = t.has_value() ? t->data_ptr<T>() : nullptr;
-    rule.t_loop = t_loop.has_value() ? t_loop->data_ptr<T>() : nullptr;
+    rule.s = score_array<const T>(s);
+    rule.d = score_array<const T>(d);
+    rule.t = score_array<const T>(t);
+    rule.t_loop = score_array<const T>(t_loop);
     rule.slope = static_cast<A>(negative_slope);
     launch_forward<decltype(index)>(device, rule, is_aligned_16(rule.values), rowptr, col,
                                     num_loops, dropout, seed, out, lse);
@@ -195,10 +213,10 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
   a.out = out.data_ptr<T>();
   a.lse = lse.data_ptr<A>();
   a.h = h.data_ptr<T>();
-  a.s = s.data_ptr<T>();
-  a.d = d.data_ptr<T>();
-  a.t = t.has_value() ? t->data_ptr<T>() : nullptr;
-  a.t_loop = t_loop.has_value() ? t_loop->data_ptr<T>() : nullptr;
+  a.s = score_array<const T>(s);
+  a.d = score_array<const T>(d);
+  a.t = score_array<const T>(t);
+  a.t_loop = score_array<const T>(t_loop);
   a.rowptr = rowptr.data_ptr<Index>();
   a.col = col.data_ptr<Index>();
   a.colptr = colptr.data_ptr<Index>();
@@ -208,10 +226,11 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
   a.dz = dz.data_ptr<A>();
   a.dz_loop = dz_loop.data_ptr<A>();
   a.dh = dh.data_ptr<T>();
-  a.ds = ds.data_ptr<T>();
-  a.dd = dd.data_ptr<T>();
-  a.dt = t.has_value() ? dt.data_ptr<T>() : nullptr;
-  a.dt_loop = t_loop.has_value() ? dt_loop.data_ptr<T>() : nullptr;
+  a.ds = score_array<T>(ds);
+  a.dd = score_array<T>(dd);
+  a.dt = score_array<T>(t.has_value() ? c10::optional<at::Tensor>(dt) : c10::nullopt);
+  a.dt_loop = score_array<T>(t_loop.has_value() ? c10::optional<at::Tensor>(dt_loop)
+                                                : c10::nullopt);
   a.num_src = h.size(0);
   a.num_dst = d.size(0);
   a.num_slots = col.numel();
@@ -230,10 +249,13 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
     device.launch(aligned ? dot_kernel<true, T, Index> : dot_kernel<false, T, Index>,
                   blocks_for(a.num_dst * a.heads, per_block), kBlock, a);
   }
-  if (a.dt != nullptr && a.num_slots > 0) {
-    device.launch(zero_dead_slots_kernel<T, Index>,
-                  std::min<int64_t>(blocks_for(a.num_slots * a.heads, kBlock), 1024), kBlock,
-                  a.rowptr, a.num_dst, a.num_slots, a.heads, a.dt);
+  if (a.dt.present() && a.num_slots > 0) {
+    const auto zero_dead_slots = [&](auto* dt) {  // dt of T or float: both kernels exist
+      device.launch(zero_dead_slots_kernel<std::remove_pointer_t<decltype(dt)>, Index>,
+                    std::min<int64_t>(blocks_for(a.num_slots * a.heads, kBlock), 1024), kBlock,
+                    a.rowptr, a.num_dst, a.num_slots, a.heads, dt);
+    };
+    a.dt.wide != nullptr ? zero_dead_slots(a.dt.wide) : zero_dead_slots(a.dt.narrow);
   }
   if (a.num_src > 0) {  // CSC pass: dz per slot (dt, dt_loop), ds, dh; long columns split
     const int64_t sms = device.sms();
@@ -282,9 +304,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
   at::Tensor dh = device.empty(h.sizes(), h.options());
   at::Tensor ds = device.empty(s.sizes(), s.options());
   at::Tensor dd = device.empty(d.sizes(), d.options());
-  at::Tensor dt = device.empty(t.has_value() ? t->sizes() : at::IntArrayRef{0}, h.options());
-  at::Tensor dt_loop =
-      device.empty(t_loop.has_value() ? t_loop->sizes() : at::IntArrayRef{0}, h.options());
+  // The score gradients take the scores' dtype (h's, or float32 beside 16-bit h).
+  at::Tensor dt = device.empty(t.has_value() ? t->sizes() : at::IntArrayRef{0},
+                               t.has_value() ? t->options() : h.options());
+  at::Tensor dt_loop = device.empty(t_loop.has_value() ? t_loop->sizes() : at::IntArrayRef{0},
+                                    t_loop.has_value() ? t_loop->options() : h.options());
   if (h.size(1) == 0) return {dh, ds, dd, dt, dt_loop};
   dispatch_types(h, rowptr, [&](auto type, auto index) {
     launch_backward<decltype(type), decltype(index)>(

@@ -231,7 +231,7 @@ def gat_backward(
     dt_loop = torch.empty_like(t_loop) if t_loop is not None else h.new_empty(0)
     # dz is stored in dt / dt_loop when they hold the accumulation dtype, else in scratch: dd
     # sums it, and that sum nearly cancels, so it is never rounded to bfloat16 / float16 first.
-    in_place = h.dtype == acc
+    in_place = s.dtype == acc
     dz = dt if t is not None and in_place else h.new_empty(num_slots, heads, dtype=acc)
     dz_loop = (dt_loop if t_loop is not None and in_place
                else h.new_empty(num_loops, heads, dtype=acc))
