@@ -34,3 +34,12 @@ def pytest_collection_modifyitems(config, items):
         if params is not None and any(isinstance(v, str) and v == "triton"
                                       for v in params.params.values()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Each compile test starts from an empty Dynamo cache: every test compiles the same
+    forward again, and the recompile limit counts across tests."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

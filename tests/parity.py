@@ -1,12 +1,7 @@
 """Parity with a PyG layer: the same weights, features and upstream gradient through both, and
-every output, attention weight and gradient compared (tests/test_conv.py,
-tests/test_gatv2_conv.py, tests/test_transformer_conv.py)."""
-import copy
-
-import pytest
+every output, attention weight and gradient compared (tests/test_layer_family.py, the layers'
+own test files and tests/test_triton_family.py)."""
 import torch
-
-from graphs import random_graph
 
 IN_CHANNELS, OUT_CHANNELS = 6, 4
 
@@ -52,33 +47,3 @@ def assert_parity(pyg, fast, x, edge_index, edge_attr, tol=1e-10, **kwargs):
         assert (got[4][name] is None) == (want[4][name] is None), name
         if want[4][name] is not None:
             close(got[4][name], want[4][name])
-
-
-def assert_sparse_tensor_parity(pair):
-    """A torch_sparse SparseTensor adj_t gives PyG's output and attention weights; `pair(config)`
-    makes the (PyG, fastgat) layers."""
-    torch_sparse = pytest.importorskip("torch_sparse", reason="torch_sparse is not installed "
-                                       "(no wheel for this torch): SparseTensor is untestable")
-    src, dst, num_nodes, _ = random_graph("random", 13)
-    adj = torch_sparse.SparseTensor(row=dst, col=src, sparse_sizes=(num_nodes, num_nodes))
-    pyg, fast = pair(dict(heads=2))
-    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
-    want, got = pyg(x, adj, return_attention_weights=True), fast(x, adj,
-                                                                return_attention_weights=True)
-    torch.testing.assert_close(got[0], want[0])
-    torch.testing.assert_close(got[1].storage.value(), want[1].storage.value())
-
-
-def assert_compiled_matches_eager(conv, x, edge_index, edge_attr, dynamic):
-    """torch.compile(fullgraph=True) of the layer gives eager's output and input gradient, on
-    the graph and on one twice its size (a recompile, or the dynamic graph reused)."""
-    compiled = torch.compile(copy.deepcopy(conv), fullgraph=True, dynamic=dynamic)
-    for scale in (1, 2):
-        ei, ea = edge_index.repeat(1, scale), edge_attr.repeat(scale, 1)
-        want = run(conv, x, ei, ea)
-        xg = x.clone().requires_grad_()
-        out = compiled(xg, ei, ea)
-        torch.testing.assert_close(out, want[0])
-        dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-        (out * dout).sum().backward()
-        torch.testing.assert_close(xg.grad, want[3][0])

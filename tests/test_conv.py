@@ -1,79 +1,21 @@
-"""FastGATConv against torch_geometric.nn.GATConv with copied weights, option by option."""
+"""FastGATConv against torch_geometric.nn.GATConv with copied weights: what only FastGATConv
+has (its graph cache, fallbacks, init, autocast). The checks all three layers share, parity over
+every option among them, are in test_layer_family.py."""
 import copy
-import zlib
 
 import pytest
 import torch
 from torch_geometric.nn import GATConv
-from torch_geometric.utils import to_torch_coo_tensor, to_torch_csr_tensor
 
 from fastgat import FastGATConv
 from graphs import KINDS, random_graph
-from helpers import backends, rel_error
-from parity import (IN_CHANNELS, OUT_CHANNELS, assert_compiled_matches_eager, assert_parity,
-                    assert_sparse_tensor_parity, features, make_pair, run)
+from helpers import rel_error
+from layer_families import GAT
+from parity import IN_CHANNELS, OUT_CHANNELS, assert_parity, features
 
-CPU_BACKENDS = backends()
-# The Triton interpreter runs ~9 ms per program: it gets the smaller grid (all of it on a GPU).
-SLOW = {"triton"} if not torch.cuda.is_available() else set()
-
-CONFIGS = [
-    dict(heads=1),
-    dict(heads=3, concat=False),
-    dict(heads=2, negative_slope=-0.7),  # PyG allows any slope: branch on z, not on the output
-    dict(heads=2, add_self_loops=False),
-    dict(heads=2, edge_dim=3),
-    dict(heads=2, edge_dim=3, fill_value="add"),
-    dict(heads=2, edge_dim=3, fill_value="max"),
-    dict(heads=2, edge_dim=3, fill_value="min"),
-    dict(heads=2, edge_dim=3, fill_value="mul"),
-    dict(heads=2, edge_dim=3, fill_value=0.5),
-    dict(heads=2, edge_dim=3, fill_value=torch.tensor([1.0, -2.0, 0.5])),
-    dict(heads=2, edge_dim=3, add_self_loops=False),
-    dict(heads=2, bias=False, residual=True),
-    dict(heads=2, concat=False, residual=True, edge_dim=3),
-]
-BIPARTITE_CONFIGS = [dict(heads=2), dict(heads=2, edge_dim=3, residual=True),
-                     dict(heads=2, add_self_loops=False, concat=False)]
-
-
-def pair(config, in_channels=IN_CHANNELS, backend="torch", dtype=torch.float64):
-    return make_pair(GATConv, FastGATConv, config, in_channels, OUT_CHANNELS, backend, dtype)
-
-
-def grid(backend):
-    cases = [(c, k) for c in CONFIGS for k in KINDS if k != "bipartite"]
-    cases += [(c, "bipartite") for c in BIPARTITE_CONFIGS]
-    if backend in SLOW:  # a third of the grid, still every option and every graph kind
-        cases = cases[::3]
-    return [pytest.param(backend, c, k, id=f"{backend}-{i}-{k}") for i, (c, k) in enumerate(cases)]
-
-
-@pytest.mark.parametrize("backend,config,kind", [p for b in CPU_BACKENDS for p in grid(b)])
-def test_parity_with_pyg(backend, config, kind):
-    seed = zlib.crc32(f"{config}-{kind}".encode()) % 1000  # a graph of its own per case
-    src, dst, num_src, num_dst = random_graph(kind, seed)
-    bipartite = kind == "bipartite"
-    in_channels = (IN_CHANNELS, IN_CHANNELS + 1) if bipartite else IN_CHANNELS
-    pyg, fast = pair(config, in_channels, backend)
-    x, edge_attr = features(3, num_src, num_dst, src.numel(), bipartite)
-    edge_index = torch.stack([src, dst])
-    if config.get("edge_dim") is None:
-        edge_attr = None
-    assert_parity(pyg, fast, x, edge_index, edge_attr)
-
-
-@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b not in SLOW])
-def test_parity_on_a_hub_with_1e5_in_edges(backend):
-    g = torch.Generator().manual_seed(4)
-    num_nodes, hub_degree = 300, 100_000
-    src = torch.cat([torch.randint(0, num_nodes, (hub_degree,), generator=g),
-                     torch.randint(0, num_nodes, (2000,), generator=g)])
-    dst = torch.cat([torch.zeros(hub_degree, dtype=torch.long),
-                     torch.randint(0, num_nodes, (2000,), generator=g)])
-    pyg, fast = pair(dict(heads=2, edge_dim=3), backend=backend)
-    x, edge_attr = features(5, num_nodes, num_nodes, src.numel(), False)
-    assert_parity(pyg, fast, x, torch.stack([src, dst]), edge_attr)
+CPU_BACKENDS = GAT.backends
+UNINTERPRETED_BACKENDS = GAT.uninterpreted_backends
+pair = GAT.pair
 
 
 def test_size_argument_and_missing_destination_features():
@@ -88,36 +30,6 @@ def test_size_argument_and_missing_destination_features():
         assert_parity(pyg, fast, x_pair, edge_index, None, size=size)
     want = pyg((x, None), edge_index, size=(num_src, 10))
     torch.testing.assert_close(fast((x, None), edge_index, size=(num_src, 10)), want)
-
-
-@pytest.mark.parametrize("layout", ["edge_index", "csr", "coo"])
-@pytest.mark.parametrize("config", [dict(heads=2), dict(heads=2, add_self_loops=False)])
-def test_input_forms_agree(layout, config):
-    src, dst, num_nodes, _ = random_graph("self_loops", 12)
-    keys = torch.unique(dst * num_nodes + src)  # sparse adjacencies hold no duplicates
-    src, dst = keys % num_nodes, keys // num_nodes
-    pyg, fast = pair(config)
-    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
-    if layout == "edge_index":
-        from torch_geometric import EdgeIndex
-        adj = EdgeIndex(torch.stack([src, dst]), sparse_size=(num_nodes, num_nodes))
-    else:
-        convert = to_torch_csr_tensor if layout == "csr" else to_torch_coo_tensor
-        adj = convert(torch.stack([dst, src]), size=(num_nodes, num_nodes))  # adj_t
-    want = pyg(x, adj, return_attention_weights=True)
-    got = fast(x, adj, return_attention_weights=True)
-    torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(got[0], fast(x, torch.stack([src, dst])), rtol=1e-10, atol=1e-10)
-    if layout == "edge_index":
-        assert torch.equal(got[1][0], want[1][0])
-    else:
-        assert got[1][0].layout == want[1][0].layout
-        torch.testing.assert_close(got[1][0].to_dense(), want[1][0].to_dense())
-    torch.testing.assert_close(got[1][1], want[1][1], rtol=1e-10, atol=1e-10)
-
-
-def test_sparse_tensor_input():
-    assert_sparse_tensor_parity(pair)
 
 
 def test_prepared_graph_is_reused_and_cache_sees_in_place_writes():
@@ -138,22 +50,6 @@ def test_prepared_graph_is_reused_and_cache_sees_in_place_writes():
     torch.testing.assert_close(fast(x, graph), pyg(x, edge_index))
     with pytest.raises(ValueError, match="num_loops"):
         FastGATConv(IN_CHANNELS, 4, add_self_loops=False).double()(x, graph)
-
-
-def test_checkpoint_state_dict_and_initialisation_match_pyg():
-    config = dict(heads=3, edge_dim=2, residual=True)
-    torch.manual_seed(42)
-    pyg = GATConv(IN_CHANNELS, OUT_CHANNELS, **config)
-    torch.manual_seed(42)
-    fast = FastGATConv(IN_CHANNELS, OUT_CHANNELS, **config)
-    assert list(fast.state_dict()) == list(pyg.state_dict())
-    for (name, a), (_, b) in zip(pyg.state_dict().items(), fast.state_dict().items()):
-        assert torch.equal(a, b), name  # reset_parameters: PyG's glorot / zeros, same draws
-    torch.manual_seed(1)
-    pyg.reset_parameters()
-    torch.manual_seed(1)
-    fast.reset_parameters()
-    assert all(torch.equal(a, b) for a, b in zip(pyg.parameters(), fast.parameters()))
 
 
 def test_usual_init_recipes_apply_to_plain_parameters():
@@ -181,24 +77,6 @@ def test_lazy_input_sizes():
     fast(x, edge_index)  # materialises the lazy weight, then copy PyG's
     fast.load_state_dict(pyg.state_dict())
     torch.testing.assert_close(fast(x, edge_index), want)
-
-
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("config", [dict(heads=2, edge_dim=3), dict(heads=3, concat=False)])
-def test_gradient_penalty_matches_pyg(backend, config):
-    """Double backward: a penalty on d(out)/dx trains the same parameters as with GATConv."""
-    src, dst, num_nodes, _ = random_graph("duplicates", 18)
-    edge_index = torch.stack([src, dst])
-    x, edge_attr = features(18, num_nodes, num_nodes, src.numel(), False)
-    edge_attr = edge_attr if "edge_dim" in config else None
-    grads = []
-    for conv in pair(config, backend=backend):
-        leaf = x.detach().clone().requires_grad_()
-        out = conv(leaf, edge_index, edge_attr)
-        dx, = torch.autograd.grad((out ** 3).sum(), leaf, create_graph=True)
-        grads.append(torch.autograd.grad((dx ** 2).sum(), [leaf, *conv.parameters()]))
-    for got, want in zip(grads[1], grads[0]):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
 def test_attention_dropout_training_only_and_seeded():
@@ -247,19 +125,6 @@ def test_explain_masks_apply_even_after_a_gatconv_was_built(backend):
     torch.testing.assert_close(outs[1], outs[0])
     torch.testing.assert_close(grads[1], grads[0])
     assert grads[1].abs().sum() > 0
-
-
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_dropout_one_zeroes_attention_like_gatconv(backend):
-    src, dst, num_nodes, _ = random_graph("isolated", 20)
-    edge_index = torch.stack([src, dst])
-    x, _ = features(20, num_nodes, num_nodes, src.numel(), False)
-    pyg, fast = pair(dict(heads=2, dropout=1.0, residual=True), backend=backend)
-    got, want = run(fast.train(), x, edge_index, None), run(pyg.train(), x, edge_index, None)
-    torch.testing.assert_close(got[0], want[0])
-    assert torch.equal(got[1], want[1]) and not got[2].any() and not want[2].any()
-    for name in want[4]:  # zero gradients where GATConv's are zero, not None
-        torch.testing.assert_close(got[4][name], want[4][name])
 
 
 def test_explain_and_hooks_fall_back_to_pyg():
@@ -429,15 +294,6 @@ def test_uncoalesced_coo_with_duplicates_matches_pyg():
         torch.testing.assert_close(got[1][1], want[1][1])
 
 
-@pytest.fixture
-def fresh_dynamo():
-    """Each compile test starts from an empty Dynamo cache: every test compiles the same
-    forward again, and the recompile limit counts across tests."""
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_torch_compile_checks_index_ranges_without_a_host_sync(backend, fresh_dynamo):
     conv = torch.compile(FastGATConv(IN_CHANNELS, OUT_CHANNELS, heads=2, backend=backend),
@@ -446,16 +302,6 @@ def test_torch_compile_checks_index_ranges_without_a_host_sync(backend, fresh_dy
     assert conv(x, torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])).shape == (4, 2 * OUT_CHANNELS)
     with pytest.raises(RuntimeError, match="outside"):
         conv(x, torch.tensor([[0, 1, 2, 4], [1, 2, 3, 0]]))
-
-
-@pytest.mark.parametrize("dynamic", [False, True])
-@pytest.mark.parametrize("backend", ["torch", "auto"])
-def test_torch_compile_fullgraph_matches_eager(dynamic, backend, fresh_dynamo):
-    src, dst, num_nodes, _ = random_graph("self_loops", 18)
-    edge_index = torch.stack([src, dst])
-    x, edge_attr = features(2, num_nodes, num_nodes, src.numel(), False)
-    conv = FastGATConv(IN_CHANNELS, OUT_CHANNELS, heads=2, edge_dim=3, backend=backend).double()
-    assert_compiled_matches_eager(conv, x, edge_index, edge_attr, dynamic)
 
 
 def test_graph_cache_is_thread_safe():
@@ -501,7 +347,7 @@ def test_graph_cache_is_thread_safe():
     assert len(graph_module._CACHE) <= graph_module._CACHE_SIZE
 
 
-@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b not in SLOW | {"torch"}])
+@pytest.mark.parametrize("backend", [b for b in UNINTERPRETED_BACKENDS if b != "torch"])
 def test_long_row_is_at_least_as_accurate_as_gatconv(backend):
     """A hub of 200,000 in-edges in float32, against GATConv in float64: the fused sum must
     not lose more than GATConv's scatter sum does (summed edge by edge it lost 2x more).
@@ -521,7 +367,7 @@ def test_long_row_is_at_least_as_accurate_as_gatconv(backend):
     assert fast_error <= pyg_error, (fast_error, pyg_error)
 
 
-@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b not in SLOW])
+@pytest.mark.parametrize("backend", UNINTERPRETED_BACKENDS)
 def test_autocast_keeps_the_scores_in_float32(backend, monkeypatch):
     """Under CPU bfloat16 autocast the op gets float32 s, d, t beside bfloat16 h (as GATConv
     keeps its logits in float32, docs/design.md §4), and the output and attention weights are

@@ -127,7 +127,7 @@ def test_gradgradcheck_float64(backend, device):
     finite differences of the first backward, which is the backend's own."""
     if backend == "triton" and device == "cpu":
         pytest.skip("minutes under the Triton interpreter; the second-order path is the torch "
-                    "reference's, and test_conv's gradient penalty runs it on triton")
+                    "reference's, and test_layer_family's GAT gradient penalty runs it on triton")
     inputs, graph = make_inputs("self_loops", 4, device)
     seed = torch.tensor([7], device=device)
     leaves = tuple(x.detach().clone().requires_grad_() for x in inputs)
