@@ -131,11 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
   at::Tensor dh = at::empty_like(h), ds = at::empty_like(s), dd = at::empty_like(d);
   at::Tensor dt = t.has_value() ? at::empty_like(*t) : at::empty({0}, h.options());
   at::Tensor dt_loop = t_loop.has_value() ? at::empty_like(*t_loop) : at::empty({0}, h.options());
-  // Dead slots past rowptr[-1] carry no edge, hence no gradient (as in the reference).
-  if (t.has_value()) {
-    const int64_t live = rowptr[num_dst].item<int64_t>();
-    dt.narrow(0, live, num_slots - live).zero_();
-  }
+  zero_dead_slots(dt, rowptr);
   // dz lives in dt / dt_loop when they hold the accumulation dtype (lse's), else in scratch:
   // dd sums it, and a reduced-precision dz would lose dd, a sum that nearly cancels (§2).
   const bool in_place = s.scalar_type() == lse.scalar_type();

@@ -34,6 +34,15 @@ namespace fastgat::cpu {
 template <typename scalar_t>
 using acc_t = at::opmath_type<scalar_t>;
 
+// Dead CSR slots (dropped self loops, past rowptr[N_dst]) carry no edge: their rows of the
+// edge-input gradient `grad` (one row per slot; empty without an edge input) are zero, written
+// over that tail alone (docs/design.md §2). Returns rowptr[N_dst], the first dead slot.
+inline int64_t zero_dead_slots(at::Tensor& grad, const at::Tensor& rowptr) {
+  const int64_t live = rowptr[rowptr.numel() - 1].item<int64_t>();
+  if (grad.numel() > 0) grad.narrow(0, live, grad.size(0) - live).zero_();
+  return live;
+}
+
 // Channel loops run on 32-byte vectors of the accumulation type (GCC vector extensions): one
 // AVX2 register in the AVX2 clone, two SSE ones at baseline. They are written out, not left to
 // the auto-vectoriser: inlined into the large row kernels, GCC kept loops with a select or a

@@ -187,11 +187,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gatv2_fus
   at::Tensor dxl = at::empty_like(xl), dxr = at::empty_like(xr), datt = at::empty_like(att);
   at::Tensor de = e.has_value() ? at::empty_like(*e) : at::empty({0}, xl.options());
   at::Tensor de_loop = e_loop.has_value() ? at::empty_like(*e_loop) : at::empty({0}, xl.options());
-  // Dead slots past rowptr[-1] carry no edge, hence no gradient (as in the reference).
-  if (e.has_value()) {
-    const int64_t live = rowptr[num_dst].item<int64_t>();
-    de.narrow(0, live, num_slots - live).zero_();
-  }
+  zero_dead_slots(de, rowptr);
   const auto acc_options = lse.options();
   at::Tensor D = at::empty({num_dst, heads}, acc_options);
   at::Tensor dz = at::empty({num_slots + num_loops, heads}, acc_options);

@@ -136,8 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_backward(
   const int64_t num_slots = col.numel(), row_width = heads * q.size(2);
   at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   at::Tensor de = e.has_value() ? at::empty_like(*e) : at::empty({0}, q.options());
-  const int64_t live = num_dst > 0 ? rowptr[num_dst].item<int64_t>() : 0;
-  if (e.has_value()) de.narrow(0, live, num_slots - live).zero_();
+  const int64_t live = zero_dead_slots(de, rowptr);
   at::Tensor dz = at::empty({num_slots, heads}, lse.options());
   at::Tensor w = at::empty({num_slots, heads}, lse.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(),

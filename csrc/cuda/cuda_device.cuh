@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
 
 #include <utility>
@@ -11,6 +12,9 @@ namespace fastgat {
 namespace cuda {
 
 struct CudaDevice {
+  using Guard = c10::cuda::CUDAGuard;
+
+  // The current stream of the guarded device.
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
   int64_t sms() const { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }

@@ -32,11 +32,13 @@ bool gatv2_inputs_aligned(const Gatv2Rule<T>& rule) {
 
 template <typename Device>
 std::tuple<at::Tensor, at::Tensor> gatv2_fused_forward(
-    const Device& device, const at::Tensor& xl, const at::Tensor& xr, const at::Tensor& att,
+    const at::Tensor& xl, const at::Tensor& xr, const at::Tensor& att,
     const c10::optional<at::Tensor>& e, const c10::optional<at::Tensor>& e_loop,
     const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops, double negative_slope,
     double dropout, const c10::optional<at::Tensor>& seed) {
   check_gatv2_forward_inputs(xl, xr, att, e, e_loop, rowptr, col, num_loops, dropout, seed);
+  const typename Device::Guard guard(xl.device());
+  const Device device;
   return forward_outputs(device, xl, rowptr, [&](auto type, auto index, at::Tensor& out,
                                                  at::Tensor& lse) {
     const auto rule = make_gatv2_rule<decltype(type)>(xl, xr, att, e, e_loop, negative_slope);
@@ -98,11 +100,7 @@ void launch_gatv2_backward(const Device& device, const at::Tensor& dout, const a
                        is_aligned_16(a.dout) && is_aligned_16(a.out) && is_aligned_16(a.dxl) &&
                        is_aligned_16(a.dxr) && is_aligned_16(a.de) && is_aligned_16(a.de_loop);
   const int64_t per_block = kBlock / a.group_size;
-  if (a.de != nullptr && num_slots > 0) {
-    device.launch(zero_dead_slots_kernel<T, Index>,
-                  std::min<int64_t>(blocks_for(num_slots * heads * channels, kBlock), 1024),
-                  kBlock, a.rowptr, num_dst, num_slots, static_cast<int>(heads * channels), a.de);
-  }
+  zero_dead_slots(device, a.rowptr, num_dst, num_slots, heads * channels, a.de);
   if (num_dst > 0) {  // CSR pass: dz, w, dxr, de, datt shares
     device.launch(aligned ? gatv2_csr_kernel<true, T, Index> : gatv2_csr_kernel<false, T, Index>,
                   blocks_for(num_dst * heads * a.tiles, per_block), kBlock, a);
@@ -132,13 +130,15 @@ void launch_gatv2_backward(const Device& device, const at::Tensor& dout, const a
 
 template <typename Device>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gatv2_fused_backward(
-    const Device& device, const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse,
     const at::Tensor& xl, const at::Tensor& xr, const at::Tensor& att,
     const c10::optional<at::Tensor>& e, const c10::optional<at::Tensor>& e_loop,
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& colptr,
     const at::Tensor& csc_row, const at::Tensor& csc_eid, int64_t num_loops,
     double negative_slope, double dropout, const c10::optional<at::Tensor>& seed) {
   check_gatv2_forward_inputs(xl, xr, att, e, e_loop, rowptr, col, num_loops, dropout, seed);
+  const typename Device::Guard guard(dout.device());
+  const Device device;
   check_backward_extras(dout, out, lse, xl, rowptr, col, colptr, csc_row, csc_eid);
   at::Tensor dxl = device.empty(xl.sizes(), xl.options());
   at::Tensor dxr = device.empty(xr.sizes(), xr.options());

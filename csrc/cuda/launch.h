@@ -3,7 +3,10 @@
 // (docs/design.md §6, §8), and GAT's entry points:
 //   *_cuda.cu                      nvcc, a real GPU:  CudaDevice launches with <<<>>>
 //   ../emulated/*_emulated.cpp     host compiler:     EmulatedDevice runs the kernels lane by lane
+// The entry points (fused_forward, ...) are registered as they are, for each build's Device:
+// they make the inputs' device current with Device::Guard, then construct the Device.
 // A Device provides
+//   Guard                                          RAII, from a c10::Device
 //   int64_t sms() const                            SMs to plan for (the emulated one is settable)
 //   void launch(kernel, blocks, threads, args...)  one kernel launch (errors are thrown)
 //   at::Tensor empty(sizes, options) const         an output buffer on the inputs' device
@@ -173,11 +176,13 @@ std::tuple<at::Tensor, at::Tensor> forward_outputs(const Device& device, const a
 
 template <typename Device>
 std::tuple<at::Tensor, at::Tensor> fused_forward(
-    const Device& device, const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
+    const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
     const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
     const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops, double negative_slope,
     double dropout, const c10::optional<at::Tensor>& seed) {
   check_forward_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed);
+  const typename Device::Guard guard(h.device());
+  const Device device;
   return forward_outputs(device, h, rowptr, [&](auto type, auto index, at::Tensor& out,
                                                 at::Tensor& lse) {
     using T = decltype(type);
@@ -192,6 +197,17 @@ std::tuple<at::Tensor, at::Tensor> fused_forward(
     launch_forward<decltype(index)>(device, rule, is_aligned_16(rule.values), rowptr, col,
                                     num_loops, dropout, seed, out, lse);
   });
+}
+
+// Dead CSR slots (dropped self loops, past rowptr[N_dst]) get a zero edge-input gradient `grad`
+// (`width` elements per slot), written over that tail alone (docs/design.md §2).
+template <typename T, typename Index, typename Device>
+void zero_dead_slots(const Device& device, const Index* rowptr, int64_t num_dst, int64_t num_slots,
+                     int64_t width, T* grad) {
+  if (grad == nullptr || num_slots * width == 0) return;
+  device.launch(zero_dead_slots_kernel<T, Index>,
+                std::min<int64_t>(blocks_for(num_slots * width, kBlock), 1024), kBlock, rowptr,
+                num_dst, num_slots, static_cast<int>(width), grad);
 }
 
 template <typename T, typename Index, typename Device>
@@ -249,14 +265,9 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
     device.launch(aligned ? dot_kernel<true, T, Index> : dot_kernel<false, T, Index>,
                   blocks_for(a.num_dst * a.heads, per_block), kBlock, a);
   }
-  if (a.dt.present() && a.num_slots > 0) {
-    const auto zero_dead_slots = [&](auto* dt) {  // dt of T or float: both kernels exist
-      device.launch(zero_dead_slots_kernel<std::remove_pointer_t<decltype(dt)>, Index>,
-                    std::min<int64_t>(blocks_for(a.num_slots * a.heads, kBlock), 1024), kBlock,
-                    a.rowptr, a.num_dst, a.num_slots, a.heads, dt);
-    };
-    a.dt.wide != nullptr ? zero_dead_slots(a.dt.wide) : zero_dead_slots(a.dt.narrow);
-  }
+  // dt of T, or float beside 16-bit h: one of the two pointers is set.
+  zero_dead_slots(device, a.rowptr, a.num_dst, a.num_slots, a.heads, a.dt.wide);
+  zero_dead_slots(device, a.rowptr, a.num_dst, a.num_slots, a.heads, a.dt.narrow);
   if (a.num_src > 0) {  // CSC pass: dz per slot (dt, dt_loop), ds, dh; long columns split
     const int64_t sms = device.sms();
     const SplitPlan plan(a.num_src, a.num_slots, num_loops, sms);
@@ -293,7 +304,7 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
 
 template <typename Device>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward(
-    const Device& device, const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse,
     const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
     const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& colptr,
@@ -301,6 +312,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
     double negative_slope, double dropout, const c10::optional<at::Tensor>& seed) {
   check_backward_inputs(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid,
                         num_loops, dropout, seed);
+  const typename Device::Guard guard(dout.device());
+  const Device device;
   at::Tensor dh = device.empty(h.sizes(), h.options());
   at::Tensor ds = device.empty(s.sizes(), s.options());
   at::Tensor dd = device.empty(d.sizes(), d.options());

@@ -14,10 +14,12 @@ namespace cuda {
 
 template <typename Device>
 std::tuple<at::Tensor, at::Tensor> transformer_forward(
-    const Device& device, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& e, const at::Tensor& rowptr, const at::Tensor& col,
     double scale, double dropout, const c10::optional<at::Tensor>& seed) {
   check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed);
+  const typename Device::Guard guard(q.device());
+  const Device device;
   return forward_outputs(device, q, rowptr, [&](auto type, auto index, at::Tensor& out,
                                                 at::Tensor& lse) {
     using T = decltype(type);
@@ -140,12 +142,7 @@ void launch_transformer_backward(const Device& device, const at::Tensor& dout,
 
   // CSR pass: dz and w per slot, de, dq (split rows: partials merged in order).
   launch_pass<false>(device, a, aligned, num_slots, rowptr, {{&dq, &a.part_dq}});
-  if (a.de != nullptr && num_slots > 0) {  // dead slots: de = 0 (E x HC, read on the device)
-    device.launch(zero_dead_slots_kernel<T, Index>,
-                  std::min<int64_t>(blocks_for(num_slots * a.heads * a.channels, kBlock), 1024),
-                  kBlock, a.rows.ptr, a.rows.count, num_slots,
-                  static_cast<int>(a.heads * a.channels), a.de);
-  }
+  zero_dead_slots(device, a.rows.ptr, a.rows.count, num_slots, a.heads * a.channels, a.de);
   // CSC pass: dk and dv from the stored dz and w.
   launch_pass<true>(device, a, aligned, num_slots, colptr,
                     {{&dk, &a.part_dk}, {&dv, &a.part_dv}});
@@ -153,13 +150,15 @@ void launch_transformer_backward(const Device& device, const at::Tensor& dout,
 
 template <typename Device>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_backward(
-    const Device& device, const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse,
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& e, const at::Tensor& rowptr, const at::Tensor& col,
     const at::Tensor& colptr, const at::Tensor& csc_row, const at::Tensor& csc_eid, double scale,
     double dropout, const c10::optional<at::Tensor>& seed) {
   check_transformer_backward_inputs(dout, out, lse, q, k, v, e, rowptr, col, colptr, csc_row,
                                     csc_eid, dropout, seed);
+  const typename Device::Guard guard(dout.device());
+  const Device device;
   at::Tensor dq = device.empty(q.sizes(), q.options());
   at::Tensor dk = device.empty(k.sizes(), k.options());
   at::Tensor dv = device.empty(v.sizes(), v.options());

@@ -17,6 +17,10 @@ namespace emulated {
 inline std::atomic<int64_t> num_sms{132};
 
 struct EmulatedDevice {
+  struct Guard {  // CPU tensors: no device to make current
+    explicit Guard(c10::Device) {}
+  };
+
   int64_t sms() const { return num_sms.load(); }
 
   template <typename... P, typename... Args>

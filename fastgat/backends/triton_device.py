@@ -606,3 +606,12 @@ def backward_cols_kernel(dout, h, d, att, t, t_loop, ptr, csc_row, csc_eid, dz, 
             if RULE == TRANSFORMER:
                 tl.store(dh_b + row * (H * C) + hc, sum_b.to(dh_b.dtype.element_ty),
                          mask=hcmask)
+
+
+@triton.jit(do_not_specialize=["num_rows", "numel", "width"])
+def zero_dead_slots_kernel(grad, ptr, num_rows, numel, width, BLOCK: tl.constexpr):
+    """Zero the rows of a per-slot gradient past ptr[num_rows] (dead slots, docs/design.md §2):
+    the start is read here, on the device, so the launch needs no host sync."""
+    first = tl.load(ptr + num_rows).to(tl.int64) * width
+    k = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(grad + k, tl.zeros([BLOCK], grad.dtype.element_ty), mask=(k >= first) & (k < numel))

@@ -30,6 +30,7 @@ _BLOCK_E_INTERPRET = 64
 _TILE_LIMIT = 16384  # BLOCK_E * H_P2 * C_P2 float32 elements per gathered tile (register budget)
 _DOT_TILE = 4096  # rows * H_P2 * C_P2 elements per program of the dense D = <dout, out>
 _INT32_LIMIT = 2**31
+_ZERO_BLOCK = 1024  # elements per program of _zero_dead_slots
 
 
 class Plan(NamedTuple):
@@ -112,6 +113,14 @@ _forward_kernel = _tuned(dev.forward_kernel)
 _backward_csc_kernel = _tuned(dev.backward_csc_kernel, key=("H", "C", "HAS_T", "DROPOUT"))
 _backward_rows_kernel = _tuned(dev.backward_rows_kernel)
 _backward_cols_kernel = _tuned(dev.backward_cols_kernel, key=("RULE", "H", "C", "HAS_T"))
+
+
+def _zero_dead_slots(grad: Tensor, ptr: Tensor) -> None:
+    """Dead slots (dropped self loops, past rowptr[-1]) carry no edge, and no program visits
+    them: their rows of the edge-input gradient are zeroed, that tail alone."""
+    if grad.numel():
+        dev.zero_dead_slots_kernel[(triton.cdiv(grad.numel(), _ZERO_BLOCK),)](
+            grad, ptr, ptr.numel() - 1, grad.numel(), grad[0].numel(), BLOCK=_ZERO_BLOCK)
 
 
 def _f64_bits(value: float) -> int:
@@ -226,8 +235,7 @@ def gat_backward(
     num_dst, num_slots = d.size(0), col.numel()
     acc = _acc_dtype(h.dtype)[0]
     dh, ds, dd = torch.empty_like(h), torch.empty_like(s), torch.empty_like(d)
-    # Dead slots (dropped self loops) get no program; their dt stays 0 as in the reference.
-    dt = torch.zeros_like(t) if t is not None else h.new_empty(0)
+    dt = torch.empty_like(t) if t is not None else h.new_empty(0)
     dt_loop = torch.empty_like(t_loop) if t_loop is not None else h.new_empty(0)
     # dz is stored in dt / dt_loop when they hold the accumulation dtype, else in scratch: dd
     # sums it, and that sum nearly cancels, so it is never rounded to bfloat16 / float16 first.
@@ -249,6 +257,7 @@ def gat_backward(
             dot_rows = max(1, _DOT_TILE // (meta["H_P2"] * meta["C_P2"]))
             dev.row_dot_kernel[(triton.cdiv(num_dst, dot_rows),)](
                 dout, out, D, num_dst, ROWS=dot_rows, **_merge_meta(meta))
+        _zero_dead_slots(dt, rowptr)
         if cols.item_row.numel():
             csc_meta = _without(meta, "RULE")  # GAT's own backward program
             kernel, config = _launcher(_backward_csc_kernel, csc_meta)
@@ -310,8 +319,7 @@ def _two_pass_backward(rule, dout, out, lse, h, s, d, att, t, t_loop, rowptr, co
     transformer = rule == dev.TRANSFORMER.value
     dd, dh_a = torch.empty_like(d), torch.empty_like(h)
     dh_b = torch.empty_like(h) if transformer else dh_a
-    # Dead slots get no program; their dt stays 0 as in the reference.
-    dt = torch.zeros_like(t) if t is not None else h.new_empty(0)
+    dt = torch.empty_like(t) if t is not None else h.new_empty(0)
     dt_loop = torch.empty_like(t_loop) if t_loop is not None else h.new_empty(0)
     dz = h.new_empty(num_slots, heads, dtype=acc)
     w = torch.empty_like(dz)
@@ -335,6 +343,7 @@ def _two_pass_backward(rule, dout, out, lse, h, s, d, att, t, t_loop, rowptr, co
             dot_rows = max(1, _DOT_TILE // (meta["H_P2"] * meta["C_P2"]))
             dev.row_dot_kernel[(triton.cdiv(num_dst, dot_rows),)](
                 dout, out, D, num_dst, ROWS=dot_rows, **_merge_meta(meta))
+        _zero_dead_slots(dt, rowptr)
         if rows.item_row.numel():
             kernel, config = _launcher(_backward_rows_kernel, meta)
             kernel[(rows.item_row.numel(),)](
