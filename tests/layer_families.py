@@ -252,7 +252,7 @@ GATV2 = Family(
             for edges, loops, dropout in [(True, True, 0.0), (False, False, 0.0),
                                           (True, True, 0.3), (False, True, 0.0)]],
         no_edge_values=dict(edges=False),
-        gradcheck_inputs=("self_loops", 3, dict(graph_size=(10, 24, 12))),
+        gradcheck_inputs=("self_loops", 3, dict(heads=2, channels=3, graph_size=(10, 24, 12))),
         # PyG allows any slope: the derivative branches on the LeakyReLU's input.
         gradcheck_settings=[dict(slope=-0.7)],
         bad_inputs=gatv2_bad_inputs, torch_backward_varies_with_threads=True),
