@@ -47,3 +47,18 @@ def assert_parity(pyg, fast, x, edge_index, edge_attr, tol=1e-10, **kwargs):
         assert (got[4][name] is None) == (want[4][name] is None), name
         if want[4][name] is not None:
             close(got[4][name], want[4][name])
+
+
+def assert_edge_masks_match(pyg, fast, x, edge_index):
+    """An explainer's edge mask (set via set_masks) gives PyG's output and a mask gradient
+    equal to PyG's and not zero."""
+    from torch_geometric.explain.algorithm.utils import set_masks
+    outs, grads = [], []
+    for conv in (pyg, fast):
+        mask = torch.nn.Parameter(torch.linspace(-2, 2, edge_index.size(1), dtype=torch.float64))
+        set_masks(conv, mask, edge_index, apply_sigmoid=True)
+        outs.append(conv(x, edge_index))
+        grads.append(torch.autograd.grad(outs[-1].square().sum(), mask)[0])
+    torch.testing.assert_close(outs[1], outs[0])
+    torch.testing.assert_close(grads[1], grads[0])
+    assert grads[1].abs().sum() > 0

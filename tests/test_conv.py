@@ -11,7 +11,7 @@ from fastgat import FastGATConv
 from graphs import KINDS, random_graph
 from helpers import rel_error
 from layer_families import GAT
-from parity import IN_CHANNELS, OUT_CHANNELS, assert_parity, features
+from parity import IN_CHANNELS, OUT_CHANNELS, assert_edge_masks_match, assert_parity, features
 
 CPU_BACKENDS = GAT.backends
 UNINTERPRETED_BACKENDS = GAT.uninterpreted_backends
@@ -79,72 +79,15 @@ def test_lazy_input_sizes():
     torch.testing.assert_close(fast(x, edge_index), want)
 
 
-def test_attention_dropout_training_only_and_seeded():
-    src, dst, num_nodes, _ = random_graph("random", 16)
-    edge_index = torch.stack([src, dst])
-    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
-    fast = FastGATConv(IN_CHANNELS, OUT_CHANNELS, heads=2, dropout=0.5).double()
-    no_dropout = FastGATConv(IN_CHANNELS, OUT_CHANNELS, heads=2, dropout=0.0).double()
-    no_dropout.load_state_dict(fast.state_dict())
-    fast.eval()
-    evaluated = fast(x, edge_index)
-    torch.testing.assert_close(evaluated, no_dropout.train()(x, edge_index))  # p = 0 == eval
-    fast.train()
-    torch.manual_seed(3)
-    first, (_, alpha) = fast(x, edge_index, return_attention_weights=True)
-    torch.manual_seed(3)
-    assert torch.equal(fast(x, edge_index), first)  # torch.manual_seed reproduces the mask
-    assert not torch.allclose(first, evaluated)
-    dropped = (alpha == 0).double().mean().item()
-    assert 0.35 < dropped < 0.65
-    # The returned weights are the ones applied: re-aggregating them reproduces the output.
-    ei = fast.lin(x).view(-1, 2, OUT_CHANNELS)
-    loops = torch.arange(num_nodes)
-    keep = src != dst
-    full_src, full_dst = torch.cat([src[keep], loops]), torch.cat([dst[keep], loops])
-    manual = torch.zeros(num_nodes, 2, OUT_CHANNELS, dtype=torch.float64).index_add(
-        0, full_dst, alpha.unsqueeze(-1) * ei[full_src])
-    torch.testing.assert_close(manual.view(num_nodes, -1) + fast.bias, first)
-
-
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_explain_masks_apply_even_after_a_gatconv_was_built(backend):
     """Explainer's edge masks reach FastGATConv's fallback forward, and get gradients, even
     though GATConv's class already holds PyG's generated (explain-free) propagate."""
-    from torch_geometric.explain.algorithm.utils import set_masks
     src, dst, num_nodes, _ = random_graph("random", 19)
     edge_index = torch.stack([src, dst])
     pyg, fast = pair(dict(heads=2), backend=backend)  # GATConv built first
     x, _ = features(19, num_nodes, num_nodes, src.numel(), False)
-    outs, grads = [], []
-    for conv in (pyg, fast):
-        mask = torch.nn.Parameter(torch.linspace(-2, 2, src.numel(), dtype=torch.float64))
-        set_masks(conv, mask, edge_index, apply_sigmoid=True)
-        outs.append(conv(x, edge_index))
-        grads.append(torch.autograd.grad(outs[-1].square().sum(), mask)[0])
-    torch.testing.assert_close(outs[1], outs[0])
-    torch.testing.assert_close(grads[1], grads[0])
-    assert grads[1].abs().sum() > 0
-
-
-def test_explain_and_hooks_fall_back_to_pyg():
-    src, dst, num_nodes, _ = random_graph("random", 17)
-    edge_index = torch.stack([src, dst])
-    pyg, fast = pair(dict(heads=2))
-    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
-    seen = []
-    fast.register_message_forward_hook(lambda module, inputs, output: seen.append(output.shape))
-    torch.testing.assert_close(fast(x, edge_index), pyg(x, edge_index))
-    assert seen and seen[0][0] == src.numel() - int((src == dst).sum()) + num_nodes
-
-
-@pytest.mark.parametrize("config", [dict(aggr="mean"), dict(aggr="max"),
-                                    dict(flow="target_to_source")])
-def test_other_aggregations_and_flows_run_pyg_forward(config):
-    src, dst, num_nodes, _ = random_graph("random", 19)
-    pyg, fast = pair(dict(heads=2, **config))
-    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
-    torch.testing.assert_close(fast(x, torch.stack([src, dst])), pyg(x, torch.stack([src, dst])))
+    assert_edge_masks_match(pyg, fast, x, edge_index)
 
 
 def test_lazy_edge_dim():

@@ -1,7 +1,8 @@
 """The checks FastGATConv, FastGATv2Conv and FastTransformerConv share against their PyG twins
-(and the GATv2 and TransformerConv ops against their float64 reference), each written once and
-run per layer family of layer_families.py and per backend. What only one layer has stays in its
-own file: test_conv.py, test_gatv2_conv.py, test_transformer_conv.py."""
+(and the GATv2 and TransformerConv ops': their float64 reference, finite differences, opcheck,
+determinism, bad input), each written once and run per layer family of layer_families.py and
+per backend. What only one layer has stays in its own file: test_conv.py, test_gatv2_conv.py,
+test_transformer_conv.py."""
 import copy
 import zlib
 
@@ -10,10 +11,12 @@ import torch
 from torch_geometric.utils import to_torch_coo_tensor, to_torch_csr_tensor
 
 from fastgat import Graph
+from fastgat.dropout import draw_seed
 from graphs import KINDS, random_graph
 from helpers import TOLERANCE, rel_error
-from layer_families import FAMILIES
-from parity import IN_CHANNELS, OUT_CHANNELS, assert_parity, features, run
+from layer_families import CHANNELS, FAMILIES, HEADS
+from parity import (IN_CHANNELS, OUT_CHANNELS, assert_edge_masks_match, assert_parity,
+                    features, run)
 
 TRITON_INTERPRETED = not torch.cuda.is_available()
 
@@ -198,10 +201,15 @@ def test_torch_compile_fullgraph_matches_eager(family, backend, dynamic, fresh_d
         torch.testing.assert_close(xg.grad, want[3][0])
 
 
+OP_FAMILIES = [f for f in FAMILIES if f.op is not None]
+
+
+def op_leaves(inputs):
+    return [x.detach().clone().requires_grad_() if x is not None else None for x in inputs]
+
+
 def op_grid():
-    for family in FAMILIES:
-        if family.op is None:
-            continue
+    for family in OP_FAMILIES:
         for backend in family.backends:
             for kind in KINDS:
                 for dtype, options, dropout in family.op.cases:
@@ -218,7 +226,7 @@ def test_op_matches_reference(family, backend, kind, dtype, options, dropout):
     case = zlib.crc32(f"{kind}-{options}-{dropout}".encode()) % 1000
     inputs, graph = op.inputs(kind, case, dtype, **options)
     seed = torch.tensor([case * 7919 + 13]) if dropout else None
-    leaves = [x.detach().clone().requires_grad_() if x is not None else None for x in inputs]
+    leaves = op_leaves(inputs)
     out, lse = op.run(leaves, graph, backend, dropout, seed)
     ref_leaves = [x.detach().double().requires_grad_() if x is not None else None
                   for x in inputs]
@@ -237,3 +245,124 @@ def test_op_matches_reference(family, backend, kind, dtype, options, dropout):
     for a, b in zip(got, want):
         assert torch.isfinite(a).all() and a.dtype == dtype
         assert rel_error(a, b) < tol, rel_error(a, b)
+
+
+@pytest.mark.parametrize("family,backend", per_family(
+    (f, b, b) for f in FAMILIES for b in f.backends))
+def test_attention_dropout_is_training_only_seeded_and_reproduces_the_output(family, backend):
+    """Dropout acts in training only (eval is p = 0), torch.manual_seed reproduces its mask,
+    it drops about p of the weights, and the weights returned, with the mask they stand for,
+    re-aggregate to the output."""
+    src, dst, num_nodes, _ = random_graph("duplicates", 20)
+    edge_index = torch.stack([src, dst])
+    x, edge_attr = features(20, num_nodes, num_nodes, src.numel(), False)
+    edge_attr = edge_attr if "edge_dim" in family.seeded_dropout_config else None
+    fast = family.fast_cls(IN_CHANNELS, OUT_CHANNELS, backend=backend,
+                           **family.seeded_dropout_config).double()
+    evaluated = fast.eval()(x, edge_index, edge_attr)
+    no_dropout = copy.deepcopy(fast)
+    no_dropout.dropout = 0.0
+    torch.testing.assert_close(evaluated, no_dropout.train()(x, edge_index, edge_attr))
+    fast.train()
+    torch.manual_seed(3)
+    seed = draw_seed(torch.device("cpu"))  # the draw the forward below makes
+    torch.manual_seed(3)
+    first, (_, alpha) = fast(x, edge_index, edge_attr, return_attention_weights=True)
+    torch.manual_seed(3)
+    assert torch.equal(fast(x, edge_index, edge_attr), first)
+    assert not torch.allclose(first, evaluated)
+    manual, applied = family.reaggregate(fast, x, edge_index, edge_attr, alpha, seed)
+    assert 0.35 < (applied == 0).double().mean().item() < 0.65
+    torch.testing.assert_close(manual, first, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("family,config", per_family(
+    (f, c, id_) for f in FAMILIES for c, id_ in [
+        (dict(), "add"), (dict(aggr="mean"), "mean"), (dict(aggr="max"), "max"),
+        (dict(flow="target_to_source"), "target_to_source")]))
+def test_hooks_explain_and_other_aggregations_fall_back_to_pyg(family, config):
+    """A message hook, an explainer's edge mask, another aggregation or flow: the layer runs
+    PyG's own forward, so hooks see PyG's messages and outputs and mask gradients are PyG's."""
+    src, dst, num_nodes, _ = random_graph("random", 17)
+    edge_index = torch.stack([src, dst])
+    x, _ = features(2, num_nodes, num_nodes, src.numel(), False)
+    pyg, fast = family.pair(dict(heads=2, **config))
+    want = pyg(x, edge_index)
+    torch.testing.assert_close(fast(x, edge_index), want)  # no hook yet: the config decides
+    seen = []
+    fast.register_message_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    torch.testing.assert_close(fast(x, edge_index), want)
+    assert seen and seen[0][0] == family.num_messages(src, dst, num_nodes)
+    assert_edge_masks_match(*family.pair(dict(heads=2, **config)), x, edge_index)
+
+
+@pytest.mark.slow  # a Jacobian column per input element
+@pytest.mark.parametrize("family,backend", per_family(
+    (f, b, b) for f in OP_FAMILIES for b in f.backends))
+def test_op_gradcheck_and_gradgradcheck(family, backend):
+    """Backward and double backward against finite differences in float64, without and with
+    dropout (a fixed seed fixes the mask: backward must match forward) and in the op's other
+    settings."""
+    op = family.op
+    kind, case, options = op.gradcheck_inputs
+    inputs, graph = op.inputs(kind, case, **options)
+    leaves = op_leaves(inputs)
+    seed = torch.tensor([99])
+    for settings in [dict(dropout=0.0), dict(dropout=0.4), *op.gradcheck_settings]:
+        fn = lambda *x: op.run(x, graph, backend, seed=seed, **settings)[0]  # noqa: E731
+        assert torch.autograd.gradcheck(fn, leaves, atol=1e-8, rtol=1e-6), settings
+        assert torch.autograd.gradgradcheck(fn, leaves, atol=1e-8, rtol=1e-6), settings
+
+
+@pytest.mark.parametrize("family,backend,edge_values", per_family(
+    (f, b, e, f"{b}-edge_values={e}") for f in OP_FAMILIES for b in f.backends
+    for e in (True, False)))
+def test_op_opcheck(family, backend, edge_values):
+    """torch.library.opcheck: schema, fake tensors, autograd registration and AOT dispatch,
+    without and with (seeded) dropout."""
+    op = family.op
+    inputs, graph = op.inputs("duplicates", 5, torch.float32,
+                              **({} if edge_values else op.no_edge_values))
+    for dropout, seed in [(0.0, None), (0.25, torch.tensor([99]))]:
+        torch.library.opcheck(op.op, op.arguments(op_leaves(inputs), graph, backend, dropout,
+                                                  seed))
+
+
+@pytest.mark.parametrize("family,backend,heads,channels", per_family(
+    (f, b, h, c, f"{b}-{h}x{c}") for f in OP_FAMILIES for b in f.backends
+    for h, c in [(HEADS, CHANNELS), (4, 32)]))
+def test_op_backward_is_bitwise_deterministic(family, backend, heads, channels):
+    """The same gradient bits on repeated runs, and on 1, 2 and 3 threads but where torch's
+    index_add orders a sum by thread count."""
+    op = family.op
+    inputs, graph = op.inputs("hub", 21, torch.float32, heads=heads, channels=channels)
+    dout = torch.randn(graph.num_dst, heads, channels,
+                       generator=torch.Generator().manual_seed(2))
+
+    def gradients(threads):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            leaves = op_leaves(inputs)
+            out, _ = op.run(leaves, graph, backend, 0.2, torch.tensor([5]))
+            return torch.autograd.grad(out, [x for x in leaves if x is not None], dout)
+        finally:
+            torch.set_num_threads(previous)
+
+    first, *others = [gradients(threads) for threads in (1, 2, 3, 1)]
+    if backend == "torch" and op.torch_backward_varies_with_threads:
+        others = others[-1:]  # the same thread count
+    for again in others:
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@pytest.mark.parametrize("family", per_family((f, None) for f in OP_FAMILIES))
+def test_op_rejects_bad_inputs(family):
+    """Wrong shapes, dtypes and layouts, and dropout without a seed, raise naming the culprit."""
+    op = family.op
+    inputs, graph = op.inputs("random", 6)
+    for pattern, bad in op.bad_inputs(inputs).items():
+        with pytest.raises(ValueError, match=pattern):
+            op.run(bad, graph, "torch")
+    with pytest.raises(ValueError, match="seed"):
+        op.run(inputs, graph, "torch", dropout=0.5)
