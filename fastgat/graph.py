@@ -25,6 +25,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import launch_plan
 from ._extension import LOAD_ERROR
 from .errors import EdgeIndexTypeError, InputShapeError
 
@@ -55,7 +56,9 @@ class Graph:
                                                           compare=False)
 
     def __post_init__(self, colptr, csc_row, csc_eid):
+        launch_plan.register(self.rowptr, self.num_loops)
         if colptr is not None:
+            launch_plan.register(colptr, self.num_loops)
             object.__setattr__(self, "_csc", (colptr, csc_row, csc_eid))
 
     def csc(self) -> Tuple[Tensor, Tensor, Tensor]:
@@ -66,6 +69,7 @@ class Graph:
                 csc = torch.ops.fastgat.csc_from_csr(self.rowptr, self.col, self.num_src)
             else:
                 csc = _csc_by_argsort(self.rowptr, self.col, self.num_src, self.num_dst)
+            launch_plan.register(csc[0], self.num_loops)
             object.__setattr__(self, "_csc", tuple(csc))
         return self._csc
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import emulated_cuda
+from fastgat import launch_plan
 from fastgat.backends import unavailable_reason
 from fastgat.graph import Graph
 from graphs import random_graph
@@ -52,6 +53,14 @@ def sms(target, request):
         target.ops.set_num_sms(previous)
     else:
         yield count
+
+
+def hubs(graph, planned=True):
+    """(row_hubs, col_hubs) as the layers pass them (fastgat/launch_plan.py), or none: the
+    kernels then plan from shapes alone, as under torch.compile."""
+    if not planned:
+        return None, None
+    return launch_plan.hubs(graph.rowptr), launch_plan.hubs(graph.colptr)
 
 
 def coo_graph(target, src, dst, num_src, num_dst, loops=True):

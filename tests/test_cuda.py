@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from cuda_targets import (Target, assert_backward_repeats, assert_int64_indices_agree,
-                          coo_graph, graph_of, hub_graph, star_rows)
+                          coo_graph, graph_of, hub_graph, hubs, star_rows)
 from fastgat.backends import unavailable_reason
 from graphs import KINDS
 from helpers import assert_close
@@ -37,15 +37,17 @@ def make_inputs(target, graph, seed, heads, channels, dtype, edge_scores=True):
     return h, s, d, t, t_loop
 
 
-def forward(target, inputs, graph, dropout=0.0, seed=None, slope=0.2):
+def forward(target, inputs, graph, dropout=0.0, seed=None, slope=0.2, planned=True):
     return target.ops.fused_forward(*inputs, graph.rowptr, graph.col, graph.num_loops, slope,
-                                    dropout, seed)
+                                    dropout, seed, hubs(graph, planned)[0])
 
 
-def backward(target, dout, out, lse, inputs, graph, dropout=0.0, seed=None, slope=0.2):
+def backward(target, dout, out, lse, inputs, graph, dropout=0.0, seed=None, slope=0.2,
+             planned=True):
     """The backward op's gradients, one per given input (as reference_grads)."""
     got = target.ops.fused_backward(dout.to(out.device, out.dtype), out, lse, *inputs,
-                                    *graph.op_args(), graph.num_loops, slope, dropout, seed)
+                                    *graph.op_args(), graph.num_loops, slope, dropout, seed,
+                                    *hubs(graph, planned))
     return [g for g, x in zip(got, inputs) if x is not None]
 
 

@@ -13,7 +13,8 @@ import zlib
 import pytest
 import torch
 
-from cuda_targets import assert_backward_repeats, assert_int64_indices_agree, graph_of, hub_graph
+from cuda_targets import (assert_backward_repeats, assert_int64_indices_agree, graph_of, hub_graph,
+                          hubs)
 from fastgat.backends import torch_ref
 from graphs import KINDS
 from helpers import assert_close
@@ -32,16 +33,17 @@ def make_inputs(target, graph, seed, heads, channels, dtype, edges=True):
     return xl, xr, att, e, e_loop
 
 
-def forward(target, inputs, graph, dropout=0.0, seed=None, slope=0.2):
+def forward(target, inputs, graph, dropout=0.0, seed=None, slope=0.2, planned=True):
     return target.ops.gatv2_fused_forward(*inputs, graph.rowptr, graph.col, graph.num_loops,
-                                          slope, dropout, seed)
+                                          slope, dropout, seed, hubs(graph, planned)[0])
 
 
-def backward(target, dout, out, lse, inputs, graph, dropout=0.0, seed=None, slope=0.2):
+def backward(target, dout, out, lse, inputs, graph, dropout=0.0, seed=None, slope=0.2,
+             planned=True):
     """(dxl, dxr, datt) and de / de_loop where e / e_loop are given."""
     got = target.ops.gatv2_fused_backward(dout.to(out.device, out.dtype), out, lse, *inputs,
                                           *graph.op_args(), graph.num_loops, slope, dropout,
-                                          seed)
+                                          seed, *hubs(graph, planned))
     return [g for g, x in zip(got, inputs) if x is not None]
 
 

@@ -13,7 +13,7 @@ import zlib
 import pytest
 import torch
 
-from cuda_targets import coo_graph, graph_of, with_int64_indices
+from cuda_targets import coo_graph, graph_of, hubs, with_int64_indices
 from fastgat.backends import torch_ref
 from fastgat.graph import Graph
 from graphs import KINDS, random_graph
@@ -46,15 +46,15 @@ def reference(inputs, graph, dropout=0.0, seed=None):
                                          seed.cpu() if seed is not None else None)
 
 
-def forward(target, inputs, graph, dropout=0.0, seed=None):
+def forward(target, inputs, graph, dropout=0.0, seed=None, planned=True):
     return target.ops.transformer_forward(*inputs, graph.rowptr, graph.col, scale_of(inputs),
-                                          dropout, seed)
+                                          dropout, seed, hubs(graph, planned)[0])
 
 
-def backward(target, dout, out, lse, inputs, graph, dropout=0.0, seed=None):
+def backward(target, dout, out, lse, inputs, graph, dropout=0.0, seed=None, planned=True):
     """(dq, dk, dv[, de]) of the backward op, one gradient per given input."""
     got = target.ops.transformer_backward(dout, out, lse, *inputs, *graph.op_args(),
-                                          scale_of(inputs), dropout, seed)
+                                          scale_of(inputs), dropout, seed, *hubs(graph, planned))
     return [g for g, x in zip(got, inputs) if x is not None]
 
 

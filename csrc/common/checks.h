@@ -18,6 +18,18 @@ inline at::ScalarType lse_dtype_for(at::ScalarType h) {
   return h == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// A pointer array's long segments (csrc/common/schema.h: row_hubs, col_hubs), or none.
+using Hubs = c10::optional<at::Tensor>;
+
+// Hubs are read on the host: a CPU int64 (k, 2) table.
+inline void check_hubs(const Hubs& hubs, const char* name) {
+  if (!hubs.has_value()) return;
+  TORCH_CHECK(hubs->device().is_cpu() && hubs->scalar_type() == at::kLong && hubs->dim() == 2 &&
+                  hubs->size(1) == 2 && hubs->is_contiguous(),
+              "fastgat: ", name, " must be a contiguous CPU int64 (k, 2) tensor, got ",
+              hubs->scalar_type(), " ", hubs->sizes(), " on ", hubs->device());
+}
+
 // `like` is the op's first tensor input (h for GAT, q for TransformerConv), named `like_name`.
 inline void check_tensor(const at::Tensor& x, const char* name, const at::Tensor& like,
                          std::initializer_list<int64_t> shape, const char* like_name = "h") {

@@ -123,7 +123,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
     const c10::optional<at::Tensor>& t_loop, const at::Tensor& rowptr, const at::Tensor& col,
     const at::Tensor& colptr, const at::Tensor& csc_row, const at::Tensor& csc_eid,
     int64_t num_loops, double negative_slope, double dropout,
-    const c10::optional<at::Tensor>& seed) {
+    const c10::optional<at::Tensor>& seed,
+    const Hubs& /*row_hubs*/, const Hubs& /*col_hubs*/) {  // no CPU kernel splits a segment
   check_backward_inputs(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row,
                         csc_eid, num_loops, dropout, seed);
   const int64_t num_src = h.size(0), num_dst = rowptr.numel() - 1, heads = h.size(1);

@@ -39,7 +39,8 @@ std::tuple<at::Tensor, at::Tensor> fused_forward(
     const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
     const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
     const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops, double negative_slope,
-    double dropout, const c10::optional<at::Tensor>& seed) {
+    double dropout, const c10::optional<at::Tensor>& seed,
+    const Hubs& /*row_hubs*/) {  // no CPU kernel splits a segment
   check_forward_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed);
   std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "fastgat_forward",

@@ -179,7 +179,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gatv2_fus
     const c10::optional<at::Tensor>& e_loop, const at::Tensor& rowptr, const at::Tensor& col,
     const at::Tensor& colptr, const at::Tensor& csc_row, const at::Tensor& csc_eid,
     int64_t num_loops, double negative_slope, double dropout,
-    const c10::optional<at::Tensor>& seed) {
+    const c10::optional<at::Tensor>& seed,
+    const Hubs& /*row_hubs*/, const Hubs& /*col_hubs*/) {  // no CPU kernel splits a segment
   check_gatv2_forward_inputs(xl, xr, att, e, e_loop, rowptr, col, num_loops, dropout, seed);
   check_backward_extras(dout, out, lse, xl, rowptr, col, colptr, csc_row, csc_eid);
   const int64_t num_src = xl.size(0), num_dst = rowptr.numel() - 1, heads = xl.size(1);

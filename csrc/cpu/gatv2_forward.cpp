@@ -33,7 +33,8 @@ std::tuple<at::Tensor, at::Tensor> gatv2_fused_forward(
     const at::Tensor& xl, const at::Tensor& xr, const at::Tensor& att,
     const c10::optional<at::Tensor>& e, const c10::optional<at::Tensor>& e_loop,
     const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops, double negative_slope,
-    double dropout, const c10::optional<at::Tensor>& seed) {
+    double dropout, const c10::optional<at::Tensor>& seed,
+    const Hubs& /*row_hubs*/) {  // no CPU kernel splits a segment
   check_gatv2_forward_inputs(xl, xr, att, e, e_loop, rowptr, col, num_loops, dropout, seed);
   std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xl.scalar_type(),

@@ -129,7 +129,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_backward(
     const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& e,
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& colptr,
     const at::Tensor& csc_row, const at::Tensor& csc_eid, double scale, double dropout,
-    const c10::optional<at::Tensor>& seed) {
+    const c10::optional<at::Tensor>& seed,
+    const Hubs& /*row_hubs*/, const Hubs& /*col_hubs*/) {  // no CPU kernel splits a segment
   check_transformer_backward_inputs(dout, out, lse, q, k, v, e, rowptr, col, colptr, csc_row,
                                     csc_eid, dropout, seed);
   const int64_t num_dst = q.size(0), num_src = k.size(0), heads = q.size(1);

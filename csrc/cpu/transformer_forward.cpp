@@ -42,7 +42,8 @@ struct TransformerRule {
 std::tuple<at::Tensor, at::Tensor> transformer_forward(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& e, const at::Tensor& rowptr, const at::Tensor& col,
-    double scale, double dropout, const c10::optional<at::Tensor>& seed) {
+    double scale, double dropout, const c10::optional<at::Tensor>& seed,
+    const Hubs& /*row_hubs*/) {  // no CPU kernel splits a segment
   check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed);
   std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(),

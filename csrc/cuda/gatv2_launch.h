@@ -35,15 +35,16 @@ std::tuple<at::Tensor, at::Tensor> gatv2_fused_forward(
     const at::Tensor& xl, const at::Tensor& xr, const at::Tensor& att,
     const c10::optional<at::Tensor>& e, const c10::optional<at::Tensor>& e_loop,
     const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops, double negative_slope,
-    double dropout, const c10::optional<at::Tensor>& seed) {
+    double dropout, const c10::optional<at::Tensor>& seed, const Hubs& row_hubs) {
   check_gatv2_forward_inputs(xl, xr, att, e, e_loop, rowptr, col, num_loops, dropout, seed);
+  check_hubs(row_hubs, "row_hubs");
   const typename Device::Guard guard(xl.device());
   const Device device;
   return forward_outputs(device, xl, rowptr, [&](auto type, auto index, at::Tensor& out,
                                                  at::Tensor& lse) {
     const auto rule = make_gatv2_rule<decltype(type)>(xl, xr, att, e, e_loop, negative_slope);
     launch_forward<decltype(index)>(device, rule, gatv2_inputs_aligned(rule), rowptr, col,
-                                    num_loops, dropout, seed, out, lse);
+                                    num_loops, dropout, seed, row_hubs, out, lse);
   });
 }
 
@@ -135,11 +136,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gatv2_fus
     const c10::optional<at::Tensor>& e, const c10::optional<at::Tensor>& e_loop,
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& colptr,
     const at::Tensor& csc_row, const at::Tensor& csc_eid, int64_t num_loops,
-    double negative_slope, double dropout, const c10::optional<at::Tensor>& seed) {
+    double negative_slope, double dropout, const c10::optional<at::Tensor>& seed,
+    const Hubs& row_hubs, const Hubs& col_hubs) {
   check_gatv2_forward_inputs(xl, xr, att, e, e_loop, rowptr, col, num_loops, dropout, seed);
+  check_backward_extras(dout, out, lse, xl, rowptr, col, colptr, csc_row, csc_eid);
+  check_hubs(row_hubs, "row_hubs");  // GATv2's backward passes split nothing
+  check_hubs(col_hubs, "col_hubs");
   const typename Device::Guard guard(dout.device());
   const Device device;
-  check_backward_extras(dout, out, lse, xl, rowptr, col, colptr, csc_row, csc_eid);
   at::Tensor dxl = device.empty(xl.sizes(), xl.options());
   at::Tensor dxr = device.empty(xr.sizes(), xr.options());
   at::Tensor datt = device.empty(att.sizes(), att.options());

@@ -44,23 +44,46 @@ inline int64_t blocks_for(int64_t work, int64_t per_block) {
 // the split length sets the summation order, so bitwise results must not depend on the device.
 constexpr int64_t kDeterministicPlanSms = 132;
 
-// The split length and a bound on the chunk count, from shapes alone (see forward_kernels.cuh):
-// a row (forward: CSR rows; backward: CSC columns) of more than split_len entries is cut into
-// chunks. num_rows > 0.
+// The split length and the chunk count (see forward_kernels.cuh): a row (forward: CSR rows;
+// backward: CSC columns) of more than split_len entries is cut into chunks. With the rows'
+// hubs (csrc/common/schema.h) the count is exact, so buffers hold the chunks that exist; without,
+// it is a bound from shapes alone. num_rows > 0.
 struct SplitPlan {
   int64_t split_len;
-  int64_t chunk_bound;  // 0: no row can split
+  int64_t chunk_bound;  // chunks to size for; 0: no row splits, nothing to launch for splitting
 
-  SplitPlan(int64_t num_rows, int64_t num_slots, int64_t num_loops, int64_t device_sms) {
+  SplitPlan(int64_t num_rows, int64_t num_slots, int64_t num_loops, int64_t device_sms,
+            const Hubs& hubs) {
     const int64_t sms = at::globalContext().deterministicAlgorithms() ? kDeterministicPlanSms
                                                                       : device_sms;
     const int64_t entries = num_slots + num_loops;
     split_len = std::max<int64_t>(
         256, std::min(4 * ceil_div(entries, num_rows), ceil_div(entries, 8 * sms)));
+    if (hubs.has_value()) {
+      chunk_bound = 0;
+      const int64_t* hub = hubs->const_data_ptr<int64_t>();
+      // Longest first by edges; a row holds at most one more entry (its loop).
+      for (int64_t k = 0; k < hubs->size(0) && hub[2 * k] + 1 > split_len; ++k) {
+        const int64_t row_entries = hub[2 * k] + (num_loops > 0 ? hub[2 * k + 1] : 0);
+        if (row_entries > split_len) chunk_bound += ceil_div(row_entries, split_len);
+      }
+      return;
+    }
     const int64_t max_row_entries = num_slots + (num_loops > 0);
     chunk_bound = max_row_entries > split_len ? ceil_div(2 * entries, split_len) : 0;
   }
 };
+
+// chunk_ptr of the rows of `ptr` (int64, num_rows + 1): each row's chunk count when it splits
+// (0 otherwise), counted and scanned on the device, so no host sync.
+template <typename Index, typename Device>
+at::Tensor chunk_table(const Device& device, const Index* ptr, int64_t num_rows, int64_t num_loops,
+                       int64_t split_len, const at::Tensor& like) {
+  at::Tensor counts = device.empty({num_rows + 1}, like.options().dtype(at::kLong));
+  device.launch(count_chunks_kernel<Index>, blocks_for(num_rows, kBlock), kBlock, ptr, num_rows,
+                num_loops, split_len, counts.data_ptr<int64_t>());
+  return counts.cumsum(0);
+}
 
 inline bool is_aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
@@ -101,8 +124,8 @@ void dispatch_types(const at::Tensor& values, const at::Tensor& rowptr, Fn&& fn)
 template <typename Index, typename Rule, typename Device>
 void launch_forward(const Device& device, const Rule& rule, bool aligned,
                     const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops,
-                    double dropout, const c10::optional<at::Tensor>& seed, at::Tensor& out,
-                    at::Tensor& lse) {
+                    double dropout, const c10::optional<at::Tensor>& seed, const Hubs& hubs,
+                    at::Tensor& out, at::Tensor& lse) {
   using T = typename Rule::T;
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
@@ -122,14 +145,11 @@ void launch_forward(const Device& device, const Rule& rule, bool aligned,
   a.dropout = make_dropout(dropout, seed);
 
   const int64_t sms = device.sms();
-  const SplitPlan plan(a.num_dst, a.num_slots, num_loops, sms);
+  const SplitPlan plan(a.num_dst, a.num_slots, num_loops, sms, hubs);
   a.split_len = plan.split_len;
   at::Tensor chunk_ptr, part_out, part_lse;
   if (plan.chunk_bound > 0) {
-    at::Tensor counts = device.empty({a.num_dst + 1}, rowptr.options().dtype(at::kLong));
-    device.launch(count_chunks_kernel<Index>, blocks_for(a.num_dst, kBlock), kBlock, a.rowptr,
-                  a.num_dst, num_loops, a.split_len, counts.data_ptr<int64_t>());
-    chunk_ptr = counts.cumsum(0);
+    chunk_ptr = chunk_table(device, a.rowptr, a.num_dst, num_loops, a.split_len, rowptr);
     const auto acc_options = out.options().dtype(lse.scalar_type());
     part_out = device.empty({plan.chunk_bound, a.heads, a.channels}, acc_options);
     part_lse = device.empty({plan.chunk_bound, a.heads}, acc_options);
@@ -179,8 +199,9 @@ std::tuple<at::Tensor, at::Tensor> fused_forward(
     const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
     const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
     const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops, double negative_slope,
-    double dropout, const c10::optional<at::Tensor>& seed) {
+    double dropout, const c10::optional<at::Tensor>& seed, const Hubs& row_hubs) {
   check_forward_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed);
+  check_hubs(row_hubs, "row_hubs");
   const typename Device::Guard guard(h.device());
   const Device device;
   return forward_outputs(device, h, rowptr, [&](auto type, auto index, at::Tensor& out,
@@ -195,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor> fused_forward(
     rule.t_loop = score_array<const T>(t_loop);
     rule.slope = static_cast<A>(negative_slope);
     launch_forward<decltype(index)>(device, rule, is_aligned_16(rule.values), rowptr, col,
-                                    num_loops, dropout, seed, out, lse);
+                                    num_loops, dropout, seed, row_hubs, out, lse);
   });
 }
 
@@ -217,8 +238,9 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
                      const c10::optional<at::Tensor>& t_loop, const at::Tensor& rowptr,
                      const at::Tensor& col, const at::Tensor& colptr, const at::Tensor& csc_row,
                      const at::Tensor& csc_eid, int64_t num_loops, double negative_slope,
-                     double dropout, const c10::optional<at::Tensor>& seed, at::Tensor& dh,
-                     at::Tensor& ds, at::Tensor& dd, at::Tensor& dt, at::Tensor& dt_loop) {
+                     double dropout, const c10::optional<at::Tensor>& seed,
+                     const Hubs& col_hubs, at::Tensor& dh, at::Tensor& ds, at::Tensor& dd,
+                     at::Tensor& dt, at::Tensor& dt_loop) {
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
   at::Tensor D = device.empty({d.size(0), d.size(1)}, lse.options());
@@ -270,14 +292,11 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
   zero_dead_slots(device, a.rowptr, a.num_dst, a.num_slots, a.heads, a.dt.narrow);
   if (a.num_src > 0) {  // CSC pass: dz per slot (dt, dt_loop), ds, dh; long columns split
     const int64_t sms = device.sms();
-    const SplitPlan plan(a.num_src, a.num_slots, num_loops, sms);
+    const SplitPlan plan(a.num_src, a.num_slots, num_loops, sms, col_hubs);
     a.split_len = plan.split_len;
     at::Tensor chunk_ptr, part_dh, part_ds;
     if (plan.chunk_bound > 0) {
-      at::Tensor counts = device.empty({a.num_src + 1}, colptr.options().dtype(at::kLong));
-      device.launch(count_chunks_kernel<Index>, blocks_for(a.num_src, kBlock), kBlock, a.colptr,
-                    a.num_src, num_loops, a.split_len, counts.data_ptr<int64_t>());
-      chunk_ptr = counts.cumsum(0);
+      chunk_ptr = chunk_table(device, a.colptr, a.num_src, num_loops, a.split_len, colptr);
       part_dh = device.empty({plan.chunk_bound, a.heads, a.channels}, lse.options());
       part_ds = device.empty({plan.chunk_bound, a.heads}, lse.options());
       a.chunk_ptr = chunk_ptr.data_ptr<int64_t>();
@@ -309,9 +328,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
     const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
     const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& colptr,
     const at::Tensor& csc_row, const at::Tensor& csc_eid, int64_t num_loops,
-    double negative_slope, double dropout, const c10::optional<at::Tensor>& seed) {
+    double negative_slope, double dropout, const c10::optional<at::Tensor>& seed,
+    const Hubs& row_hubs, const Hubs& col_hubs) {
   check_backward_inputs(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid,
                         num_loops, dropout, seed);
+  check_hubs(row_hubs, "row_hubs");  // GAT's backward splits columns only
+  check_hubs(col_hubs, "col_hubs");
   const typename Device::Guard guard(dout.device());
   const Device device;
   at::Tensor dh = device.empty(h.sizes(), h.options());
@@ -326,7 +348,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
   dispatch_types(h, rowptr, [&](auto type, auto index) {
     launch_backward<decltype(type), decltype(index)>(
         device, dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid,
-        num_loops, negative_slope, dropout, seed, dh, ds, dd, dt, dt_loop);
+        num_loops, negative_slope, dropout, seed, col_hubs, dh, ds, dd, dt, dt_loop);
   });
   return {dh, ds, dd, dt, dt_loop};
 }

@@ -16,8 +16,9 @@ template <typename Device>
 std::tuple<at::Tensor, at::Tensor> transformer_forward(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& e, const at::Tensor& rowptr, const at::Tensor& col,
-    double scale, double dropout, const c10::optional<at::Tensor>& seed) {
+    double scale, double dropout, const c10::optional<at::Tensor>& seed, const Hubs& row_hubs) {
   check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed);
+  check_hubs(row_hubs, "row_hubs");
   const typename Device::Guard guard(q.device());
   const Device device;
   return forward_outputs(device, q, rowptr, [&](auto type, auto index, at::Tensor& out,
@@ -32,24 +33,21 @@ std::tuple<at::Tensor, at::Tensor> transformer_forward(
     const bool aligned = is_aligned_16(rule.q) && is_aligned_16(rule.k) &&
                          is_aligned_16(rule.v) && (rule.e == nullptr || is_aligned_16(rule.e));
     launch_forward<decltype(index)>(device, rule, aligned, rowptr, col, /*num_loops=*/0, dropout,
-                                    seed, out, lse);
+                                    seed, row_hubs, out, lse);
   });
 }
 
-// Fills s.chunk_ptr (and returns its storage) when some of s's rows may be longer than the
-// split length: chunk counts per row on the device, numbered by a device cumsum (no host sync).
-// Returns the bound on the chunk count, 0 when no row can split.
+// Fills s.chunk_ptr (and returns its storage in chunk_ptr) when some of s's rows split (the
+// plan of launch.h, exact with the rows' hubs). Returns the chunk count to size for, 0 when no
+// row splits.
 template <typename Index, typename Device>
 int64_t plan_chunks(const Device& device, Segments<Index>& s, int64_t num_slots,
-                    const at::Tensor& ptr, at::Tensor& chunk_ptr) {
-  const SplitPlan plan(s.count, num_slots, /*num_loops=*/0, device.sms());
+                    const at::Tensor& ptr, const Hubs& hubs, at::Tensor& chunk_ptr) {
+  const SplitPlan plan(s.count, num_slots, /*num_loops=*/0, device.sms(), hubs);
   s.split_len = plan.split_len;
   s.chunk_ptr = nullptr;
   if (plan.chunk_bound == 0) return 0;
-  at::Tensor counts = device.empty({s.count + 1}, ptr.options().dtype(at::kLong));
-  device.launch(count_chunks_kernel<Index>, blocks_for(s.count, kBlock), kBlock, s.ptr, s.count,
-                int64_t{0}, s.split_len, counts.data_ptr<int64_t>());
-  chunk_ptr = counts.cumsum(0);
+  chunk_ptr = chunk_table(device, s.ptr, s.count, int64_t{0}, s.split_len, ptr);
   s.chunk_ptr = chunk_ptr.data_ptr<int64_t>();
   return plan.chunk_bound;
 }
@@ -59,13 +57,13 @@ int64_t plan_chunks(const Device& device, Segments<Index>& s, int64_t num_slots,
 // output (dq, or dk and dv).
 template <bool CSC, typename T, typename Index, typename Device>
 void launch_pass(const Device& device, TransformerBackwardArgs<T, Index>& a, bool aligned,
-                 int64_t num_slots, const at::Tensor& ptr,
+                 int64_t num_slots, const at::Tensor& ptr, const Hubs& hubs,
                  std::initializer_list<std::pair<at::Tensor*, at::opmath_type<T>**>> outs) {
   using A = at::opmath_type<T>;
   Segments<Index>& s = CSC ? a.columns : a.rows;
   if (s.count == 0) return;
   at::Tensor chunk_ptr;
-  const int64_t chunk_bound = plan_chunks(device, s, num_slots, ptr, chunk_ptr);
+  const int64_t chunk_bound = plan_chunks(device, s, num_slots, ptr, hubs, chunk_ptr);
   std::vector<at::Tensor> parts;
   for (const auto& [out, field] : outs) {
     parts.push_back(device.empty({chunk_bound, a.heads, a.channels},
@@ -98,8 +96,9 @@ void launch_transformer_backward(const Device& device, const at::Tensor& dout,
                                  const at::Tensor& col, const at::Tensor& colptr,
                                  const at::Tensor& csc_row, const at::Tensor& csc_eid,
                                  double scale, double dropout,
-                                 const c10::optional<at::Tensor>& seed, at::Tensor& dq,
-                                 at::Tensor& dk, at::Tensor& dv, at::Tensor& de) {
+                                 const c10::optional<at::Tensor>& seed, const Hubs& row_hubs,
+                                 const Hubs& col_hubs, at::Tensor& dq, at::Tensor& dk,
+                                 at::Tensor& dv, at::Tensor& de) {
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
   const int64_t num_slots = col.numel();
@@ -141,10 +140,10 @@ void launch_transformer_backward(const Device& device, const at::Tensor& dout,
   if (e.has_value()) aligned = aligned && is_aligned_16(a.e) && is_aligned_16(a.de);
 
   // CSR pass: dz and w per slot, de, dq (split rows: partials merged in order).
-  launch_pass<false>(device, a, aligned, num_slots, rowptr, {{&dq, &a.part_dq}});
+  launch_pass<false>(device, a, aligned, num_slots, rowptr, row_hubs, {{&dq, &a.part_dq}});
   zero_dead_slots(device, a.rows.ptr, a.rows.count, num_slots, a.heads * a.channels, a.de);
   // CSC pass: dk and dv from the stored dz and w.
-  launch_pass<true>(device, a, aligned, num_slots, colptr,
+  launch_pass<true>(device, a, aligned, num_slots, colptr, col_hubs,
                     {{&dk, &a.part_dk}, {&dv, &a.part_dv}});
 }
 
@@ -154,9 +153,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_backward(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const c10::optional<at::Tensor>& e, const at::Tensor& rowptr, const at::Tensor& col,
     const at::Tensor& colptr, const at::Tensor& csc_row, const at::Tensor& csc_eid, double scale,
-    double dropout, const c10::optional<at::Tensor>& seed) {
+    double dropout, const c10::optional<at::Tensor>& seed, const Hubs& row_hubs,
+    const Hubs& col_hubs) {
   check_transformer_backward_inputs(dout, out, lse, q, k, v, e, rowptr, col, colptr, csc_row,
                                     csc_eid, dropout, seed);
+  check_hubs(row_hubs, "row_hubs");
+  check_hubs(col_hubs, "col_hubs");
   const typename Device::Guard guard(dout.device());
   const Device device;
   at::Tensor dq = device.empty(q.sizes(), q.options());
@@ -167,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_backward(
   dispatch_types(q, rowptr, [&](auto type, auto index) {
     launch_transformer_backward<decltype(type), decltype(index)>(
         device, dout, out, lse, q, k, v, e, rowptr, col, colptr, csc_row, csc_eid, scale,
-        dropout, seed, dq, dk, dv, de);
+        dropout, seed, row_hubs, col_hubs, dq, dk, dv, de);
   });
   return {dq, dk, dv, de};
 }

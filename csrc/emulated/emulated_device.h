@@ -15,6 +15,8 @@ namespace emulated {
 
 // The SM count the launch plan sees: tests pretend to have few SMs to split rows on small graphs.
 inline std::atomic<int64_t> num_sms{132};
+// Kernel launches so far: tests check what a launch plan runs.
+inline std::atomic<int64_t> num_launches{0};
 
 struct EmulatedDevice {
   struct Guard {  // CPU tensors: no device to make current
@@ -25,6 +27,7 @@ struct EmulatedDevice {
 
   template <typename... P, typename... Args>
   void launch(void (*kernel)(P...), int64_t blocks, int threads, Args&&... args) const {
+    ++num_launches;
     try {
       simt::launch(kernel, simt::Dim3{static_cast<unsigned>(blocks)},
                    simt::Dim3{static_cast<unsigned>(threads)}, std::forward<Args>(args)...);

@@ -19,6 +19,8 @@ int64_t set_num_sms(int64_t sms) {
   return num_sms.exchange(sms);
 }
 
+int64_t launch_count() { return num_launches.load(); }
+
 }  // namespace
 }  // namespace emulated
 }  // namespace fastgat
@@ -27,6 +29,7 @@ TORCH_LIBRARY(fastgat_emulated, m) {
   m.def(fastgat::kForwardSchema);
   m.def(fastgat::kBackwardSchema);
   m.def("set_num_sms(int sms) -> int", &fastgat::emulated::set_num_sms);
+  m.def("launch_count() -> int", &fastgat::emulated::launch_count);
 }
 
 TORCH_LIBRARY_IMPL(fastgat_emulated, CPU, m) {

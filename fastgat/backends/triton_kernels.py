@@ -5,10 +5,10 @@ torch.use_deterministic_algorithms(True), see pinned_config); CPU tensors run un
 Triton interpreter (TRITON_INTERPRET=1, read when this module is imported) with one fixed
 configuration. Launches per call: forward 1 and its merge; GAT's backward 3 (D = <dout, out>,
 the CSC pass, the dd segment sum), GATv2's and TransformerConv's 3 (D, the CSR pass, the CSC
-pass), the last two each with a merge. A merge launches once the graph holds more than CHUNK
-edges (its programs return at once for rows that were not split). No host sync: every grid
-size comes from tensor shapes, and the item tables of a pointer array are built by torch ops on
-the device (`plan`).
+pass), the last two each with a merge, launched only when a row is split. The item tables of a
+pointer array (`plan`) are built by torch ops on the device: once per graph and sized exactly
+for a Graph's own pointer arrays (fastgat/launch_plan.py reads their long rows once), else on
+every call with sizes from tensor shapes alone, with no host sync.
 """
 import contextlib
 import struct
@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .. import launch_plan
 from ..dropout import threshold
 from . import triton_device as dev
 from .torch_ref import accumulation_dtype
@@ -39,29 +40,51 @@ class Plan(NamedTuple):
     item_ptr: Tensor    # (num_rows + 1,) first item of each row
     split_rows: Tensor  # (num_split,) rows with more than CHUNK slots; num_rows for the tail
     split_ptr: Tensor   # (num_rows + 1,) first partial-state slot of each split row
-    num_parts: int      # bound on partial states
+    num_parts: int      # partial states (a bound, or exact: see plan)
 
 
 def plan(ptr: Tensor, num_slots: int) -> Plan:
-    """Device-side item tables with static sizes: a row of degree g takes max(1, ceil(g/CHUNK))
-    items, at most num_rows + num_slots // CHUNK in all; only rows with g > CHUNK (at most
-    num_slots // (CHUNK+1)) write partial states, at most 2 * (num_slots // CHUNK) of them."""
+    """The item tables of `ptr`: a row of degree g takes max(1, ceil(g/CHUNK)) items, and only
+    rows with g > CHUNK write partial states. For a graph's registered pointer array they are
+    built once and sized exactly (fastgat/launch_plan.py); otherwise, on every call, with
+    static sizes from shapes alone: at most num_rows + num_slots // CHUNK items, of which the
+    unused tail is idle, num_slots // (CHUNK+1) split rows and 2 * (num_slots // CHUNK)
+    partial states."""
+    exact = launch_plan.derived(ptr, "triton",
+                                lambda hubs: _tables(ptr, *_exact_sizes(ptr, hubs)))
+    if exact is not None:
+        return exact
+    num_rows = ptr.numel() - 1
+    return _tables(ptr, num_rows + num_slots // CHUNK, num_slots // (CHUNK + 1),
+                   2 * (num_slots // CHUNK))
+
+
+def _exact_sizes(ptr: Tensor, hubs: Tensor) -> Tuple[int, int, int]:
+    """(items, split rows, partial states) of ptr's rows from its long segments (launch_plan.hubs:
+    every row of more than MIN_SPLIT <= CHUNK edges; chunk 0 takes the self loop, so the loop
+    column does not count here)."""
+    degree = hubs[:, 0]
+    chunks = (degree[degree > CHUNK] + CHUNK - 1) // CHUNK
+    return (ptr.numel() - 1 + int(chunks.sum()) - chunks.numel(), chunks.numel(),
+            int(chunks.sum()))
+
+
+def _tables(ptr: Tensor, num_items: int, num_split: int, num_parts: int) -> Plan:
+    """Device-side item tables of `ptr` with the given sizes (no host sync)."""
     num_rows = ptr.numel() - 1
     degree = (ptr[1:] - ptr[:-1]).long()
     items = torch.clamp_min((degree + CHUNK - 1) // CHUNK, 1)
     zero = degree.new_zeros(1)
     item_ptr = torch.cat([zero, items.cumsum(0)])
-    num_items = num_rows + num_slots // CHUNK
     item_row = torch.searchsorted(item_ptr[1:], torch.arange(num_items, device=ptr.device),
                                   right=True)
     split = degree > CHUNK
     split_ptr = torch.cat([zero, torch.where(split, items, 0).cumsum(0)])
-    num_split = num_slots // (CHUNK + 1)
     split_rows = torch.searchsorted(split.long().cumsum(0),
                                     torch.arange(num_split, device=ptr.device), right=True)
     index = lambda x: x.to(ptr.dtype)  # noqa: E731
     return Plan(index(item_row), index(item_ptr), index(split_rows), index(split_ptr),
-                2 * (num_slots // CHUNK))
+                num_parts)
 
 
 def _configs():
