@@ -87,7 +87,7 @@ struct SourceValue {
   }
   __device__ __forceinline__ static void accumulate(A (&acc)[VEC], A w, const Value& v) {
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) acc[k] += w * static_cast<A>(v.v[k]);
+    for (int k = 0; k < VEC; ++k) acc[k] += w * static_cast<A>(v.get(k));
   }
 };
 

@@ -85,14 +85,13 @@ struct TransformerRule {
     if (e != nullptr) {
       load_pack<ALIGNED>(e + (slot * it.heads + it.head) * it.channels, it.c0, it.channels, x.e);
     } else {
-#pragma unroll
-      for (int u = 0; u < VEC; ++u) x.e.v[u] = T(0);
+      x.e = Pack<T, VEC>::make([](int) { return T(0); });
     }
   }
   __device__ __forceinline__ static void accumulate(A (&acc)[VEC], A w, const Value& x) {
 #pragma unroll
     for (int u = 0; u < VEC; ++u) {
-      acc[u] += w * (static_cast<A>(x.v.v[u]) + static_cast<A>(x.e.v[u]));
+      acc[u] += w * (static_cast<A>(x.v.get(u)) + static_cast<A>(x.e.get(u)));
     }
   }
 };
@@ -329,8 +328,8 @@ __device__ __forceinline__ void csc_item(const TransformerBackwardArgs<T, Index>
         if (e + u < n && (dz_u[u] != A(0) || w_u[u] != A(0))) {
 #pragma unroll
           for (int v = 0; v < VEC; ++v) {
-            dk[v] += dz_u[u] * static_cast<A>(q_u[u].v[v]);
-            dv[v] += w_u[u] * static_cast<A>(dout_u[u].v[v]);
+            dk[v] += dz_u[u] * static_cast<A>(q_u[u].get(v));
+            dv[v] += w_u[u] * static_cast<A>(dout_u[u].get(v));
           }
         }
       }
