@@ -122,16 +122,20 @@ __device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const 
   A dh[VEC], ds = A(0);
 #pragma unroll
   for (int v = 0; v < VEC; ++v) dh[v] = A(0);
-  for (int64_t base = begin; base < end; base += g.size) {
-    // Lane k scores out-edge base + k (q == degree: the self loop j -> j).
-    const int64_t q = base + g.lane;
-    const bool valid = q < end;
+  // Out-edges as 32-bit offsets q from begin (end - begin <= split_len < 2^31, see SplitPlan
+  // in launch.h): q < csc is CSC entry first + q, q == csc the self loop j -> j.
+  const int64_t first = col_begin + begin;
+  const int count = static_cast<int>(end - begin);
+  const int csc = static_cast<int>(std::min(degree - begin, end - begin));
+  for (int base = 0; base < count; base += g.size) {
+    const int q = base + g.lane;
+    const bool valid = q < count;
     Index i = 0;
     int64_t slot = 0;
     A t_q = A(0), z = A(0), alpha = A(0), keep = A(0), D = A(0);
-    if (valid && q < degree) {
-      i = a.csc_row[col_begin + q];
-      slot = a.csc_eid[col_begin + q];
+    if (valid && q < csc) {
+      i = a.csc_row[first + q];
+      slot = a.csc_eid[first + q];
       if (a.t.present()) t_q = a.t[slot * heads + head];
     } else if (valid) {
       i = static_cast<Index>(j);
@@ -148,7 +152,7 @@ __device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const 
     const A w = alpha * keep;
 
     // Per out-edge: <dout_i, h_j> over all channels, and dh_j += w dout_i on this group's tile.
-    const int n = static_cast<int>(std::min<int64_t>(g.size, end - base));
+    const int n = std::min(g.size, count - base);
     A my_dot = A(0);
     for (int e = 0; e < n; e += 4) {
       A part[4];
@@ -174,7 +178,7 @@ __device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const 
     }
     const A dz = alpha * (keep * my_dot - D) * (z > A(0) ? A(1) : a.slope);
     if (valid && tile == 0) {  // one writer per entry: lane k holds entry base + k
-      if (q < degree) {
+      if (q < csc) {
         a.dz[slot * heads + head] = dz;
         if (a.dt.present()) a.dt.store(slot * heads + head, dz);
       } else {

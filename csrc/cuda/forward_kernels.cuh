@@ -176,16 +176,21 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<Rule, Index>& a, 
   const typename Rule::Row row = a.rule.template row<ALIGNED>(item);
   const uint64_t seed = a.dropout.seed_value();
 
-  // Entry q of the row: source j, dropout slot and the rule's Entry; q == degree is the loop.
-  auto fetch = [&](int64_t q, Index& j, int64_t& slot, Entry& en) {
-    if (q < degree) {
-      slot = row_begin + q;
-      j = a.col[slot];
-      en = a.rule.entry(item, slot, false);
+  // The item's entries as 32-bit offsets q from begin (end - begin <= split_len < 2^31, see
+  // SplitPlan in launch.h): q < csr is CSR slot first + q, q == csr the self loop (slot E + i).
+  // A slot is recomputed from q where it is used rather than carried across the gather.
+  const int64_t first = row_begin + begin;
+  const int count = static_cast<int>(end - begin);
+  const int csr = static_cast<int>(std::min(degree - begin, end - begin));
+  auto slot_of = [&](int q) { return q < csr ? first + q : a.num_slots + i; };
+  // Entry q's source j and the rule's Entry.
+  auto fetch = [&](int q, Index& j, Entry& en) {
+    if (q < csr) {
+      j = a.col[first + q];
+      en = a.rule.entry(item, first + q, false);
     } else {
-      slot = a.num_slots + i;
       j = static_cast<Index>(i);
-      en = a.rule.entry(item, slot, true);
+      en = a.rule.entry(item, a.num_slots + i, true);
     }
   };
 
@@ -196,20 +201,19 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<Rule, Index>& a, 
   // Lane k scores entry base + k; the next step's col and Entry are fetched before this step's
   // gather so their latency hides behind it.
   Index j = 0;
-  int64_t slot = 0;
   Entry en{};
-  bool valid = begin + g.lane < end;
-  if (valid) fetch(begin + g.lane, j, slot, en);
-  for (int64_t base = begin; base < end; base += g.size) {
-    const int n = static_cast<int>(std::min<int64_t>(g.size, end - base));
+  bool valid = g.lane < count;
+  if (valid) fetch(g.lane, j, en);
+  for (int base = 0; base < count; base += g.size) {
+    const int n = std::min(g.size, count - base);
+    const int64_t slot = slot_of(base + g.lane);
     const A x = a.rule.template logit<ALIGNED>(g, item, row, j, slot, en, valid, n);
     const A keep = valid ? a.dropout.template keep<A>(seed, slot, heads, head) : A(0);
     const Index j_now = j;
-    const int64_t slot_now = slot;
 
-    const int64_t next = base + g.size + g.lane;
-    valid = next < end;
-    if (valid) fetch(next, j, slot, en);
+    const int next = base + g.size + g.lane;
+    valid = next < count;
+    if (valid) fetch(next, j, en);
 
     const A m_new = g.max(m > x ? m : x);
     const A rescale = m == m_new ? A(1) : exp_(m - m_new);  // m = m_new = -inf: no NaN
@@ -230,7 +234,7 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<Rule, Index>& a, 
       for (int u = 0; u < 4; ++u) {
         src[u] = g.broadcast(j_now, (e + u) & (g.size - 1));
         if constexpr (Rule::kValueReadsSlot) {
-          src_slot[u] = g.broadcast(slot_now, (e + u) & (g.size - 1));
+          src_slot[u] = g.broadcast(slot, (e + u) & (g.size - 1));
         }
         weight[u] = g.broadcast(w, (e + u) & (g.size - 1));
       }

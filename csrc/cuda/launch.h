@@ -56,6 +56,9 @@ struct SplitPlan {
         256, std::min(4 * ceil_div(entries, num_rows), ceil_div(entries, 8 * sms)));
     const int64_t max_row_entries = num_slots + (num_loops > 0);
     chunk_bound = max_row_entries > split_len ? ceil_div(2 * entries, split_len) : 0;
+    // No work item is longer than split_len: the kernels count its entries in 32 bits.
+    TORCH_CHECK(split_len <= std::numeric_limits<int32_t>::max(), "fastgat: graph too large "
+                "for the split plan (split length ", split_len, ")");
   }
 };
 
