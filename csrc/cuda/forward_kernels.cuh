@@ -223,15 +223,17 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<Rule, Index>& a, 
 #pragma unroll
     for (int v = 0; v < VEC; ++v) acc[v] *= rescale;
 
-    // Gather: four values in flight per step, lanes across channels.
+    // Gather: kInFlight values in flight per step, lanes across channels. Unaligned values
+    // load element by element, so two of them already keep 2 * VEC loads in flight.
+    constexpr int kInFlight = ALIGNED ? 4 : 2;
     const A w = p * keep;
-    for (int e = 0; e < n; e += 4) {
-      Index src[4];
-      int64_t src_slot[4] = {};
-      A weight[4];
-      typename Rule::Value value[4];
+    for (int e = 0; e < n; e += kInFlight) {
+      Index src[kInFlight];
+      int64_t src_slot[kInFlight] = {};
+      A weight[kInFlight];
+      typename Rule::Value value[kInFlight];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
+      for (int u = 0; u < kInFlight; ++u) {
         src[u] = g.broadcast(j_now, (e + u) & (g.size - 1));
         if constexpr (Rule::kValueReadsSlot) {
           src_slot[u] = g.broadcast(slot, (e + u) & (g.size - 1));
@@ -239,11 +241,11 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<Rule, Index>& a, 
         weight[u] = g.broadcast(w, (e + u) & (g.size - 1));
       }
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
+      for (int u = 0; u < kInFlight; ++u) {
         if (e + u < n) a.rule.template value<ALIGNED>(item, src[u], src_slot[u], value[u]);
       }
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
+      for (int u = 0; u < kInFlight; ++u) {
         if (e + u < n) Rule::accumulate(acc, weight[u], value[u]);
       }
     }
