@@ -179,6 +179,7 @@ __device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const 
     const A dz = alpha * (keep * my_dot - D) * (z > A(0) ? A(1) : a.slope);
     if (valid && tile == 0) {  // one writer per entry: lane k holds entry base + k
       if (q < csc) {
+        const int64_t slot = a.csc_eid[first + q];  // reloaded: not held across the gather
         a.dz[slot * heads + head] = dz;
         if (a.dt.present()) a.dt.store(slot * heads + head, dz);
       } else {
