@@ -60,7 +60,7 @@ struct BackwardArgs {
 
 // D_i = <dout_i, out_i> per (row, head): the softmax's Jacobian term, a dense product.
 template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) dot_kernel(const BackwardArgs<T, Index> a) {
+__global__ void __launch_bounds__(kBlock, kMinBlocks) dot_kernel(const BackwardArgs<T, Index> a) {
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
   const Group g(a.group_size);
@@ -82,7 +82,8 @@ constexpr int kRowSumLanes = 8;
 // dd_i = sum of dz over row i's slots and its self loop, in a fixed order (lane strides, then
 // a shuffle tree): deterministic.
 template <typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) row_sum_kernel(const BackwardArgs<T, Index> a) {
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
+    row_sum_kernel(const BackwardArgs<T, Index> a) {
   using A = at::opmath_type<T>;
   const Group g(kRowSumLanes);
   const int64_t row_head = g.index();
@@ -200,7 +201,7 @@ __device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const 
 
 // A group per (source, head, tile); columns that split are left to csc_chunk_kernel.
 template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) csc_kernel(const BackwardArgs<T, Index> a) {
+__global__ void __launch_bounds__(kBlock, kMinBlocks) csc_kernel(const BackwardArgs<T, Index> a) {
   const Group g(a.group_size);
   const int64_t per_col = a.heads * a.tiles;
   const int64_t item = g.index();
@@ -215,7 +216,8 @@ __global__ void __launch_bounds__(kBlock) csc_kernel(const BackwardArgs<T, Index
 // A group per (chunk, head, tile) of split columns, striding over the chunk count read on the
 // device (as forward_kernels.cuh's chunk_kernel).
 template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) csc_chunk_kernel(const BackwardArgs<T, Index> a) {
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
+    csc_chunk_kernel(const BackwardArgs<T, Index> a) {
   const Group g(a.group_size);
   const int64_t per_col = a.heads * a.tiles;
   const int64_t items = a.chunk_ptr[a.num_src] * per_col;

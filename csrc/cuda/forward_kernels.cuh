@@ -23,6 +23,8 @@
 //   using Value                    one lane's VEC channels of an entry's value, as loaded
 //   kValueReadsSlot                whether value() reads the entry's slot (e.g. v_j + e_ij),
 //                                  so the skeleton broadcasts the slot beside the source
+//   kMaxRegisters                  registers a thread of the row and chunk kernels may use
+//                                  (__maxnreg__), a budget the rule's kernels fit unspilled
 //   struct Row                     what an item reads once: d_i, or this lane's tile-0 channels
 //   Row row<ALIGNED>(item)           of xr_i and att
 //   struct Entry                   per-lane data of an entry fetched with its source, a step
@@ -96,6 +98,10 @@ template <typename T_>
 struct GatRule : SourceValue<T_> {
   using T = T_;
   using A = at::opmath_type<T>;
+  // 96 or fewer: 2 blocks of 256 threads per SM on Hopper with room to spare, and the 16-bit
+  // and float kernels need no more (ptxas alone took up to 102 where it had the room); double
+  // would spill under 96.
+  static constexpr int kMaxRegisters = sizeof(T) == 8 ? 128 : 96;
   ScoreArray<const T> s;
   ScoreArray<const T> d;
   ScoreArray<const T> t;       // absent without edge scores
@@ -263,9 +269,10 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<Rule, Index>& a, 
   }
 }
 
-// A group per (row, head, tile); rows that split are left to chunk_kernel.
+// A group per (row, head, tile); rows that split are left to chunk_kernel. __maxnreg__ in place
+// of __launch_bounds__ (they exclude each other): the budget is the rule's, kBlock threads fit it.
 template <bool ALIGNED, typename Rule, typename Index>
-__global__ void __launch_bounds__(kBlock) row_kernel(const ForwardArgs<Rule, Index> a) {
+__global__ void __maxnreg__(Rule::kMaxRegisters) row_kernel(const ForwardArgs<Rule, Index> a) {
   const Group g(a.group_size);
   const int64_t per_row = a.heads * a.tiles;
   const int64_t item = g.index();
@@ -280,7 +287,7 @@ __global__ void __launch_bounds__(kBlock) row_kernel(const ForwardArgs<Rule, Ind
 // A group per (chunk, head, tile), striding over the chunk count read on the device. A kernel
 // of its own so that its loop state does not raise row_kernel's register count.
 template <bool ALIGNED, typename Rule, typename Index>
-__global__ void __launch_bounds__(kBlock) chunk_kernel(const ForwardArgs<Rule, Index> a) {
+__global__ void __maxnreg__(Rule::kMaxRegisters) chunk_kernel(const ForwardArgs<Rule, Index> a) {
   const Group g(a.group_size);
   const int64_t per_row = a.heads * a.tiles;
   const int64_t items = a.chunk_ptr[a.num_dst] * per_row;

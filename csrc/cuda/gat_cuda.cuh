@@ -18,6 +18,10 @@ namespace fastgat {
 namespace cuda {
 
 constexpr int kBlock = 256;  // threads per block, a multiple of 32
+// Blocks per SM GAT's backward kernels are built for (__launch_bounds__(kBlock, kMinBlocks)):
+// up to 128 registers a thread. Without a minimum, ptxas spilled csc kernels that need a little
+// over 80 registers down to that occupancy step (benchmarks/RESULTS.md, ptxas section).
+constexpr int kMinBlocks = 2;
 
 // Elements per 16-byte vector.
 template <typename T>

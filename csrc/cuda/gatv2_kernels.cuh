@@ -45,6 +45,7 @@ struct Gatv2Rule : SourceValue<T_> {
   using T = T_;
   using A = at::opmath_type<T>;
   static constexpr int VEC = vec_width<T>();
+  static constexpr int kMaxRegisters = 255;  // no budget beyond ptxas's own
   const T* xr;      // (N_dst, H, C)
   const T* att;     // (H, C)
   const T* e;       // (E, H, C) by CSR slot, or nullptr

@@ -43,6 +43,7 @@ struct TransformerRule {
   struct Value {
     Pack<T, VEC> v, e;  // e is zero without edge values
   };
+  static constexpr int kMaxRegisters = 255;  // no budget beyond ptxas's own
   static constexpr bool kValueReadsSlot = true;
   const T* q;
   const T* k;
