@@ -22,6 +22,10 @@ constexpr int kBlock = 256;  // threads per block, a multiple of 32
 // up to 128 registers a thread. Without a minimum, ptxas spilled csc kernels that need a little
 // over 80 registers down to that occupancy step (benchmarks/RESULTS.md, ptxas section).
 constexpr int kMinBlocks = 2;
+// GATv2's and TransformerConv's backward kernels need up to 177 registers: they are built for
+// one block (__launch_bounds__(kBlock, kOneBlock)), which stopped ptxas spilling them down to
+// 128 or 80 registers.
+constexpr int kOneBlock = 1;
 
 // Elements per 16-byte vector.
 template <typename T>

@@ -175,7 +175,8 @@ __device__ __forceinline__ A leaky_relu_grad(A u, A slope) {
 
 // A group per (destination i, head, tile): dz and w per slot, dxr_i, de, row i's datt share.
 template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) gatv2_csr_kernel(const Gatv2BackwardArgs<T, Index> a) {
+__global__ void __launch_bounds__(kBlock, kOneBlock)
+    gatv2_csr_kernel(const Gatv2BackwardArgs<T, Index> a) {
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
   const Group g(a.group_size);
@@ -264,7 +265,8 @@ __global__ void __launch_bounds__(kBlock) gatv2_csr_kernel(const Gatv2BackwardAr
 // A group per (source j, head, tile): dxl_j = sum over j's out-edges (then its loop) of
 // w dout_i + dz att . g(u), reading the CSR pass's dz and w per slot.
 template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) gatv2_csc_kernel(const Gatv2BackwardArgs<T, Index> a) {
+__global__ void __launch_bounds__(kBlock, kOneBlock)
+    gatv2_csc_kernel(const Gatv2BackwardArgs<T, Index> a) {
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
   const Group g(a.group_size);

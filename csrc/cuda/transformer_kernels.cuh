@@ -360,7 +360,7 @@ __device__ __forceinline__ void transformer_item(const TransformerBackwardArgs<T
 // The CSR pass (CSC = false) or the CSC pass (true): a group per (row, head, tile); rows that
 // split are left to transformer_chunk_kernel.
 template <bool ALIGNED, bool CSC, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock)
+__global__ void __launch_bounds__(kBlock, kOneBlock)
     transformer_row_kernel(const TransformerBackwardArgs<T, Index> a) {
   const Segments<Index>& s = CSC ? a.columns : a.rows;
   const Group g(a.group_size);
@@ -377,7 +377,7 @@ __global__ void __launch_bounds__(kBlock)
 // A group per (chunk, head, tile) of split rows, striding over the chunk count read on the
 // device (as forward_kernels.cuh's chunk_kernel).
 template <bool ALIGNED, bool CSC, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock)
+__global__ void __launch_bounds__(kBlock, kOneBlock)
     transformer_chunk_kernel(const TransformerBackwardArgs<T, Index> a) {
   const Segments<Index>& s = CSC ? a.columns : a.rows;
   const Group g(a.group_size);
