@@ -60,7 +60,7 @@ struct BackwardArgs {
 
 // D_i = <dout_i, out_i> per (row, head): the softmax's Jacobian term, a dense product.
 template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) dot_kernel(const BackwardArgs<T, Index> a) {
+__global__ void __launch_bounds__(kBlock, kMinBlocks) dot_kernel(const BackwardArgs<T, Index> a) {
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
   const Group g(a.group_size);
@@ -82,7 +82,8 @@ constexpr int kRowSumLanes = 8;
 // dd_i = sum of dz over row i's slots and its self loop, in a fixed order (lane strides, then
 // a shuffle tree): deterministic.
 template <typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) row_sum_kernel(const BackwardArgs<T, Index> a) {
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
+    row_sum_kernel(const BackwardArgs<T, Index> a) {
   using A = at::opmath_type<T>;
   const Group g(kRowSumLanes);
   const int64_t row_head = g.index();
@@ -122,16 +123,20 @@ __device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const 
   A dh[VEC], ds = A(0);
 #pragma unroll
   for (int v = 0; v < VEC; ++v) dh[v] = A(0);
-  for (int64_t base = begin; base < end; base += g.size) {
-    // Lane k scores out-edge base + k (q == degree: the self loop j -> j).
-    const int64_t q = base + g.lane;
-    const bool valid = q < end;
+  // Out-edges as 32-bit offsets q from begin (end - begin <= split_len < 2^31, see SplitPlan
+  // in launch.h): q < csc is CSC entry first + q, q == csc the self loop j -> j.
+  const int64_t first = col_begin + begin;
+  const int count = static_cast<int>(end - begin);
+  const int csc = static_cast<int>(std::min(degree - begin, end - begin));
+  for (int base = 0; base < count; base += g.size) {
+    const int q = base + g.lane;
+    const bool valid = q < count;
     Index i = 0;
     int64_t slot = 0;
     A t_q = A(0), z = A(0), alpha = A(0), keep = A(0), D = A(0);
-    if (valid && q < degree) {
-      i = a.csc_row[col_begin + q];
-      slot = a.csc_eid[col_begin + q];
+    if (valid && q < csc) {
+      i = a.csc_row[first + q];
+      slot = a.csc_eid[first + q];
       if (a.t.present()) t_q = a.t[slot * heads + head];
     } else if (valid) {
       i = static_cast<Index>(j);
@@ -148,7 +153,7 @@ __device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const 
     const A w = alpha * keep;
 
     // Per out-edge: <dout_i, h_j> over all channels, and dh_j += w dout_i on this group's tile.
-    const int n = static_cast<int>(std::min<int64_t>(g.size, end - base));
+    const int n = std::min(g.size, count - base);
     A my_dot = A(0);
     for (int e = 0; e < n; e += 4) {
       A part[4];
@@ -174,7 +179,8 @@ __device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const 
     }
     const A dz = alpha * (keep * my_dot - D) * (z > A(0) ? A(1) : a.slope);
     if (valid && tile == 0) {  // one writer per entry: lane k holds entry base + k
-      if (q < degree) {
+      if (q < csc) {
+        const int64_t slot = a.csc_eid[first + q];  // reloaded: not held across the gather
         a.dz[slot * heads + head] = dz;
         if (a.dt.present()) a.dt.store(slot * heads + head, dz);
       } else {
@@ -195,7 +201,7 @@ __device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const 
 
 // A group per (source, head, tile); columns that split are left to csc_chunk_kernel.
 template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) csc_kernel(const BackwardArgs<T, Index> a) {
+__global__ void __launch_bounds__(kBlock, kMinBlocks) csc_kernel(const BackwardArgs<T, Index> a) {
   const Group g(a.group_size);
   const int64_t per_col = a.heads * a.tiles;
   const int64_t item = g.index();
@@ -210,7 +216,8 @@ __global__ void __launch_bounds__(kBlock) csc_kernel(const BackwardArgs<T, Index
 // A group per (chunk, head, tile) of split columns, striding over the chunk count read on the
 // device (as forward_kernels.cuh's chunk_kernel).
 template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) csc_chunk_kernel(const BackwardArgs<T, Index> a) {
+__global__ void __launch_bounds__(kBlock, kMinBlocks)
+    csc_chunk_kernel(const BackwardArgs<T, Index> a) {
   const Group g(a.group_size);
   const int64_t per_col = a.heads * a.tiles;
   const int64_t items = a.chunk_ptr[a.num_src] * per_col;

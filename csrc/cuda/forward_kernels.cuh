@@ -23,6 +23,8 @@
 //   using Value                    one lane's VEC channels of an entry's value, as loaded
 //   kValueReadsSlot                whether value() reads the entry's slot (e.g. v_j + e_ij),
 //                                  so the skeleton broadcasts the slot beside the source
+//   kMaxRegisters                  registers a thread of the row and chunk kernels may use
+//                                  (__maxnreg__), a budget the rule's kernels fit unspilled
 //   struct Row                     what an item reads once: d_i, or this lane's tile-0 channels
 //   Row row<ALIGNED>(item)           of xr_i and att
 //   struct Entry                   per-lane data of an entry fetched with its source, a step
@@ -87,7 +89,7 @@ struct SourceValue {
   }
   __device__ __forceinline__ static void accumulate(A (&acc)[VEC], A w, const Value& v) {
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) acc[k] += w * static_cast<A>(v.v[k]);
+    for (int k = 0; k < VEC; ++k) acc[k] += w * static_cast<A>(v.get(k));
   }
 };
 
@@ -96,6 +98,10 @@ template <typename T_>
 struct GatRule : SourceValue<T_> {
   using T = T_;
   using A = at::opmath_type<T>;
+  // 96 or fewer: 2 blocks of 256 threads per SM on Hopper with room to spare, and the 16-bit
+  // and float kernels need no more (ptxas alone took up to 102 where it had the room); double
+  // would spill under 96.
+  static constexpr int kMaxRegisters = sizeof(T) == 8 ? 128 : 96;
   ScoreArray<const T> s;
   ScoreArray<const T> d;
   ScoreArray<const T> t;       // absent without edge scores
@@ -176,16 +182,21 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<Rule, Index>& a, 
   const typename Rule::Row row = a.rule.template row<ALIGNED>(item);
   const uint64_t seed = a.dropout.seed_value();
 
-  // Entry q of the row: source j, dropout slot and the rule's Entry; q == degree is the loop.
-  auto fetch = [&](int64_t q, Index& j, int64_t& slot, Entry& en) {
-    if (q < degree) {
-      slot = row_begin + q;
-      j = a.col[slot];
-      en = a.rule.entry(item, slot, false);
+  // The item's entries as 32-bit offsets q from begin (end - begin <= split_len < 2^31, see
+  // SplitPlan in launch.h): q < csr is CSR slot first + q, q == csr the self loop (slot E + i).
+  // A slot is recomputed from q where it is used rather than carried across the gather.
+  const int64_t first = row_begin + begin;
+  const int count = static_cast<int>(end - begin);
+  const int csr = static_cast<int>(std::min(degree - begin, end - begin));
+  auto slot_of = [&](int q) { return q < csr ? first + q : a.num_slots + i; };
+  // Entry q's source j and the rule's Entry.
+  auto fetch = [&](int q, Index& j, Entry& en) {
+    if (q < csr) {
+      j = a.col[first + q];
+      en = a.rule.entry(item, first + q, false);
     } else {
-      slot = a.num_slots + i;
       j = static_cast<Index>(i);
-      en = a.rule.entry(item, slot, true);
+      en = a.rule.entry(item, a.num_slots + i, true);
     }
   };
 
@@ -196,20 +207,19 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<Rule, Index>& a, 
   // Lane k scores entry base + k; the next step's col and Entry are fetched before this step's
   // gather so their latency hides behind it.
   Index j = 0;
-  int64_t slot = 0;
   Entry en{};
-  bool valid = begin + g.lane < end;
-  if (valid) fetch(begin + g.lane, j, slot, en);
-  for (int64_t base = begin; base < end; base += g.size) {
-    const int n = static_cast<int>(std::min<int64_t>(g.size, end - base));
+  bool valid = g.lane < count;
+  if (valid) fetch(g.lane, j, en);
+  for (int base = 0; base < count; base += g.size) {
+    const int n = std::min(g.size, count - base);
+    const int64_t slot = slot_of(base + g.lane);
     const A x = a.rule.template logit<ALIGNED>(g, item, row, j, slot, en, valid, n);
     const A keep = valid ? a.dropout.template keep<A>(seed, slot, heads, head) : A(0);
     const Index j_now = j;
-    const int64_t slot_now = slot;
 
-    const int64_t next = base + g.size + g.lane;
-    valid = next < end;
-    if (valid) fetch(next, j, slot, en);
+    const int next = base + g.size + g.lane;
+    valid = next < count;
+    if (valid) fetch(next, j, en);
 
     const A m_new = g.max(m > x ? m : x);
     const A rescale = m == m_new ? A(1) : exp_(m - m_new);  // m = m_new = -inf: no NaN
@@ -219,27 +229,29 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<Rule, Index>& a, 
 #pragma unroll
     for (int v = 0; v < VEC; ++v) acc[v] *= rescale;
 
-    // Gather: four values in flight per step, lanes across channels.
+    // Gather: kInFlight values in flight per step, lanes across channels. Unaligned values
+    // load element by element, so two of them already keep 2 * VEC loads in flight.
+    constexpr int kInFlight = ALIGNED ? 4 : 2;
     const A w = p * keep;
-    for (int e = 0; e < n; e += 4) {
-      Index src[4];
-      int64_t src_slot[4] = {};
-      A weight[4];
-      typename Rule::Value value[4];
+    for (int e = 0; e < n; e += kInFlight) {
+      Index src[kInFlight];
+      int64_t src_slot[kInFlight] = {};
+      A weight[kInFlight];
+      typename Rule::Value value[kInFlight];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
+      for (int u = 0; u < kInFlight; ++u) {
         src[u] = g.broadcast(j_now, (e + u) & (g.size - 1));
         if constexpr (Rule::kValueReadsSlot) {
-          src_slot[u] = g.broadcast(slot_now, (e + u) & (g.size - 1));
+          src_slot[u] = g.broadcast(slot, (e + u) & (g.size - 1));
         }
         weight[u] = g.broadcast(w, (e + u) & (g.size - 1));
       }
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
+      for (int u = 0; u < kInFlight; ++u) {
         if (e + u < n) a.rule.template value<ALIGNED>(item, src[u], src_slot[u], value[u]);
       }
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
+      for (int u = 0; u < kInFlight; ++u) {
         if (e + u < n) Rule::accumulate(acc, weight[u], value[u]);
       }
     }
@@ -257,9 +269,10 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<Rule, Index>& a, 
   }
 }
 
-// A group per (row, head, tile); rows that split are left to chunk_kernel.
+// A group per (row, head, tile); rows that split are left to chunk_kernel. __maxnreg__ in place
+// of __launch_bounds__ (they exclude each other): the budget is the rule's, kBlock threads fit it.
 template <bool ALIGNED, typename Rule, typename Index>
-__global__ void __launch_bounds__(kBlock) row_kernel(const ForwardArgs<Rule, Index> a) {
+__global__ void __maxnreg__(Rule::kMaxRegisters) row_kernel(const ForwardArgs<Rule, Index> a) {
   const Group g(a.group_size);
   const int64_t per_row = a.heads * a.tiles;
   const int64_t item = g.index();
@@ -274,7 +287,7 @@ __global__ void __launch_bounds__(kBlock) row_kernel(const ForwardArgs<Rule, Ind
 // A group per (chunk, head, tile), striding over the chunk count read on the device. A kernel
 // of its own so that its loop state does not raise row_kernel's register count.
 template <bool ALIGNED, typename Rule, typename Index>
-__global__ void __launch_bounds__(kBlock) chunk_kernel(const ForwardArgs<Rule, Index> a) {
+__global__ void __maxnreg__(Rule::kMaxRegisters) chunk_kernel(const ForwardArgs<Rule, Index> a) {
   const Group g(a.group_size);
   const int64_t per_row = a.heads * a.tiles;
   const int64_t items = a.chunk_ptr[a.num_dst] * per_row;

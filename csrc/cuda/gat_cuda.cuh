@@ -18,6 +18,14 @@ namespace fastgat {
 namespace cuda {
 
 constexpr int kBlock = 256;  // threads per block, a multiple of 32
+// Blocks per SM GAT's backward kernels are built for (__launch_bounds__(kBlock, kMinBlocks)):
+// up to 128 registers a thread. Without a minimum, ptxas spilled csc kernels that need a little
+// over 80 registers down to that occupancy step (benchmarks/RESULTS.md, ptxas section).
+constexpr int kMinBlocks = 2;
+// GATv2's and TransformerConv's backward kernels need up to 177 registers: they are built for
+// one block (__launch_bounds__(kBlock, kOneBlock)), which stopped ptxas spilling them down to
+// 128 or 80 registers.
+constexpr int kOneBlock = 1;
 
 // Elements per 16-byte vector.
 template <typename T>
@@ -77,9 +85,36 @@ struct Group {
   }
 };
 
+// VEC elements of T in one 16-byte vector. 16-bit elements are held two to a 32-bit word:
+// ptxas gives every 16-bit value a 32-bit register of its own, so a pack of 8 bfloat16 held as
+// T would take 8 registers instead of 4. get(k) is element k; make(f) the pack of f(0..VEC).
 template <typename T, int VEC>
 struct alignas(sizeof(T) * VEC) Pack {
-  T v[VEC];
+  static constexpr bool kPaired = sizeof(T) == 2;
+  using Word = std::conditional_t<kPaired, uint32_t, T>;
+  Word w[kPaired ? VEC / 2 : VEC];
+
+  __device__ __forceinline__ T get(int k) const {
+    if constexpr (kPaired) {
+      return T(static_cast<uint16_t>(w[k / 2] >> (16 * (k % 2))), T::from_bits());
+    } else {
+      return w[k];
+    }
+  }
+  template <typename F>
+  __device__ __forceinline__ static Pack make(const F& f) {
+    Pack pack;
+#pragma unroll
+    for (int k = 0; k < (kPaired ? VEC / 2 : VEC); ++k) {
+      if constexpr (kPaired) {
+        const T lo = f(2 * k), hi = f(2 * k + 1);
+        pack.w[k] = static_cast<uint32_t>(lo.x) | static_cast<uint32_t>(hi.x) << 16;
+      } else {
+        pack.w[k] = f(k);
+      }
+    }
+    return pack;
+  }
 };
 
 // pack = row[c0 .. c0 + VEC) in T, zeros past C. ALIGNED: C % VEC == 0 and row is 16-byte
@@ -89,15 +124,10 @@ template <bool ALIGNED, int VEC, typename T>
 __device__ __forceinline__ void load_pack(const T* __restrict__ row, int64_t c0, int64_t channels,
                                           Pack<T, VEC>& pack) {
   if (ALIGNED) {
-    if (c0 < channels) {
-      pack = *reinterpret_cast<const Pack<T, VEC>*>(row + c0);
-    } else {
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) pack.v[v] = T(0);
-    }
+    pack = c0 < channels ? *reinterpret_cast<const Pack<T, VEC>*>(row + c0)
+                         : Pack<T, VEC>::make([](int) { return T(0); });
   } else {
-#pragma unroll
-    for (int v = 0; v < VEC; ++v) pack.v[v] = c0 + v < channels ? row[c0 + v] : T(0);
+    pack = Pack<T, VEC>::make([&](int v) { return c0 + v < channels ? row[c0 + v] : T(0); });
   }
 }
 // x[0..VEC) = row[c0 .. c0 + VEC) as A, zeros past C (as load_pack).
@@ -107,7 +137,7 @@ __device__ __forceinline__ void load(const T* __restrict__ row, int64_t c0, int6
   Pack<T, VEC> pack;
   load_pack<ALIGNED>(row, c0, channels, pack);
 #pragma unroll
-  for (int v = 0; v < VEC; ++v) x[v] = static_cast<A>(pack.v[v]);
+  for (int v = 0; v < VEC; ++v) x[v] = static_cast<A>(pack.get(v));
 }
 // row[c0 .. c0 + VEC) = x * scale, skipping channels past C.
 template <bool ALIGNED, int VEC, typename T, typename A>
@@ -115,10 +145,8 @@ __device__ __forceinline__ void store(T* __restrict__ row, int64_t c0, int64_t c
                                       const A (&x)[VEC], A scale) {
   if (ALIGNED) {
     if (c0 < channels) {
-      Pack<T, VEC> pack;
-#pragma unroll
-      for (int v = 0; v < VEC; ++v) pack.v[v] = static_cast<T>(x[v] * scale);
-      *reinterpret_cast<Pack<T, VEC>*>(row + c0) = pack;
+      *reinterpret_cast<Pack<T, VEC>*>(row + c0) =
+          Pack<T, VEC>::make([&](int v) { return static_cast<T>(x[v] * scale); });
     }
   } else {
 #pragma unroll

@@ -45,6 +45,7 @@ struct Gatv2Rule : SourceValue<T_> {
   using T = T_;
   using A = at::opmath_type<T>;
   static constexpr int VEC = vec_width<T>();
+  static constexpr int kMaxRegisters = 255;  // no budget beyond ptxas's own
   const T* xr;      // (N_dst, H, C)
   const T* att;     // (H, C)
   const T* e;       // (E, H, C) by CSR slot, or nullptr
@@ -90,7 +91,7 @@ struct Gatv2Rule : SourceValue<T_> {
                                        int64_t c, int64_t channels, A (&u)[VEC]) const {
     load<ALIGNED>(x_row, c, channels, u);
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) u[v] += static_cast<A>(y.v[v]);
+    for (int v = 0; v < VEC; ++v) u[v] += static_cast<A>(y.get(v));
     if (e_ij != nullptr) {
       A ev[VEC];
       load<ALIGNED>(e_ij, c, channels, ev);
@@ -109,14 +110,14 @@ struct Gatv2Rule : SourceValue<T_> {
     A u[VEC], z = A(0);
     u_at<ALIGNED>(xl_j, r.xr, e_ij, it.c_first, it.channels, u);
 #pragma unroll
-    for (int v = 0; v < VEC; ++v) z += static_cast<A>(r.att.v[v]) * leaky_relu(u[v], slope);
+    for (int v = 0; v < VEC; ++v) z += static_cast<A>(r.att.get(v)) * leaky_relu(u[v], slope);
     for (int64_t c = it.c_first + it.stride; c < it.channels; c += it.stride) {
       Pack<T, VEC> xr_c, att_c;
       load_pack<ALIGNED>(xr_row(it), c, it.channels, xr_c);
       load_pack<ALIGNED>(att_row(it), c, it.channels, att_c);
       u_at<ALIGNED>(xl_j, xr_c, e_ij, c, it.channels, u);
 #pragma unroll
-      for (int v = 0; v < VEC; ++v) z += static_cast<A>(att_c.v[v]) * leaky_relu(u[v], slope);
+      for (int v = 0; v < VEC; ++v) z += static_cast<A>(att_c.get(v)) * leaky_relu(u[v], slope);
     }
     return z;
   }
@@ -174,7 +175,8 @@ __device__ __forceinline__ A leaky_relu_grad(A u, A slope) {
 
 // A group per (destination i, head, tile): dz and w per slot, dxr_i, de, row i's datt share.
 template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) gatv2_csr_kernel(const Gatv2BackwardArgs<T, Index> a) {
+__global__ void __launch_bounds__(kBlock, kOneBlock)
+    gatv2_csr_kernel(const Gatv2BackwardArgs<T, Index> a) {
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
   const Group g(a.group_size);
@@ -248,7 +250,7 @@ __global__ void __launch_bounds__(kBlock) gatv2_csr_kernel(const Gatv2BackwardAr
       rule.template u_at<ALIGNED>(rule.xl_row(it, j_e), xr_own, e_ij, it.c0, channels, u);
 #pragma unroll
       for (int v = 0; v < VEC; ++v) {
-        du[v] = dz_e * static_cast<A>(att_own.v[v]) * leaky_relu_grad(u[v], slope);
+        du[v] = dz_e * static_cast<A>(att_own.get(v)) * leaky_relu_grad(u[v], slope);
         dxr[v] += du[v];
         datt[v] += dz_e * leaky_relu(u[v], slope);
       }
@@ -263,7 +265,8 @@ __global__ void __launch_bounds__(kBlock) gatv2_csr_kernel(const Gatv2BackwardAr
 // A group per (source j, head, tile): dxl_j = sum over j's out-edges (then its loop) of
 // w dout_i + dz att . g(u), reading the CSR pass's dz and w per slot.
 template <bool ALIGNED, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock) gatv2_csc_kernel(const Gatv2BackwardArgs<T, Index> a) {
+__global__ void __launch_bounds__(kBlock, kOneBlock)
+    gatv2_csc_kernel(const Gatv2BackwardArgs<T, Index> a) {
   using A = at::opmath_type<T>;
   constexpr int VEC = vec_width<T>();
   const Group g(a.group_size);
@@ -310,7 +313,7 @@ __global__ void __launch_bounds__(kBlock) gatv2_csc_kernel(const Gatv2BackwardAr
 #pragma unroll
       for (int v = 0; v < VEC; ++v)
         dxl[v] += w_e * dout_i[v] +
-                  dz_e * static_cast<A>(att_own.v[v]) * leaky_relu_grad(u[v], slope);
+                  dz_e * static_cast<A>(att_own.get(v)) * leaky_relu_grad(u[v], slope);
     }
   }
   store<ALIGNED>(a.dxl + col_head * channels, c0, channels, dxl, A(1));

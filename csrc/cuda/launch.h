@@ -59,6 +59,9 @@ struct SplitPlan {
     const int64_t entries = num_slots + num_loops;
     split_len = std::max<int64_t>(
         256, std::min(4 * ceil_div(entries, num_rows), ceil_div(entries, 8 * sms)));
+    // No work item is longer than split_len: the kernels count its entries in 32 bits.
+    TORCH_CHECK(split_len <= std::numeric_limits<int32_t>::max(), "fastgat: graph too large "
+                "for the split plan (split length ", split_len, ")");
     if (hubs.has_value()) {
       chunk_bound = 0;
       const int64_t* hub = hubs->const_data_ptr<int64_t>();

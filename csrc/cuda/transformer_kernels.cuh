@@ -43,6 +43,7 @@ struct TransformerRule {
   struct Value {
     Pack<T, VEC> v, e;  // e is zero without edge values
   };
+  static constexpr int kMaxRegisters = 255;  // no budget beyond ptxas's own
   static constexpr bool kValueReadsSlot = true;
   const T* q;
   const T* k;
@@ -85,14 +86,13 @@ struct TransformerRule {
     if (e != nullptr) {
       load_pack<ALIGNED>(e + (slot * it.heads + it.head) * it.channels, it.c0, it.channels, x.e);
     } else {
-#pragma unroll
-      for (int u = 0; u < VEC; ++u) x.e.v[u] = T(0);
+      x.e = Pack<T, VEC>::make([](int) { return T(0); });
     }
   }
   __device__ __forceinline__ static void accumulate(A (&acc)[VEC], A w, const Value& x) {
 #pragma unroll
     for (int u = 0; u < VEC; ++u) {
-      acc[u] += w * (static_cast<A>(x.v.v[u]) + static_cast<A>(x.e.v[u]));
+      acc[u] += w * (static_cast<A>(x.v.get(u)) + static_cast<A>(x.e.get(u)));
     }
   }
 };
@@ -329,8 +329,8 @@ __device__ __forceinline__ void csc_item(const TransformerBackwardArgs<T, Index>
         if (e + u < n && (dz_u[u] != A(0) || w_u[u] != A(0))) {
 #pragma unroll
           for (int v = 0; v < VEC; ++v) {
-            dk[v] += dz_u[u] * static_cast<A>(q_u[u].v[v]);
-            dv[v] += w_u[u] * static_cast<A>(dout_u[u].v[v]);
+            dk[v] += dz_u[u] * static_cast<A>(q_u[u].get(v));
+            dv[v] += w_u[u] * static_cast<A>(dout_u[u].get(v));
           }
         }
       }
@@ -360,7 +360,7 @@ __device__ __forceinline__ void transformer_item(const TransformerBackwardArgs<T
 // The CSR pass (CSC = false) or the CSC pass (true): a group per (row, head, tile); rows that
 // split are left to transformer_chunk_kernel.
 template <bool ALIGNED, bool CSC, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock)
+__global__ void __launch_bounds__(kBlock, kOneBlock)
     transformer_row_kernel(const TransformerBackwardArgs<T, Index> a) {
   const Segments<Index>& s = CSC ? a.columns : a.rows;
   const Group g(a.group_size);
@@ -377,7 +377,7 @@ __global__ void __launch_bounds__(kBlock)
 // A group per (chunk, head, tile) of split rows, striding over the chunk count read on the
 // device (as forward_kernels.cuh's chunk_kernel).
 template <bool ALIGNED, bool CSC, typename T, typename Index>
-__global__ void __launch_bounds__(kBlock)
+__global__ void __launch_bounds__(kBlock, kOneBlock)
     transformer_chunk_kernel(const TransformerBackwardArgs<T, Index> a) {
   const Segments<Index>& s = CSC ? a.columns : a.rows;
   const Group g(a.group_size);
