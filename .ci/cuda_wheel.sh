@@ -12,7 +12,8 @@
 #   6. a fresh venv installs torch==2.14.1 (during the build) and then the wheel with its
 #      dependencies, then imports fastgat outside the source tree: the 'cpu' backend is
 #      available and the CUDA kernels of fastgat::fused_forward / fused_backward are registered
-#      (they load without a GPU).
+#      (they load without a GPU);
+#   7. the fused cpu backend's op and layer tests pass against the installed wheel.
 # Build isolation is off: an isolated build would download a second multi-GB torch.
 # The toolkit here lacks cusparse.h / cublas_v2.h, which torch's CUDA headers include: CPATH
 # points at the nvidia/cu13/include folder of the pip-installed CUDA libraries
@@ -141,6 +142,19 @@ print("cuda_wheel: CPU and CUDA kernels registered; torch", torch.__version__,
       "| CUDA device present:", torch.cuda.is_available())
 EOF
 )
+
+step="tests against the installed wheel"
+# The op and layer tests of the fused cpu backend, run outside the source tree so that they
+# import the installed wheel (torch's CUDA build runs them on the CPU).
+"$work/fresh/bin/pip" install -q pytest >> "$work/fresh.log" 2>&1 \
+  || { tail -n 30 "$work/fresh.log"; false; }
+mkdir "$work/wheel-tests"
+cp -r "$work/src/tests" "$work/wheel-tests/"
+(cd "$work/wheel-tests" && "$work/fresh/bin/python" -m pytest -q -p no:cacheprovider \
+  -m "not slow and not emulated and not gpu" -k cpu tests/test_op.py tests/test_layer_family.py \
+  | tail -n 15 | sed 's/^/cuda_wheel: /'; exit "${PIPESTATUS[0]}")
+log "the wheel passed the cpu backend's op and layer tests"
+
 step="done"
 log "total"
 echo "cuda_wheel: PASS"
