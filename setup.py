@@ -27,17 +27,21 @@ def build_cuda() -> bool:
 # name the same version; .ci/cuda_wheel.sh checks the tag against Requires-Python.
 LIMITED_API_MACRO = "-DPy_LIMITED_API=0x030A0000"
 LIMITED_API_TAG = "cp310"
+# torch's stable ABI (csrc/common/stable.h) as of torch 2.11, the oldest torch supported: the
+# headers hide whatever is newer, so the library calls nothing a 2.11 lacks and loads into every
+# torch from 2.11 on, whichever torch it was built against.
+STABLE_ABI_MACRO = "-DTORCH_TARGET_VERSION=0x020b000000000000"
 
 
 def extension():
     sources = ["csrc/fastgat.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
     # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 for 2.14).
-    cxx = ["-O3", "-fopenmp", LIMITED_API_MACRO]
+    cxx = ["-O3", "-fopenmp", LIMITED_API_MACRO, STABLE_ABI_MACRO]
     kwargs = dict(extra_link_args=["-fopenmp"], py_limited_api=True)
     if not build_cuda():
         return CppExtension("fastgat._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
-    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", STABLE_ABI_MACRO]
     return CUDAExtension("fastgat._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
                          extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc},
                          **kwargs)

@@ -2,9 +2,9 @@
 // Autograd, the fake kernel and backend choice live in Python (fastgat/ops.py): these ops are
 // the plain kernels behind backend="cpu" and backend="cuda". Contract: fastgat/ops.py.
 #include <Python.h>
-#include <torch/library.h>
 
 #include "common/schema.h"
+#include "common/stable.h"
 
 extern "C" {
 // Importing fastgat._C loads this library and runs the registrations below.
@@ -14,7 +14,7 @@ PyObject* PyInit__C(void) {
 }
 }
 
-TORCH_LIBRARY_FRAGMENT(fastgat, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(fastgat, m) {
   m.def(fastgat::kForwardSchema);
   m.def(fastgat::kBackwardSchema);
   m.def(fastgat::kGatv2ForwardSchema);

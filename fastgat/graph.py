@@ -106,8 +106,14 @@ class Graph:
         index_dtype = (torch.int32 if max(num_src, num_dst, src.numel()) <= _INT32_MAX
                        else torch.int64)
         if _compiled_graph_ops(src):  # validates while it reads, whatever `validate` says
-            rowptr, col, perm = torch.ops.fastgat.csr_from_coo(src, dst, num_src, num_dst,
-                                                               drop_self_loops, index_dtype)
+            try:
+                rowptr, col, perm = torch.ops.fastgat.csr_from_coo(src, dst, num_src, num_dst,
+                                                                   drop_self_loops, index_dtype)
+            except RuntimeError as error:  # the compiled library raises RuntimeError only
+                message = str(error)
+                if _OUT_OF_RANGE not in message:
+                    raise
+                raise IndexError(message[message.index(_OUT_OF_RANGE):]) from None
             return cls(rowptr, col, perm, num_src, num_dst, num_loops, drop_self_loops)
         src, dst = src.long(), dst.long()
         if validate and src.numel() > 0:
@@ -177,11 +183,15 @@ def assert_in_range_async(src: Tensor, dst: Tensor, num_src: int, num_dst: int) 
     torch._assert_async(ok, "edge_index holds a node index outside [0, num_nodes)")
 
 
+# How an out-of-range index error begins, here and in csrc/cpu/graph_cpu.cpp.
+_OUT_OF_RANGE = "edge_index holds "
+
+
 def _check_range(index: Tensor, bound: int, what: str) -> None:
     low, high = int(index.min()), int(index.max())
     if low < 0 or high >= bound:
         bad = low if low < 0 else high
-        raise IndexError(f"edge_index holds {what} node index {bad}, outside [0, {bound - 1}] "
+        raise IndexError(f"{_OUT_OF_RANGE}{what} node index {bad}, outside [0, {bound - 1}] "
                          f"({bound} {what} nodes)")
 
 

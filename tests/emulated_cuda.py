@@ -44,8 +44,9 @@ def load():
 
     build = ROOT / "build" / "emulated"
     build.mkdir(parents=True, exist_ok=True)
+    # The stable-ABI target of setup.py: the launch code is written against torch 2.11's.
     flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fvisibility=hidden",
-             "-Wno-unknown-pragmas", *SANITIZERS]
+             "-Wno-unknown-pragmas", "-DTORCH_TARGET_VERSION=0x020b000000000000", *SANITIZERS]
     cpp_extension.load(name="fastgat_emulated", sources=[str(s) for s in SOURCES],
                        extra_cflags=flags, extra_ldflags=SANITIZERS, build_directory=str(build),
                        is_python_module=False, verbose=False)

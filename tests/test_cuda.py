@@ -214,29 +214,6 @@ def test_rows_whose_every_score_is_minus_inf(target, dtype):
     assert (out[masked] == 0).all() and torch.isneginf(lse[masked]).all()
 
 
-@pytest.mark.parametrize("deterministic", [False, True])
-def test_deterministic_mode_plans_without_the_sm_count(target, deterministic):
-    """Under torch.use_deterministic_algorithms(True) the split plan assumes a fixed SM count:
-    16 rows of 2000 entries split at 256 with 132 SMs but not with one, so without it the
-    summation order, and float32 rounding, would follow the device."""
-    if target.name == "cuda":
-        pytest.skip("the emulated target sets the SM count; the GPU has only its own")
-    graph = coo_graph(target, torch.randint(0, 1000, (32_000,), generator=torch.Generator()
-                                            .manual_seed(3)), torch.arange(32_000) % 16, 1000, 16)
-    inputs = make_inputs(target, graph, 3, heads=2, channels=8, dtype=torch.float32)
-    outputs = []
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(deterministic)
-    try:
-        for count in (132, 1):
-            old = target.ops.set_num_sms(count)
-            outputs.append(forward(target, inputs, graph)[0])
-            target.ops.set_num_sms(old)
-    finally:
-        torch.use_deterministic_algorithms(previous)
-    assert torch.equal(outputs[0], outputs[1]) == deterministic
-
-
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_minus_inf_scores_fill_whole_chunks(target, dropout):
     """A split row whose first ~600 slots score -inf: whole chunks with no finite score

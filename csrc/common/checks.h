@@ -3,99 +3,97 @@
 // Index *values* (rowptr monotone, col in range) are the graph preparation's job (fastgat/graph.py)
 // and are not re-read here: that would cost a pass over the graph or a host sync per call.
 #pragma once
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
-#include <c10/util/Optional.h>
-
 #include <algorithm>
 #include <initializer_list>
+
+#include "stable.h"
 
 namespace fastgat {
 
 // lse's dtype, the kernels' accumulation dtype: float64 for float64 h, else float32
 // (fastgat.backends.torch_ref.accumulation_dtype states the same rule in Python).
-inline at::ScalarType lse_dtype_for(at::ScalarType h) {
-  return h == at::kDouble ? at::kDouble : at::kFloat;
+inline ScalarType lse_dtype_for(ScalarType h) {
+  return h == kDouble ? kDouble : kFloat;
 }
 
 // A pointer array's long segments (csrc/common/schema.h: row_hubs, col_hubs), or none.
-using Hubs = c10::optional<at::Tensor>;
+using Hubs = std::optional<Tensor>;
 
 // Hubs are read on the host: a CPU int64 (k, 2) table.
 inline void check_hubs(const Hubs& hubs, const char* name) {
   if (!hubs.has_value()) return;
-  TORCH_CHECK(hubs->device().is_cpu() && hubs->scalar_type() == at::kLong && hubs->dim() == 2 &&
+  FASTGAT_CHECK(hubs->is_cpu() && hubs->scalar_type() == kLong && hubs->dim() == 2 &&
                   hubs->size(1) == 2 && hubs->is_contiguous(),
-              "fastgat: ", name, " must be a contiguous CPU int64 (k, 2) tensor, got ",
-              hubs->scalar_type(), " ", hubs->sizes(), " on ", hubs->device());
+              name, " must be a contiguous CPU int64 (k, 2) tensor, got ",
+              hubs->scalar_type(), " ", shape_of(hubs->sizes()), " on ", device_of(*hubs));
 }
 
 // `like` is the op's first tensor input (h for GAT, q for TransformerConv), named `like_name`.
-inline void check_tensor(const at::Tensor& x, const char* name, const at::Tensor& like,
+inline void check_tensor(const Tensor& x, const char* name, const Tensor& like,
                          std::initializer_list<int64_t> shape, const char* like_name = "h") {
-  TORCH_CHECK(x.device() == like.device(), "fastgat: ", name, " is on ", x.device(),
-              " but ", like_name, " is on ", like.device());
-  TORCH_CHECK(x.sizes().equals(shape), "fastgat: ", name, " must have shape ",
-              c10::IntArrayRef(shape), ", got ", x.sizes());
-  TORCH_CHECK(x.is_contiguous(), "fastgat: ", name, " must be contiguous");
+  FASTGAT_CHECK(same_device(x, like), name, " is on ", device_of(x), " but ", like_name,
+                " is on ", device_of(like));
+  FASTGAT_CHECK(x.sizes().equals(Sizes(shape)), name, " must have shape ", shape_of(shape),
+                ", got ", shape_of(x.sizes()));
+  FASTGAT_CHECK(x.is_contiguous(), name, " must be contiguous");
 }
 
-inline void check_float(const at::Tensor& x, const char* name, const at::Tensor& h,
+inline void check_float(const Tensor& x, const char* name, const Tensor& h,
                         std::initializer_list<int64_t> shape, const char* like_name = "h") {
-  TORCH_CHECK(x.scalar_type() == h.scalar_type(), "fastgat: ", name, " has dtype ",
+  FASTGAT_CHECK(x.scalar_type() == h.scalar_type(), name, " has dtype ",
               x.scalar_type(), " but ", like_name, " has ", h.scalar_type());
   check_tensor(x, name, h, shape, like_name);
 }
 
-inline void check_index(const at::Tensor& x, const char* name, const at::Tensor& rowptr,
-                        const at::Tensor& h, std::initializer_list<int64_t> shape,
+inline void check_index(const Tensor& x, const char* name, const Tensor& rowptr,
+                        const Tensor& h, std::initializer_list<int64_t> shape,
                         const char* like_name = "h") {
-  TORCH_CHECK(x.scalar_type() == rowptr.scalar_type(), "fastgat: ", name, " has dtype ",
+  FASTGAT_CHECK(x.scalar_type() == rowptr.scalar_type(), name, " has dtype ",
               x.scalar_type(), " but rowptr has ", rowptr.scalar_type(),
               " (all index tensors share one dtype)");
   check_tensor(x, name, h, shape, like_name);
 }
 
 // rowptr 1-D, int32 or int64, with at least one entry; returns N_dst.
-inline int64_t check_rowptr(const at::Tensor& rowptr) {
-  TORCH_CHECK(rowptr.dim() == 1 && rowptr.numel() >= 1,
-              "fastgat: rowptr must be 1-D of length N_dst + 1, got shape ", rowptr.sizes());
-  TORCH_CHECK(rowptr.scalar_type() == at::kInt || rowptr.scalar_type() == at::kLong,
-              "fastgat: index tensors must be int32 or int64, got ", rowptr.scalar_type());
+inline int64_t check_rowptr(const Tensor& rowptr) {
+  FASTGAT_CHECK(rowptr.dim() == 1 && rowptr.numel() >= 1,
+              "rowptr must be 1-D of length N_dst + 1, got shape ", shape_of(rowptr.sizes()));
+  FASTGAT_CHECK(rowptr.scalar_type() == kInt || rowptr.scalar_type() == kLong,
+              "index tensors must be int32 or int64, got ", rowptr.scalar_type());
   return rowptr.numel() - 1;
 }
 
 // dropout in [0, 1); a 1-element int64 seed on `like`'s device when dropout > 0.
-inline void check_dropout(double dropout, const c10::optional<at::Tensor>& seed,
-                          const at::Tensor& like) {
-  TORCH_CHECK(dropout >= 0.0 && dropout < 1.0, "fastgat: dropout must lie in [0, 1), got ",
+inline void check_dropout(double dropout, const std::optional<Tensor>& seed,
+                          const Tensor& like) {
+  FASTGAT_CHECK(dropout >= 0.0 && dropout < 1.0, "dropout must lie in [0, 1), got ",
               dropout);
   if (dropout > 0.0) {
-    TORCH_CHECK(seed.has_value(), "fastgat: dropout > 0 needs a seed tensor");
-    TORCH_CHECK(seed->scalar_type() == at::kLong && seed->numel() == 1,
-                "fastgat: seed must be a 1-element int64 tensor, got ", seed->scalar_type(),
-                " of shape ", seed->sizes());
-    TORCH_CHECK(seed->device() == like.device(), "fastgat: seed is on ", seed->device(),
-                " but the features are on ", like.device());
+    FASTGAT_CHECK(seed.has_value(), "dropout > 0 needs a seed tensor");
+    FASTGAT_CHECK(seed->scalar_type() == kLong && seed->numel() == 1,
+                "seed must be a 1-element int64 tensor, got ", seed->scalar_type(),
+                " of shape ", shape_of(seed->sizes()));
+    FASTGAT_CHECK(same_device(*seed, like), "seed is on ", device_of(*seed),
+                " but the features are on ", device_of(like));
   }
 }
 
 // The values h (N_src, H, C), floating point; the graph rowptr (N_dst + 1) and col (E) of
 // int32 or int64; num_loops; a 1-element int64 seed if dropout > 0. Shared by every rule.
-inline void check_values_and_graph(const at::Tensor& h, const char* h_name,
-                                   const at::Tensor& rowptr, const at::Tensor& col,
+inline void check_values_and_graph(const Tensor& h, const char* h_name,
+                                   const Tensor& rowptr, const Tensor& col,
                                    int64_t num_loops, double dropout,
-                                   const c10::optional<at::Tensor>& seed) {
-  TORCH_CHECK(h.dim() == 3, "fastgat: ", h_name, " must be (N_src, H, C), got shape ", h.sizes());
-  TORCH_CHECK(at::isFloatingType(h.scalar_type()), "fastgat: ", h_name,
+                                   const std::optional<Tensor>& seed) {
+  FASTGAT_CHECK(h.dim() == 3, h_name, " must be (N_src, H, C), got shape ", shape_of(h.sizes()));
+  FASTGAT_CHECK(is_floating(h.scalar_type()), h_name,
               " must be floating point, got ", h.scalar_type());
   const int64_t num_src = h.size(0), heads = h.size(1);
   const int64_t num_dst = check_rowptr(rowptr);
-  TORCH_CHECK(col.dim() == 1, "fastgat: col must be 1-D, got shape ", col.sizes());
+  FASTGAT_CHECK(col.dim() == 1, "col must be 1-D, got shape ", shape_of(col.sizes()));
   check_tensor(h, h_name, h, {num_src, heads, h.size(2)});
   check_index(rowptr, "rowptr", rowptr, h, {num_dst + 1});
   check_index(col, "col", rowptr, h, {col.numel()});
-  TORCH_CHECK(num_loops >= 0 && num_loops <= std::min(num_src, num_dst), "fastgat: num_loops=",
+  FASTGAT_CHECK(num_loops >= 0 && num_loops <= std::min(num_src, num_dst), "num_loops=",
               num_loops, " must lie in [0, min(N_src, N_dst)] = [0, ", std::min(num_src, num_dst),
               "]");
   check_dropout(dropout, seed, h);
@@ -103,22 +101,22 @@ inline void check_values_and_graph(const at::Tensor& h, const char* h_name,
 
 // GAT's scores s, d, t, t_loop share one dtype: h's, or float32 beside bfloat16 / float16 h
 // (fastgat/ops.py, docs/design.md §4).
-inline bool half_values(at::ScalarType h) { return h == at::kBFloat16 || h == at::kHalf; }
+inline bool half_values(ScalarType h) { return h == kBFloat16 || h == kHalf; }
 
-inline void check_score_dtype(const at::Tensor& s, const at::Tensor& h) {
-  TORCH_CHECK(s.scalar_type() == h.scalar_type() ||
-                  (s.scalar_type() == at::kFloat && half_values(h.scalar_type())),
-              "fastgat: s has dtype ", s.scalar_type(), " but h has ", h.scalar_type(),
+inline void check_score_dtype(const Tensor& s, const Tensor& h) {
+  FASTGAT_CHECK(s.scalar_type() == h.scalar_type() ||
+                  (s.scalar_type() == kFloat && half_values(h.scalar_type())),
+              "s has dtype ", s.scalar_type(), " but h has ", h.scalar_type(),
               " (the scores take h's dtype, or float32 beside bfloat16 / float16 h)");
 }
 
 // GAT: h (N_src, H, C); s (N_src, H); d (N_dst, H); t (E, H)?; t_loop (num_loops, H)?; the graph.
-inline void check_forward_inputs(const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
-                                 const c10::optional<at::Tensor>& t,
-                                 const c10::optional<at::Tensor>& t_loop,
-                                 const at::Tensor& rowptr, const at::Tensor& col,
+inline void check_forward_inputs(const Tensor& h, const Tensor& s, const Tensor& d,
+                                 const std::optional<Tensor>& t,
+                                 const std::optional<Tensor>& t_loop,
+                                 const Tensor& rowptr, const Tensor& col,
                                  int64_t num_loops, double dropout,
-                                 const c10::optional<at::Tensor>& seed) {
+                                 const std::optional<Tensor>& seed) {
   check_values_and_graph(h, "h", rowptr, col, num_loops, dropout, seed);
   const int64_t num_src = h.size(0), heads = h.size(1);
   const int64_t num_dst = rowptr.numel() - 1, num_slots = col.numel();
@@ -131,12 +129,12 @@ inline void check_forward_inputs(const at::Tensor& h, const at::Tensor& s, const
 
 // GATv2: xl (N_src, H, C); xr (N_dst, H, C); att (H, C); e (E, H, C)?;
 // e_loop (num_loops, H, C)?; the graph.
-inline void check_gatv2_forward_inputs(const at::Tensor& xl, const at::Tensor& xr,
-                                       const at::Tensor& att, const c10::optional<at::Tensor>& e,
-                                       const c10::optional<at::Tensor>& e_loop,
-                                       const at::Tensor& rowptr, const at::Tensor& col,
+inline void check_gatv2_forward_inputs(const Tensor& xl, const Tensor& xr,
+                                       const Tensor& att, const std::optional<Tensor>& e,
+                                       const std::optional<Tensor>& e_loop,
+                                       const Tensor& rowptr, const Tensor& col,
                                        int64_t num_loops, double dropout,
-                                       const c10::optional<at::Tensor>& seed) {
+                                       const std::optional<Tensor>& seed) {
   check_values_and_graph(xl, "xl", rowptr, col, num_loops, dropout, seed);
   const int64_t heads = xl.size(1), channels = xl.size(2);
   check_float(xr, "xr", xl, {rowptr.numel() - 1, heads, channels});
@@ -148,17 +146,17 @@ inline void check_gatv2_forward_inputs(const at::Tensor& xl, const at::Tensor& x
 // What every rule's backward reads beside its forward's inputs: dout and out (N_dst, H, C)
 // of h's dtype, lse (N_dst, H) of float32 (float64 for float64 h), and the CSC colptr
 // (N_src + 1), csc_row (E), csc_eid (E).
-inline void check_backward_extras(const at::Tensor& dout, const at::Tensor& out,
-                                  const at::Tensor& lse, const at::Tensor& h,
-                                  const at::Tensor& rowptr, const at::Tensor& col,
-                                  const at::Tensor& colptr, const at::Tensor& csc_row,
-                                  const at::Tensor& csc_eid) {
+inline void check_backward_extras(const Tensor& dout, const Tensor& out,
+                                  const Tensor& lse, const Tensor& h,
+                                  const Tensor& rowptr, const Tensor& col,
+                                  const Tensor& colptr, const Tensor& csc_row,
+                                  const Tensor& csc_eid) {
   const int64_t num_src = h.size(0), heads = h.size(1), channels = h.size(2);
   const int64_t num_dst = rowptr.numel() - 1, num_slots = col.numel();
   check_float(dout, "dout", h, {num_dst, heads, channels});
   check_float(out, "out", h, {num_dst, heads, channels});
   const auto lse_dtype = lse_dtype_for(h.scalar_type());
-  TORCH_CHECK(lse.scalar_type() == lse_dtype, "fastgat: lse must be ", lse_dtype, " for ",
+  FASTGAT_CHECK(lse.scalar_type() == lse_dtype, "lse must be ", lse_dtype, " for ",
               h.scalar_type(), " h, got ", lse.scalar_type());
   check_tensor(lse, "lse", h, {num_dst, heads});
   check_index(colptr, "colptr", rowptr, h, {num_src + 1});
@@ -167,32 +165,32 @@ inline void check_backward_extras(const at::Tensor& dout, const at::Tensor& out,
 }
 
 // GAT's backward: the forward's inputs plus check_backward_extras.
-inline void check_backward_inputs(const at::Tensor& dout, const at::Tensor& out,
-                                  const at::Tensor& lse, const at::Tensor& h, const at::Tensor& s,
-                                  const at::Tensor& d, const c10::optional<at::Tensor>& t,
-                                  const c10::optional<at::Tensor>& t_loop,
-                                  const at::Tensor& rowptr, const at::Tensor& col,
-                                  const at::Tensor& colptr, const at::Tensor& csc_row,
-                                  const at::Tensor& csc_eid, int64_t num_loops, double dropout,
-                                  const c10::optional<at::Tensor>& seed) {
+inline void check_backward_inputs(const Tensor& dout, const Tensor& out,
+                                  const Tensor& lse, const Tensor& h, const Tensor& s,
+                                  const Tensor& d, const std::optional<Tensor>& t,
+                                  const std::optional<Tensor>& t_loop,
+                                  const Tensor& rowptr, const Tensor& col,
+                                  const Tensor& colptr, const Tensor& csc_row,
+                                  const Tensor& csc_eid, int64_t num_loops, double dropout,
+                                  const std::optional<Tensor>& seed) {
   check_forward_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed);
   check_backward_extras(dout, out, lse, h, rowptr, col, colptr, csc_row, csc_eid);
 }
 
 // TransformerConv's op (fastgat/ops.py): q (N_dst, H, C); k, v (N_src, H, C); e (E, H, C)?;
 // rowptr, col and dropout as above.
-inline void check_transformer_inputs(const at::Tensor& q, const at::Tensor& k,
-                                     const at::Tensor& v, const c10::optional<at::Tensor>& e,
-                                     const at::Tensor& rowptr, const at::Tensor& col,
-                                     double dropout, const c10::optional<at::Tensor>& seed) {
-  TORCH_CHECK(q.dim() == 3, "fastgat: q must be (N_dst, H, C), got shape ", q.sizes());
-  TORCH_CHECK(at::isFloatingType(q.scalar_type()), "fastgat: q must be floating point, got ",
+inline void check_transformer_inputs(const Tensor& q, const Tensor& k,
+                                     const Tensor& v, const std::optional<Tensor>& e,
+                                     const Tensor& rowptr, const Tensor& col,
+                                     double dropout, const std::optional<Tensor>& seed) {
+  FASTGAT_CHECK(q.dim() == 3, "q must be (N_dst, H, C), got shape ", shape_of(q.sizes()));
+  FASTGAT_CHECK(is_floating(q.scalar_type()), "q must be floating point, got ",
               q.scalar_type());
   const int64_t num_dst = check_rowptr(rowptr);
   const int64_t heads = q.size(1), channels = q.size(2);
-  TORCH_CHECK(k.dim() == 3, "fastgat: k must be (N_src, H, C), got shape ", k.sizes());
+  FASTGAT_CHECK(k.dim() == 3, "k must be (N_src, H, C), got shape ", shape_of(k.sizes()));
   const int64_t num_src = k.size(0);
-  TORCH_CHECK(col.dim() == 1, "fastgat: col must be 1-D, got shape ", col.sizes());
+  FASTGAT_CHECK(col.dim() == 1, "col must be 1-D, got shape ", shape_of(col.sizes()));
   check_tensor(q, "q", q, {num_dst, heads, channels}, "q");
   check_float(k, "k", q, {num_src, heads, channels}, "q");
   check_float(v, "v", q, {num_src, heads, channels}, "q");
@@ -204,11 +202,11 @@ inline void check_transformer_inputs(const at::Tensor& q, const at::Tensor& k,
 
 // The forward's inputs plus check_backward_extras (k gives N_src, H, C and the dtype).
 inline void check_transformer_backward_inputs(
-    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& q,
-    const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& e,
-    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& colptr,
-    const at::Tensor& csc_row, const at::Tensor& csc_eid, double dropout,
-    const c10::optional<at::Tensor>& seed) {
+    const Tensor& dout, const Tensor& out, const Tensor& lse, const Tensor& q,
+    const Tensor& k, const Tensor& v, const std::optional<Tensor>& e,
+    const Tensor& rowptr, const Tensor& col, const Tensor& colptr,
+    const Tensor& csc_row, const Tensor& csc_eid, double dropout,
+    const std::optional<Tensor>& seed) {
   check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed);
   check_backward_extras(dout, out, lse, k, rowptr, col, colptr, csc_row, csc_eid);
 }

@@ -114,15 +114,15 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
 // out (N_dst, H, C) and lse (N_dst, H) of `rule` over the CSR graph, rows split over threads by
 // elements moved. `like` gives out's dtype and device.
 template <typename Rule>
-std::tuple<at::Tensor, at::Tensor> attention_forward(const Rule& rule, const at::Tensor& like,
-                                                     const at::Tensor& rowptr,
-                                                     const at::Tensor& col, int64_t num_loops) {
+std::tuple<Tensor, Tensor> attention_forward(const Rule& rule, const Tensor& like,
+                                                     const Tensor& rowptr,
+                                                     const Tensor& col, int64_t num_loops) {
   using acc = typename Rule::acc;
   const int64_t num_dst = rowptr.numel() - 1;
-  at::Tensor out = at::empty({num_dst, rule.heads, rule.channels}, like.options());
-  at::Tensor lse = at::empty({num_dst, rule.heads},
-                             like.options().dtype(c10::CppTypeToScalarType<acc>::value));
-  AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_attention_forward", [&] {
+  Tensor out = empty({num_dst, rule.heads, rule.channels}, like.scalar_type(), like);
+  Tensor lse = empty({num_dst, rule.heads}, scalar_type_of<acc>, like);
+  dispatch_index(rowptr.scalar_type(), [&](auto index) {
+    using index_t = decltype(index);
     const index_t* rowptr_p = rowptr.const_data_ptr<index_t>();
     const index_t* col_p = col.const_data_ptr<index_t>();
     auto* out_p = out.mutable_data_ptr<typename Rule::scalar_t>();

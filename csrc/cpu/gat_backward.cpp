@@ -9,7 +9,6 @@
 //   CSR pass, per destination i: dd_i = sum of its slots' dz, the self loop last: E x H reads.
 // dz goes straight into dt / dt_loop when they exist in the accumulation dtype; otherwise into
 // an (E or num_loops) x H scratch, from which the CSR pass also writes a reduced-precision dt.
-#include <torch/library.h>
 
 #include "../common/checks.h"
 #include "gat_cpu.h"
@@ -117,35 +116,36 @@ struct Backward {
 };
 #pragma GCC diagnostic pop
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward(
-    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& h,
-    const at::Tensor& s, const at::Tensor& d, const c10::optional<at::Tensor>& t,
-    const c10::optional<at::Tensor>& t_loop, const at::Tensor& rowptr, const at::Tensor& col,
-    const at::Tensor& colptr, const at::Tensor& csc_row, const at::Tensor& csc_eid,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fused_backward(
+    const Tensor& dout, const Tensor& out, const Tensor& lse, const Tensor& h,
+    const Tensor& s, const Tensor& d, const std::optional<Tensor>& t,
+    const std::optional<Tensor>& t_loop, const Tensor& rowptr, const Tensor& col,
+    const Tensor& colptr, const Tensor& csc_row, const Tensor& csc_eid,
     int64_t num_loops, double negative_slope, double dropout,
-    const c10::optional<at::Tensor>& seed,
+    const std::optional<Tensor>& seed,
     const Hubs& /*row_hubs*/, const Hubs& /*col_hubs*/) {  // no CPU kernel splits a segment
   check_backward_inputs(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row,
                         csc_eid, num_loops, dropout, seed);
   const int64_t num_src = h.size(0), num_dst = rowptr.numel() - 1, heads = h.size(1);
   const int64_t num_slots = col.numel();
-  at::Tensor dh = at::empty_like(h), ds = at::empty_like(s), dd = at::empty_like(d);
-  at::Tensor dt = t.has_value() ? at::empty_like(*t) : at::empty({0}, h.options());
-  at::Tensor dt_loop = t_loop.has_value() ? at::empty_like(*t_loop) : at::empty({0}, h.options());
+  Tensor dh = torch::stable::empty_like(h), ds = torch::stable::empty_like(s), dd = torch::stable::empty_like(d);
+  Tensor dt = t.has_value() ? torch::stable::empty_like(*t) : empty({0}, h.scalar_type(), h);
+  Tensor dt_loop = t_loop.has_value() ? torch::stable::empty_like(*t_loop) : empty({0}, h.scalar_type(), h);
   zero_dead_slots(dt, rowptr);
   // dz lives in dt / dt_loop when they hold the accumulation dtype (lse's), else in scratch:
   // dd sums it, and a reduced-precision dz would lose dd, a sum that nearly cancels (§2).
   const bool in_place = s.scalar_type() == lse.scalar_type();
   const bool dz_in_dt = t.has_value() && in_place;
   const bool dz_in_dt_loop = t_loop.has_value() && in_place;
-  at::Tensor dz = dz_in_dt ? dt : at::empty({num_slots, heads}, lse.options());
-  at::Tensor dz_loop = dz_in_dt_loop ? dt_loop : at::empty({num_loops, heads}, lse.options());
-  at::Tensor D = at::empty({num_dst, heads}, lse.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "fastgat_backward",
-                                  [&] {
+  Tensor dz = dz_in_dt ? dt : empty({num_slots, heads}, lse.scalar_type(), lse);
+  Tensor dz_loop = dz_in_dt_loop ? dt_loop : empty({num_loops, heads}, lse.scalar_type(), lse);
+  Tensor D = empty({num_dst, heads}, lse.scalar_type(), lse);
+  dispatch_floating(h.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
     dispatch_scores<scalar_t>(s, [&](auto score) {
       using score_t = decltype(score);
-      AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_backward", [&] {
+      dispatch_index(rowptr.scalar_type(), [&](auto index) {
+    using index_t = decltype(index);
         using acc = acc_t<scalar_t>;
         Backward<scalar_t, score_t, index_t> bw{
             dout.const_data_ptr<scalar_t>(),
@@ -167,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
             dd.mutable_data_ptr<score_t>(),
             dh.mutable_data_ptr<scalar_t>(),
             ds.mutable_data_ptr<score_t>()};
-        at::parallel_for(0, num_dst, 256, [&](int64_t b, int64_t e) { bw.row_dots(b, e); });
+        torch::stable::parallel_for(0, num_dst, 256, [&](int64_t b, int64_t e) { bw.row_dots(b, e); });
         const int64_t row_width = heads * h.size(2);  // a source row moves H x C per edge
         parallel_rows(bw.colptr, num_src, [&](int64_t b, int64_t e) { bw.sources(b, e); },
                       row_width);
@@ -181,6 +181,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_bac
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("fused_backward", &fused_backward); }
+STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("fused_backward", TORCH_BOX(&fused_backward)); }
 
 }  // namespace fastgat::cpu

@@ -3,12 +3,6 @@
 // edge count so that power-law degrees balance across threads.
 // Kernels assume inputs that passed csrc/common/checks.h and graph preparation (fastgat/graph.py).
 #pragma once
-#include <ATen/Dispatch.h>
-#include <ATen/Functions.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -18,6 +12,7 @@
 #include <vector>
 
 #include "../common/philox.h"
+#include "../common/stable.h"
 
 // The build targets baseline x86-64 (no -mavx2: the library must load on any CPU).
 // FASTGAT_CLONES compiles a row kernel twice, baseline and AVX2, and the loader picks one per
@@ -32,14 +27,20 @@
 namespace fastgat::cpu {
 
 template <typename scalar_t>
-using acc_t = at::opmath_type<scalar_t>;
+using acc_t = acc_type<scalar_t>;
 
 // Dead CSR slots (dropped self loops, past rowptr[N_dst]) carry no edge: their rows of the
 // edge-input gradient `grad` (one row per slot; empty without an edge input) are zero, written
 // over that tail alone (docs/design.md §2). Returns rowptr[N_dst], the first dead slot.
-inline int64_t zero_dead_slots(at::Tensor& grad, const at::Tensor& rowptr) {
-  const int64_t live = rowptr[rowptr.numel() - 1].item<int64_t>();
-  if (grad.numel() > 0) grad.narrow(0, live, grad.size(0) - live).zero_();
+inline int64_t zero_dead_slots(Tensor& grad, const Tensor& rowptr) {
+  int64_t live = 0;
+  dispatch_index(rowptr.scalar_type(), [&](auto index) {
+    live = rowptr.const_data_ptr<decltype(index)>()[rowptr.numel() - 1];
+  });
+  if (grad.numel() > 0) {
+    Tensor dead = torch::stable::narrow(grad, 0, live, grad.size(0) - live);
+    torch::stable::zero_(dead);
+  }
   return live;
 }
 
@@ -247,9 +248,9 @@ struct EdgeDropout {
   acc inv_keep;
   int64_t heads;
 
-  EdgeDropout(double p, const c10::optional<at::Tensor>& seed_tensor, int64_t heads)
+  EdgeDropout(double p, const std::optional<Tensor>& seed_tensor, int64_t heads)
       : on(p > 0.0),
-        seed(on ? static_cast<uint64_t>(seed_tensor->item<int64_t>()) : 0),
+        seed(on ? static_cast<uint64_t>(*seed_tensor->const_data_ptr<int64_t>()) : 0),
         threshold(fastgat::dropout_threshold(p)),
         inv_keep(static_cast<acc>(1.0 / (1.0 - p))),
         heads(heads) {}
@@ -288,9 +289,9 @@ struct EdgeDropout {
 // beside bfloat16 / float16 h (the op contract, docs/design.md §4). The extra float instance
 // exists only for the two 16-bit h types.
 template <typename scalar_t, typename Fn>
-void dispatch_scores(const at::Tensor& s, Fn&& fn) {
-  if constexpr (std::is_same_v<scalar_t, at::BFloat16> || std::is_same_v<scalar_t, at::Half>) {
-    if (s.scalar_type() == at::kFloat) return fn(float{});
+void dispatch_scores(const Tensor& s, Fn&& fn) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> || std::is_same_v<scalar_t, c10::Half>) {
+    if (s.scalar_type() == kFloat) return fn(float{});
   }
   fn(scalar_t{});
 }
@@ -311,9 +312,9 @@ struct Scores {
   acc slope;
   EdgeDropout<acc> dropout;
 
-  Scores(const at::Tensor& s_, const at::Tensor& d_, const c10::optional<at::Tensor>& t_,
-         const c10::optional<at::Tensor>& t_loop_, int64_t num_slots, double negative_slope,
-         double p, const c10::optional<at::Tensor>& seed)
+  Scores(const Tensor& s_, const Tensor& d_, const std::optional<Tensor>& t_,
+         const std::optional<Tensor>& t_loop_, int64_t num_slots, double negative_slope,
+         double p, const std::optional<Tensor>& seed)
       : s(s_.const_data_ptr<scalar_t>()),
         d(d_.const_data_ptr<scalar_t>()),
         t(t_.has_value() ? t_->const_data_ptr<scalar_t>() : nullptr),
@@ -356,7 +357,7 @@ template <typename index_t, typename Fn>
 void parallel_rows(const index_t* ptr, int64_t n, const Fn& fn, int64_t row_width = 1) {
   if (n == 0) return;
   const int64_t total = static_cast<int64_t>(ptr[n]) + n;
-  const int64_t threads = at::get_num_threads();
+  const int64_t threads = torch::stable::get_num_threads();
   const int64_t chunks = std::clamp<int64_t>(total * row_width / 4096, 1,
                                              std::max<int64_t>(1, std::min(n, 8 * threads)));
   std::vector<int64_t> bounds(chunks + 1, n);
@@ -370,7 +371,7 @@ void parallel_rows(const index_t* ptr, int64_t n, const Fn& fn, int64_t row_widt
     }
     bounds[c] = lo;
   }
-  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+  torch::stable::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
       if (bounds[c] < bounds[c + 1]) fn(bounds[c], bounds[c + 1]);
     }

@@ -1,6 +1,5 @@
 // Fused GAT forward on CPU (docs/design.md §2): GAT's rule on the row skeleton of
 // attention_rows.h.
-#include <torch/library.h>
 
 #include "../common/checks.h"
 #include "attention_rows.h"
@@ -35,16 +34,16 @@ struct GatRule {
 };
 #pragma GCC diagnostic pop
 
-std::tuple<at::Tensor, at::Tensor> fused_forward(
-    const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
-    const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
-    const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops, double negative_slope,
-    double dropout, const c10::optional<at::Tensor>& seed,
+std::tuple<Tensor, Tensor> fused_forward(
+    const Tensor& h, const Tensor& s, const Tensor& d,
+    const std::optional<Tensor>& t, const std::optional<Tensor>& t_loop,
+    const Tensor& rowptr, const Tensor& col, int64_t num_loops, double negative_slope,
+    double dropout, const std::optional<Tensor>& seed,
     const Hubs& /*row_hubs*/) {  // no CPU kernel splits a segment
   check_forward_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed);
-  std::tuple<at::Tensor, at::Tensor> result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, h.scalar_type(), "fastgat_forward",
-                                  [&] {
+  std::tuple<Tensor, Tensor> result;
+  dispatch_floating(h.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
     dispatch_scores<scalar_t>(s, [&](auto score) {
       using score_t = decltype(score);
       const GatRule<scalar_t, score_t> rule{
@@ -58,6 +57,6 @@ std::tuple<at::Tensor, at::Tensor> fused_forward(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("fused_forward", &fused_forward); }
+STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("fused_forward", TORCH_BOX(&fused_forward)); }
 
 }  // namespace fastgat::cpu

@@ -11,7 +11,6 @@
 //     dxl_j = sum w dout_i + dz att . g(u), u recomputed (gathers xr_i, dout_i, e_ij).
 //   datt = the per-row partials summed over rows in a fixed order (chunked, see kChunk).
 // No E x H x C intermediate: only de itself, which is an output.
-#include <torch/library.h>
 
 #include "../common/checks.h"
 #include "gatv2_cpu.h"
@@ -173,30 +172,30 @@ std::vector<acc> sum_rows(const acc* rows, int64_t n, int64_t width) {
   return total;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gatv2_fused_backward(
-    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& xl,
-    const at::Tensor& xr, const at::Tensor& att, const c10::optional<at::Tensor>& e,
-    const c10::optional<at::Tensor>& e_loop, const at::Tensor& rowptr, const at::Tensor& col,
-    const at::Tensor& colptr, const at::Tensor& csc_row, const at::Tensor& csc_eid,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gatv2_fused_backward(
+    const Tensor& dout, const Tensor& out, const Tensor& lse, const Tensor& xl,
+    const Tensor& xr, const Tensor& att, const std::optional<Tensor>& e,
+    const std::optional<Tensor>& e_loop, const Tensor& rowptr, const Tensor& col,
+    const Tensor& colptr, const Tensor& csc_row, const Tensor& csc_eid,
     int64_t num_loops, double negative_slope, double dropout,
-    const c10::optional<at::Tensor>& seed,
+    const std::optional<Tensor>& seed,
     const Hubs& /*row_hubs*/, const Hubs& /*col_hubs*/) {  // no CPU kernel splits a segment
   check_gatv2_forward_inputs(xl, xr, att, e, e_loop, rowptr, col, num_loops, dropout, seed);
   check_backward_extras(dout, out, lse, xl, rowptr, col, colptr, csc_row, csc_eid);
   const int64_t num_src = xl.size(0), num_dst = rowptr.numel() - 1, heads = xl.size(1);
   const int64_t channels = xl.size(2), num_slots = col.numel();
-  at::Tensor dxl = at::empty_like(xl), dxr = at::empty_like(xr), datt = at::empty_like(att);
-  at::Tensor de = e.has_value() ? at::empty_like(*e) : at::empty({0}, xl.options());
-  at::Tensor de_loop = e_loop.has_value() ? at::empty_like(*e_loop) : at::empty({0}, xl.options());
+  Tensor dxl = torch::stable::empty_like(xl), dxr = torch::stable::empty_like(xr), datt = torch::stable::empty_like(att);
+  Tensor de = e.has_value() ? torch::stable::empty_like(*e) : empty({0}, xl.scalar_type(), xl);
+  Tensor de_loop = e_loop.has_value() ? torch::stable::empty_like(*e_loop) : empty({0}, xl.scalar_type(), xl);
   zero_dead_slots(de, rowptr);
-  const auto acc_options = lse.options();
-  at::Tensor D = at::empty({num_dst, heads}, acc_options);
-  at::Tensor dz = at::empty({num_slots + num_loops, heads}, acc_options);
-  at::Tensor w = at::empty({num_slots + num_loops, heads}, acc_options);
-  at::Tensor datt_rows = at::empty({num_dst, heads, channels}, acc_options);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xl.scalar_type(),
-                                  "fastgat_gatv2_backward", [&] {
-    AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_gatv2_backward", [&] {
+  Tensor D = empty({num_dst, heads}, lse.scalar_type(), lse);
+  Tensor dz = empty({num_slots + num_loops, heads}, lse.scalar_type(), lse);
+  Tensor w = empty({num_slots + num_loops, heads}, lse.scalar_type(), lse);
+  Tensor datt_rows = empty({num_dst, heads, channels}, lse.scalar_type(), lse);
+  dispatch_floating(xl.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
+    dispatch_index(rowptr.scalar_type(), [&](auto index) {
+    using index_t = decltype(index);
       using acc = acc_t<scalar_t>;
       Gatv2Backward<scalar_t, index_t> bw{
           dout.const_data_ptr<scalar_t>(),
@@ -219,7 +218,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gatv2_fus
           dxr.mutable_data_ptr<scalar_t>(),
           dxl.mutable_data_ptr<scalar_t>()};
       const int64_t row_width = heads * channels;  // each edge moves rows of H x C
-      at::parallel_for(0, num_dst, 256, [&](int64_t b, int64_t e) { bw.row_dots(b, e); });
+      torch::stable::parallel_for(0, num_dst, 256, [&](int64_t b, int64_t e) { bw.row_dots(b, e); });
       parallel_rows(bw.rowptr, num_dst, [&](int64_t b, int64_t e) { bw.destinations(b, e); },
                     row_width);
       parallel_rows(bw.colptr, num_src, [&](int64_t b, int64_t e) { bw.sources(b, e); },
@@ -233,6 +232,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gatv2_fus
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("gatv2_fused_backward", &gatv2_fused_backward); }
+STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("gatv2_fused_backward", TORCH_BOX(&gatv2_fused_backward)); }
 
 }  // namespace fastgat::cpu

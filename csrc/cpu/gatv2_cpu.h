@@ -20,10 +20,10 @@ struct Gatv2Inputs {
   acc slope;
   EdgeDropout<acc> dropout;
 
-  Gatv2Inputs(const at::Tensor& xl_, const at::Tensor& xr_, const at::Tensor& att_,
-              const c10::optional<at::Tensor>& e_, const c10::optional<at::Tensor>& e_loop_,
+  Gatv2Inputs(const Tensor& xl_, const Tensor& xr_, const Tensor& att_,
+              const std::optional<Tensor>& e_, const std::optional<Tensor>& e_loop_,
               int64_t num_slots, double negative_slope, double p,
-              const c10::optional<at::Tensor>& seed)
+              const std::optional<Tensor>& seed)
       : xl(xl_.const_data_ptr<scalar_t>()),
         xr(xr_.const_data_ptr<scalar_t>()),
         att(att_.const_data_ptr<scalar_t>()),

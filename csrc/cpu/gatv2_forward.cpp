@@ -1,6 +1,5 @@
 // Fused GATv2 forward on CPU (docs/design.md, "GATv2"): GATv2's rule on the row skeleton of
 // attention_rows.h. The score reads the C-vector xl_j that the aggregation gathers anyway.
-#include <torch/library.h>
 
 #include "../common/checks.h"
 #include "attention_rows.h"
@@ -29,16 +28,16 @@ struct Gatv2Rule : Gatv2Inputs<scalar_t_> {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> gatv2_fused_forward(
-    const at::Tensor& xl, const at::Tensor& xr, const at::Tensor& att,
-    const c10::optional<at::Tensor>& e, const c10::optional<at::Tensor>& e_loop,
-    const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops, double negative_slope,
-    double dropout, const c10::optional<at::Tensor>& seed,
+std::tuple<Tensor, Tensor> gatv2_fused_forward(
+    const Tensor& xl, const Tensor& xr, const Tensor& att,
+    const std::optional<Tensor>& e, const std::optional<Tensor>& e_loop,
+    const Tensor& rowptr, const Tensor& col, int64_t num_loops, double negative_slope,
+    double dropout, const std::optional<Tensor>& seed,
     const Hubs& /*row_hubs*/) {  // no CPU kernel splits a segment
   check_gatv2_forward_inputs(xl, xr, att, e, e_loop, rowptr, col, num_loops, dropout, seed);
-  std::tuple<at::Tensor, at::Tensor> result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, xl.scalar_type(),
-                                  "fastgat_gatv2_forward", [&] {
+  std::tuple<Tensor, Tensor> result;
+  dispatch_floating(xl.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
     const Gatv2Rule<scalar_t> rule(xl, xr, att, e, e_loop, col.numel(), negative_slope, dropout,
                                    seed);
     result = attention_forward(rule, xl, rowptr, col, num_loops);
@@ -48,6 +47,6 @@ std::tuple<at::Tensor, at::Tensor> gatv2_fused_forward(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("gatv2_fused_forward", &gatv2_fused_forward); }
+STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("gatv2_fused_forward", TORCH_BOX(&gatv2_fused_forward)); }
 
 }  // namespace fastgat::cpu

@@ -2,25 +2,22 @@
 // sorts, O(E + N), on the calling thread. No comparison sort and no thread team: torch's stable
 // argsort runs a parallel radix sort whose barriers stall for hundreds of milliseconds when other
 // processes hold the cores, and a mini-batch pays this once per step.
-#include <ATen/Dispatch.h>
-#include <ATen/Functions.h>
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
 #include <vector>
 
+#include "../common/stable.h"
+
 namespace fastgat::cpu {
 namespace {
 
-// Raises IndexError naming the first bad index kind, as fastgat/graph.py's torch path does.
+// Fails naming the first bad index kind, with the message of fastgat/graph.py's torch path,
+// which re-raises it as IndexError (the stable ABI raises RuntimeError only).
 void check_range(int64_t low, int64_t high, int64_t bound, const char* what) {
   const int64_t bad = low < 0 ? low : high;
-  TORCH_CHECK_INDEX(low >= 0 && high < bound, "edge_index holds ", what, " node index ", bad,
-                    ", outside [0, ", bound - 1, "] (", bound, " ", what, " nodes)");
+  FASTGAT_CHECK(low >= 0 && high < bound, "edge_index holds ", what, " node index ", bad,
+                ", outside [0, ", bound - 1, "] (", bound, " ", what, " nodes)");
 }
 
 // (rowptr, col, perm): edges sorted by (destination, source), stable, by two counting sorts
@@ -49,21 +46,21 @@ void build_csr(const in_t* src, const in_t* dst, int64_t E, int64_t num_src, int
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_from_coo(
-    const at::Tensor& src_in, const at::Tensor& dst_in, int64_t num_src, int64_t num_dst,
-    bool drop_self_loops, at::ScalarType index_dtype) {
-  TORCH_CHECK(src_in.dim() == 1 && src_in.sizes() == dst_in.sizes(),
-              "fastgat: src and dst must be 1-D tensors of equal length");
-  TORCH_CHECK(src_in.scalar_type() == dst_in.scalar_type(),
-              "fastgat: src and dst must share a dtype");
-  TORCH_CHECK(index_dtype == at::kInt || index_dtype == at::kLong,
-              "fastgat: index_dtype must be int32 or int64");
-  const at::Tensor src = src_in.contiguous(), dst = dst_in.contiguous();
+std::tuple<Tensor, Tensor, Tensor> csr_from_coo(
+    const Tensor& src_in, const Tensor& dst_in, int64_t num_src, int64_t num_dst,
+    bool drop_self_loops, ScalarType index_dtype) {
+  FASTGAT_CHECK(src_in.dim() == 1 && src_in.sizes().equals(dst_in.sizes()),
+              "src and dst must be 1-D tensors of equal length");
+  FASTGAT_CHECK(src_in.scalar_type() == dst_in.scalar_type(),
+              "src and dst must share a dtype");
+  FASTGAT_CHECK(index_dtype == kInt || index_dtype == kLong,
+              "index_dtype must be int32 or int64");
+  const Tensor src = torch::stable::contiguous(src_in), dst = torch::stable::contiguous(dst_in);
   const int64_t E = src.numel();
-  const auto options = src.options().dtype(index_dtype);
-  at::Tensor rowptr = at::empty({num_dst + 1}, options);
-  at::Tensor col = at::empty({E}, options), perm = at::empty({E}, options);
-  AT_DISPATCH_INDEX_TYPES(src.scalar_type(), "fastgat_csr_from_coo", [&] {
+  Tensor rowptr = empty({num_dst + 1}, index_dtype, src);
+  Tensor col = empty({E}, index_dtype, src), perm = empty({E}, index_dtype, src);
+  dispatch_index(src.scalar_type(), [&](auto index) {
+    using index_t = decltype(index);
     using in_t = index_t;
     const in_t* s = src.const_data_ptr<in_t>();
     const in_t* d = dst.const_data_ptr<in_t>();
@@ -73,7 +70,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_from_coo(
       check_range(*s_lo, *s_hi, num_src, "source");
       check_range(*d_lo, *d_hi, num_dst, "destination");
     }
-    AT_DISPATCH_INDEX_TYPES(index_dtype, "fastgat_csr_from_coo", [&] {
+    dispatch_index(index_dtype, [&](auto index) {
+    using index_t = decltype(index);
       build_csr<in_t, index_t>(s, d, E, num_src, num_dst, drop_self_loops,
                                rowptr.mutable_data_ptr<index_t>(),
                                col.mutable_data_ptr<index_t>(),
@@ -86,16 +84,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csr_from_coo(
 // (colptr, csc_row, csc_eid) of a CSR from csr_from_coo: slots counting-sorted by source, so
 // each source lists its slots in slot order (by destination); dead slots (dropped loops, whose
 // destination is their source) go past colptr[-1].
-std::tuple<at::Tensor, at::Tensor, at::Tensor> csc_from_csr(const at::Tensor& rowptr,
-                                                            const at::Tensor& col,
+std::tuple<Tensor, Tensor, Tensor> csc_from_csr(const Tensor& rowptr,
+                                                            const Tensor& col,
                                                             int64_t num_src) {
-  TORCH_CHECK(rowptr.dim() == 1 && col.dim() == 1 && rowptr.scalar_type() == col.scalar_type() &&
+  FASTGAT_CHECK(rowptr.dim() == 1 && col.dim() == 1 && rowptr.scalar_type() == col.scalar_type() &&
                   rowptr.is_contiguous() && col.is_contiguous(),
-              "fastgat: rowptr and col must be contiguous 1-D tensors of one index dtype");
+              "rowptr and col must be contiguous 1-D tensors of one index dtype");
   const int64_t num_dst = rowptr.numel() - 1, E = col.numel();
-  at::Tensor colptr = at::empty({num_src + 1}, rowptr.options());
-  at::Tensor csc_row = at::empty({E}, col.options()), csc_eid = at::empty({E}, col.options());
-  AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_csc_from_csr", [&] {
+  Tensor colptr = empty({num_src + 1}, rowptr.scalar_type(), rowptr);
+  Tensor csc_row = empty({E}, col.scalar_type(), col), csc_eid = empty({E}, col.scalar_type(), col);
+  dispatch_index(rowptr.scalar_type(), [&](auto index) {
+    using index_t = decltype(index);
     const index_t* rp = rowptr.const_data_ptr<index_t>();
     const index_t* c = col.const_data_ptr<index_t>();
     const int64_t live = rp[num_dst];
@@ -128,9 +127,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> csc_from_csr(const at::Tensor& ro
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgat, CPU, m) {
-  m.impl("csr_from_coo", &csr_from_coo);
-  m.impl("csc_from_csr", &csc_from_csr);
+STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) {
+  m.impl("csr_from_coo", TORCH_BOX(&csr_from_coo));
+  m.impl("csc_from_csr", TORCH_BOX(&csc_from_csr));
 }
 
 }  // namespace fastgat::cpu

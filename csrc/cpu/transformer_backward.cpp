@@ -8,7 +8,6 @@
 //   CSC pass, per source j over its out-edges: dk_j = sum dz q_i, dv_j = sum w dout_i.
 //     Gathers q_i and dout_i.
 // Dead slots (past rowptr[-1]; TransformerConv has none) are skipped, their de is zero.
-#include <torch/library.h>
 
 #include "../common/checks.h"
 #include "gat_cpu.h"
@@ -124,25 +123,26 @@ struct TransformerBackward {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_backward(
-    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse, const at::Tensor& q,
-    const at::Tensor& k, const at::Tensor& v, const c10::optional<at::Tensor>& e,
-    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& colptr,
-    const at::Tensor& csc_row, const at::Tensor& csc_eid, double scale, double dropout,
-    const c10::optional<at::Tensor>& seed,
+std::tuple<Tensor, Tensor, Tensor, Tensor> transformer_backward(
+    const Tensor& dout, const Tensor& out, const Tensor& lse, const Tensor& q,
+    const Tensor& k, const Tensor& v, const std::optional<Tensor>& e,
+    const Tensor& rowptr, const Tensor& col, const Tensor& colptr,
+    const Tensor& csc_row, const Tensor& csc_eid, double scale, double dropout,
+    const std::optional<Tensor>& seed,
     const Hubs& /*row_hubs*/, const Hubs& /*col_hubs*/) {  // no CPU kernel splits a segment
   check_transformer_backward_inputs(dout, out, lse, q, k, v, e, rowptr, col, colptr, csc_row,
                                     csc_eid, dropout, seed);
   const int64_t num_dst = q.size(0), num_src = k.size(0), heads = q.size(1);
   const int64_t num_slots = col.numel(), row_width = heads * q.size(2);
-  at::Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  at::Tensor de = e.has_value() ? at::empty_like(*e) : at::empty({0}, q.options());
+  Tensor dq = torch::stable::empty_like(q), dk = torch::stable::empty_like(k), dv = torch::stable::empty_like(v);
+  Tensor de = e.has_value() ? torch::stable::empty_like(*e) : empty({0}, q.scalar_type(), q);
   const int64_t live = zero_dead_slots(de, rowptr);
-  at::Tensor dz = at::empty({num_slots, heads}, lse.options());
-  at::Tensor w = at::empty({num_slots, heads}, lse.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(),
-                                  "fastgat_transformer_backward", [&] {
-    AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat_transformer_backward", [&] {
+  Tensor dz = empty({num_slots, heads}, lse.scalar_type(), lse);
+  Tensor w = empty({num_slots, heads}, lse.scalar_type(), lse);
+  dispatch_floating(q.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
+    dispatch_index(rowptr.scalar_type(), [&](auto index) {
+    using index_t = decltype(index);
       using acc = acc_t<scalar_t>;
       const TransformerBackward<scalar_t, index_t> bw{
           dout.const_data_ptr<scalar_t>(),
@@ -179,6 +179,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_backward(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("transformer_backward", &transformer_backward); }
+STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("transformer_backward", TORCH_BOX(&transformer_backward)); }
 
 }  // namespace fastgat::cpu

@@ -1,7 +1,6 @@
 // Fused TransformerConv forward on CPU (docs/design.md §11): TransformerConv's rule on the row
 // skeleton of attention_rows.h. The score gathers k_j (and reads e per slot), the sum gathers
 // v_j: two H x C rows per edge, no self loops, only out and lse written.
-#include <torch/library.h>
 
 #include "../common/checks.h"
 #include "attention_rows.h"
@@ -39,15 +38,15 @@ struct TransformerRule {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> transformer_forward(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const c10::optional<at::Tensor>& e, const at::Tensor& rowptr, const at::Tensor& col,
-    double scale, double dropout, const c10::optional<at::Tensor>& seed,
+std::tuple<Tensor, Tensor> transformer_forward(
+    const Tensor& q, const Tensor& k, const Tensor& v,
+    const std::optional<Tensor>& e, const Tensor& rowptr, const Tensor& col,
+    double scale, double dropout, const std::optional<Tensor>& seed,
     const Hubs& /*row_hubs*/) {  // no CPU kernel splits a segment
   check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed);
-  std::tuple<at::Tensor, at::Tensor> result;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(),
-                                  "fastgat_transformer_forward", [&] {
+  std::tuple<Tensor, Tensor> result;
+  dispatch_floating(q.scalar_type(), [&](auto scalar) {
+    using scalar_t = decltype(scalar);
     using acc = acc_t<scalar_t>;
     const TransformerRule<scalar_t> rule{
         q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
@@ -61,6 +60,6 @@ std::tuple<at::Tensor, at::Tensor> transformer_forward(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("transformer_forward", &transformer_forward); }
+STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("transformer_forward", TORCH_BOX(&transformer_forward)); }
 
 }  // namespace fastgat::cpu

@@ -26,7 +26,7 @@ namespace cuda {
 
 template <typename T, typename Index>
 struct BackwardArgs {
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   const T* dout;
   const T* out;
   const A* lse;
@@ -61,7 +61,7 @@ struct BackwardArgs {
 // D_i = <dout_i, out_i> per (row, head): the softmax's Jacobian term, a dense product.
 template <bool ALIGNED, typename T, typename Index>
 __global__ void __launch_bounds__(kBlock, kMinBlocks) dot_kernel(const BackwardArgs<T, Index> a) {
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   constexpr int VEC = vec_width<T>();
   const Group g(a.group_size);
   const int64_t row_head = g.index();
@@ -84,7 +84,7 @@ constexpr int kRowSumLanes = 8;
 template <typename T, typename Index>
 __global__ void __launch_bounds__(kBlock, kMinBlocks)
     row_sum_kernel(const BackwardArgs<T, Index> a) {
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   const Group g(kRowSumLanes);
   const int64_t row_head = g.index();
   if (row_head >= a.num_dst * a.heads) return;
@@ -105,7 +105,7 @@ template <bool ALIGNED, typename T, typename Index>
 __device__ __forceinline__ void csc_item(const BackwardArgs<T, Index>& a, const Group& g,
                                          int64_t j, int head, int64_t tile, int64_t begin,
                                          int64_t end, int64_t chunk) {
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   constexpr int VEC = vec_width<T>();
   const int heads = a.heads;
   const int64_t col_head = j * heads + head;
@@ -236,7 +236,7 @@ __global__ void __launch_bounds__(kBlock, kMinBlocks)
 // of a column's first chunk adds the column's partials in chunk order (deterministic).
 template <typename T, typename Index>
 __global__ void csc_merge_kernel(const BackwardArgs<T, Index> a) {
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   const int heads = a.heads;
   const int64_t channels = a.channels, width = std::max<int64_t>(channels, 1);
   const int64_t work = a.chunk_ptr[a.num_src] * heads * width;

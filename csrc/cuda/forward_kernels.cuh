@@ -76,7 +76,7 @@ __device__ __forceinline__ Item make_item(const Group& g, int64_t i, int head, i
 template <typename T_>
 struct SourceValue {
   using T = T_;
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   static constexpr int VEC = vec_width<T>();
   using Value = Pack<T, VEC>;
   static constexpr bool kValueReadsSlot = false;
@@ -97,7 +97,7 @@ struct SourceValue {
 template <typename T_>
 struct GatRule : SourceValue<T_> {
   using T = T_;
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   // 96 or fewer: 2 blocks of 256 threads per SM on Hopper with room to spare, and the 16-bit
   // and float kernels need no more (ptxas alone took up to 102 where it had the room); double
   // would spill under 96.
@@ -150,7 +150,7 @@ __device__ __forceinline__ A group_logits(const Group& g, int n, Index j, int64_
 template <typename Rule, typename Index>
 struct ForwardArgs {
   using T = typename Rule::T;
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   Rule rule;
   const Index* rowptr;
   const Index* col;
@@ -172,7 +172,7 @@ __device__ __forceinline__ void forward_item(const ForwardArgs<Rule, Index>& a, 
                                              int64_t i, int head, int64_t tile, int64_t begin,
                                              int64_t end, int64_t chunk) {
   using T = typename Rule::T;
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   using Entry = typename Rule::Entry;
   constexpr int VEC = vec_width<T>();
   const int heads = a.heads;
@@ -307,12 +307,12 @@ __global__ void __maxnreg__(Rule::kMaxRegisters) chunk_kernel(const ForwardArgs<
 // exp(lse_c - lse), lse = logsumexp_c lse_c. Chunks with lse_c = -inf (l = 0) weigh 0, and a
 // row without a finite score keeps out = 0, lse = -inf.
 template <typename T>
-__global__ void merge_kernel(const at::opmath_type<T>* __restrict__ part_out,
-                             const at::opmath_type<T>* __restrict__ part_lse,
+__global__ void merge_kernel(const acc_type<T>* __restrict__ part_out,
+                             const acc_type<T>* __restrict__ part_lse,
                              const int64_t* __restrict__ chunk_ptr, int64_t num_dst, int heads,
                              int64_t channels, T* __restrict__ out,
-                             at::opmath_type<T>* __restrict__ lse) {
-  using A = at::opmath_type<T>;
+                             acc_type<T>* __restrict__ lse) {
+  using A = acc_type<T>;
   const int64_t width = std::max<int64_t>(channels, 1);
   const int64_t work = chunk_ptr[num_dst] * heads * width;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;

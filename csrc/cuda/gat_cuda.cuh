@@ -3,10 +3,10 @@
 // Work unit: a *lane group* of G = 1..32 lanes (a power of two, from C) owns one (row, head)
 // and spans a tile of G * VEC channels, each lane VEC consecutive channels read with one
 // 16-byte load. Several groups share a warp when H * C is small; groups never straddle a warp,
-// so shuffles name only the group's lanes. Accumulation is in A = at::opmath_type<T>
+// so shuffles name only the group's lanes. Accumulation is in A = acc_type<T>
 // (float for half / bfloat16 / float, double for double).
 #pragma once
-#include <ATen/OpMathType.h>
+#include "../common/accumulate.h"
 
 #include <cstdint>
 #include <limits>
@@ -249,8 +249,8 @@ template <typename Elem, typename Wide = std::conditional_t<std::is_const_v<Elem
                                                               float>>
 struct ScoreArray {
   using T = std::remove_const_t<Elem>;
-  using A = at::opmath_type<T>;
-  static constexpr bool kMayWiden = std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>;
+  using A = acc_type<T>;
+  static constexpr bool kMayWiden = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
   Elem* narrow;  // scores of T, or nullptr
   Wide* wide;    // float scores beside 16-bit T, or nullptr
 

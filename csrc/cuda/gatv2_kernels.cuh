@@ -43,7 +43,7 @@ __device__ __forceinline__ P* slot_row(P* edges, P* loops, const Item& it, int64
 template <typename T_>
 struct Gatv2Rule : SourceValue<T_> {
   using T = T_;
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   static constexpr int VEC = vec_width<T>();
   static constexpr int kMaxRegisters = 255;  // no budget beyond ptxas's own
   const T* xr;      // (N_dst, H, C)
@@ -134,7 +134,7 @@ struct Gatv2Rule : SourceValue<T_> {
 
 template <typename T, typename Index>
 struct Gatv2BackwardArgs {
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   Gatv2Rule<T> rule;
   const T* dout;
   const T* out;
@@ -177,7 +177,7 @@ __device__ __forceinline__ A leaky_relu_grad(A u, A slope) {
 template <bool ALIGNED, typename T, typename Index>
 __global__ void __launch_bounds__(kBlock, kOneBlock)
     gatv2_csr_kernel(const Gatv2BackwardArgs<T, Index> a) {
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   constexpr int VEC = vec_width<T>();
   const Group g(a.group_size);
   const Item it = gatv2_item<VEC>(g, a, a.num_dst);
@@ -267,7 +267,7 @@ __global__ void __launch_bounds__(kBlock, kOneBlock)
 template <bool ALIGNED, typename T, typename Index>
 __global__ void __launch_bounds__(kBlock, kOneBlock)
     gatv2_csc_kernel(const Gatv2BackwardArgs<T, Index> a) {
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   constexpr int VEC = vec_width<T>();
   const Group g(a.group_size);
   // Source j as the Item's row: its self loop is slot E + j, as row j's, so edge_row reads it.

@@ -10,16 +10,16 @@ namespace fastgat {
 namespace cuda {
 
 template <typename T>
-Gatv2Rule<T> make_gatv2_rule(const at::Tensor& xl, const at::Tensor& xr, const at::Tensor& att,
-                             const c10::optional<at::Tensor>& e,
-                             const c10::optional<at::Tensor>& e_loop, double negative_slope) {
+Gatv2Rule<T> make_gatv2_rule(const Tensor& xl, const Tensor& xr, const Tensor& att,
+                             const std::optional<Tensor>& e,
+                             const std::optional<Tensor>& e_loop, double negative_slope) {
   Gatv2Rule<T> rule{};
-  rule.values = xl.data_ptr<T>();
-  rule.xr = xr.data_ptr<T>();
-  rule.att = att.data_ptr<T>();
-  rule.e = e.has_value() ? e->data_ptr<T>() : nullptr;
-  rule.e_loop = e_loop.has_value() ? e_loop->data_ptr<T>() : nullptr;
-  rule.slope = static_cast<at::opmath_type<T>>(negative_slope);
+  rule.values = xl.mutable_data_ptr<T>();
+  rule.xr = xr.mutable_data_ptr<T>();
+  rule.att = att.mutable_data_ptr<T>();
+  rule.e = e.has_value() ? e->mutable_data_ptr<T>() : nullptr;
+  rule.e_loop = e_loop.has_value() ? e_loop->mutable_data_ptr<T>() : nullptr;
+  rule.slope = static_cast<acc_type<T>>(negative_slope);
   return rule;
 }
 
@@ -31,17 +31,17 @@ bool gatv2_inputs_aligned(const Gatv2Rule<T>& rule) {
 }
 
 template <typename Device>
-std::tuple<at::Tensor, at::Tensor> gatv2_fused_forward(
-    const at::Tensor& xl, const at::Tensor& xr, const at::Tensor& att,
-    const c10::optional<at::Tensor>& e, const c10::optional<at::Tensor>& e_loop,
-    const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops, double negative_slope,
-    double dropout, const c10::optional<at::Tensor>& seed, const Hubs& row_hubs) {
+std::tuple<Tensor, Tensor> gatv2_fused_forward(
+    const Tensor& xl, const Tensor& xr, const Tensor& att,
+    const std::optional<Tensor>& e, const std::optional<Tensor>& e_loop,
+    const Tensor& rowptr, const Tensor& col, int64_t num_loops, double negative_slope,
+    double dropout, const std::optional<Tensor>& seed, const Hubs& row_hubs) {
   check_gatv2_forward_inputs(xl, xr, att, e, e_loop, rowptr, col, num_loops, dropout, seed);
   check_hubs(row_hubs, "row_hubs");
-  const typename Device::Guard guard(xl.device());
+  const typename Device::Guard guard(xl);
   const Device device;
-  return forward_outputs(device, xl, rowptr, [&](auto type, auto index, at::Tensor& out,
-                                                 at::Tensor& lse) {
+  return forward_outputs(device, xl, rowptr, [&](auto type, auto index, Tensor& out,
+                                                 Tensor& lse) {
     const auto rule = make_gatv2_rule<decltype(type)>(xl, xr, att, e, e_loop, negative_slope);
     launch_forward<decltype(index)>(device, rule, gatv2_inputs_aligned(rule), rowptr, col,
                                     num_loops, dropout, seed, row_hubs, out, lse);
@@ -53,40 +53,40 @@ std::tuple<at::Tensor, at::Tensor> gatv2_fused_forward(
 constexpr int64_t kSumRowsChunk = 256;
 
 template <typename T, typename Index, typename Device>
-void launch_gatv2_backward(const Device& device, const at::Tensor& dout, const at::Tensor& out,
-                           const at::Tensor& lse, const at::Tensor& xl, const at::Tensor& xr,
-                           const at::Tensor& att, const c10::optional<at::Tensor>& e,
-                           const c10::optional<at::Tensor>& e_loop, const at::Tensor& rowptr,
-                           const at::Tensor& col, const at::Tensor& colptr,
-                           const at::Tensor& csc_row, const at::Tensor& csc_eid,
+void launch_gatv2_backward(const Device& device, const Tensor& dout, const Tensor& out,
+                           const Tensor& lse, const Tensor& xl, const Tensor& xr,
+                           const Tensor& att, const std::optional<Tensor>& e,
+                           const std::optional<Tensor>& e_loop, const Tensor& rowptr,
+                           const Tensor& col, const Tensor& colptr,
+                           const Tensor& csc_row, const Tensor& csc_eid,
                            int64_t num_loops, double negative_slope, double dropout,
-                           const c10::optional<at::Tensor>& seed, at::Tensor& dxl,
-                           at::Tensor& dxr, at::Tensor& datt, at::Tensor& de,
-                           at::Tensor& de_loop) {
-  using A = at::opmath_type<T>;
+                           const std::optional<Tensor>& seed, Tensor& dxl,
+                           Tensor& dxr, Tensor& datt, Tensor& de,
+                           Tensor& de_loop) {
+  using A = acc_type<T>;
   constexpr int VEC = vec_width<T>();
   const int64_t heads = xl.size(1), channels = xl.size(2);
   const int64_t num_dst = rowptr.numel() - 1, num_slots = col.numel();
-  at::Tensor dz = device.empty({num_slots + num_loops, heads}, lse.options());
-  at::Tensor w = device.empty({num_slots + num_loops, heads}, lse.options());
-  at::Tensor datt_rows = device.empty({num_dst, heads, channels}, lse.options());
+  Tensor dz = device.empty({num_slots + num_loops, heads}, lse.scalar_type(), lse);
+  Tensor w = device.empty({num_slots + num_loops, heads}, lse.scalar_type(), lse);
+  Tensor datt_rows = device.empty({num_dst, heads, channels}, lse.scalar_type(), lse);
   Gatv2BackwardArgs<T, Index> a{};
   a.rule = make_gatv2_rule<T>(xl, xr, att, e, e_loop, negative_slope);
-  a.dout = dout.data_ptr<T>();
-  a.out = out.data_ptr<T>();
-  a.lse = lse.data_ptr<A>();
-  a.rowptr = rowptr.data_ptr<Index>();
-  a.col = col.data_ptr<Index>();
-  a.colptr = colptr.data_ptr<Index>();
-  a.csc_row = csc_row.data_ptr<Index>();
-  a.csc_eid = csc_eid.data_ptr<Index>();
-  a.dz = dz.data_ptr<A>();
-  a.w = w.data_ptr<A>();
-  a.datt_rows = datt_rows.data_ptr<A>();
-  a.dxl = dxl.data_ptr<T>();
-  a.dxr = dxr.data_ptr<T>();
-  a.de = e.has_value() ? de.data_ptr<T>() : nullptr;
-  a.de_loop = e_loop.has_value() ? de_loop.data_ptr<T>() : nullptr;
+  a.dout = dout.mutable_data_ptr<T>();
+  a.out = out.mutable_data_ptr<T>();
+  a.lse = lse.mutable_data_ptr<A>();
+  a.rowptr = rowptr.mutable_data_ptr<Index>();
+  a.col = col.mutable_data_ptr<Index>();
+  a.colptr = colptr.mutable_data_ptr<Index>();
+  a.csc_row = csc_row.mutable_data_ptr<Index>();
+  a.csc_eid = csc_eid.mutable_data_ptr<Index>();
+  a.dz = dz.mutable_data_ptr<A>();
+  a.w = w.mutable_data_ptr<A>();
+  a.datt_rows = datt_rows.mutable_data_ptr<A>();
+  a.dxl = dxl.mutable_data_ptr<T>();
+  a.dxr = dxr.mutable_data_ptr<T>();
+  a.de = e.has_value() ? de.mutable_data_ptr<T>() : nullptr;
+  a.de_loop = e_loop.has_value() ? de_loop.mutable_data_ptr<T>() : nullptr;
   a.num_src = xl.size(0);
   a.num_dst = num_dst;
   a.num_slots = num_slots;
@@ -113,43 +113,43 @@ void launch_gatv2_backward(const Device& device, const at::Tensor& dout, const a
   // datt: the rows' shares summed in chunks of kSumRowsChunk rows, stage by stage, down to one.
   const int64_t width = heads * channels;
   if (width == 0) return;
-  at::Tensor rows = datt_rows;
+  Tensor rows = datt_rows;
   int64_t num_rows = num_dst;
   while (num_rows > kSumRowsChunk) {
     const int64_t chunks = ceil_div(num_rows, kSumRowsChunk);
-    at::Tensor partial = device.empty({chunks, width}, lse.options());
+    Tensor partial = device.empty({chunks, width}, lse.scalar_type(), lse);
     device.launch(sum_rows_kernel<A, A>, blocks_for(chunks * width, kBlock), kBlock,
-                  static_cast<const A*>(rows.data_ptr<A>()), num_rows, width, kSumRowsChunk,
-                  chunks, partial.data_ptr<A>());
+                  static_cast<const A*>(rows.mutable_data_ptr<A>()), num_rows, width, kSumRowsChunk,
+                  chunks, partial.mutable_data_ptr<A>());
     rows = partial;
     num_rows = chunks;
   }
   device.launch(sum_rows_kernel<A, T>, blocks_for(width, kBlock), kBlock,
-                static_cast<const A*>(rows.data_ptr<A>()), num_rows, width, kSumRowsChunk,
-                int64_t{1}, datt.data_ptr<T>());
+                static_cast<const A*>(rows.mutable_data_ptr<A>()), num_rows, width, kSumRowsChunk,
+                int64_t{1}, datt.mutable_data_ptr<T>());
 }
 
 template <typename Device>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gatv2_fused_backward(
-    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse,
-    const at::Tensor& xl, const at::Tensor& xr, const at::Tensor& att,
-    const c10::optional<at::Tensor>& e, const c10::optional<at::Tensor>& e_loop,
-    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& colptr,
-    const at::Tensor& csc_row, const at::Tensor& csc_eid, int64_t num_loops,
-    double negative_slope, double dropout, const c10::optional<at::Tensor>& seed,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gatv2_fused_backward(
+    const Tensor& dout, const Tensor& out, const Tensor& lse,
+    const Tensor& xl, const Tensor& xr, const Tensor& att,
+    const std::optional<Tensor>& e, const std::optional<Tensor>& e_loop,
+    const Tensor& rowptr, const Tensor& col, const Tensor& colptr,
+    const Tensor& csc_row, const Tensor& csc_eid, int64_t num_loops,
+    double negative_slope, double dropout, const std::optional<Tensor>& seed,
     const Hubs& row_hubs, const Hubs& col_hubs) {
   check_gatv2_forward_inputs(xl, xr, att, e, e_loop, rowptr, col, num_loops, dropout, seed);
   check_backward_extras(dout, out, lse, xl, rowptr, col, colptr, csc_row, csc_eid);
   check_hubs(row_hubs, "row_hubs");  // GATv2's backward passes split nothing
   check_hubs(col_hubs, "col_hubs");
-  const typename Device::Guard guard(dout.device());
+  const typename Device::Guard guard(dout);
   const Device device;
-  at::Tensor dxl = device.empty(xl.sizes(), xl.options());
-  at::Tensor dxr = device.empty(xr.sizes(), xr.options());
-  at::Tensor datt = device.empty(att.sizes(), att.options());
-  at::Tensor de = device.empty(e.has_value() ? e->sizes() : at::IntArrayRef{0}, xl.options());
-  at::Tensor de_loop =
-      device.empty(e_loop.has_value() ? e_loop->sizes() : at::IntArrayRef{0}, xl.options());
+  Tensor dxl = device.empty(xl.sizes(), xl.scalar_type(), xl);
+  Tensor dxr = device.empty(xr.sizes(), xr.scalar_type(), xr);
+  Tensor datt = device.empty(att.sizes(), att.scalar_type(), att);
+  Tensor de = device.empty(e.has_value() ? e->sizes() : Sizes{0}, xl.scalar_type(), xl);
+  Tensor de_loop =
+      device.empty(e_loop.has_value() ? e_loop->sizes() : Sizes{0}, xl.scalar_type(), xl);
   if (xl.size(1) == 0) return {dxl, dxr, datt, de, de_loop};
   dispatch_types(xl, rowptr, [&](auto type, auto index) {
     launch_gatv2_backward<decltype(type), decltype(index)>(

@@ -6,15 +6,12 @@
 // The entry points (fused_forward, ...) are registered as they are, for each build's Device:
 // they make the inputs' device current with Device::Guard, then construct the Device.
 // A Device provides
-//   Guard                                          RAII, from a c10::Device
-//   int64_t sms() const                            SMs to plan for (the emulated one is settable)
+//   Guard                                          RAII, from a tensor on the device
+//   int64_t sms() const                            the device's SMs (sizes grid-stride waves)
+//   int64_t plan_sms() const                       SMs the split plan assumes (see SplitPlan)
 //   void launch(kernel, blocks, threads, args...)  one kernel launch (errors are thrown)
-//   at::Tensor empty(sizes, options) const         an output buffer on the inputs' device
+//   Tensor empty(sizes, dtype, like) const         a buffer on the inputs' device
 #pragma once
-#include <ATen/Context.h>
-#include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/cumsum.h>
 
 #include <algorithm>
 #include <limits>
@@ -35,14 +32,10 @@ constexpr int64_t kWave = 2048 / kBlock;  // blocks per SM at full occupancy
 // Blocks of kBlock threads for `work` items, `per_block` to a block.
 inline int64_t blocks_for(int64_t work, int64_t per_block) {
   const int64_t blocks = ceil_div(work, per_block);
-  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "fastgat: graph too large for one "
+  FASTGAT_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "graph too large for one "
               "launch (", blocks, " blocks)");
   return blocks;
 }
-
-// SMs the split plan assumes under torch.use_deterministic_algorithms(True), whatever the GPU:
-// the split length sets the summation order, so bitwise results must not depend on the device.
-constexpr int64_t kDeterministicPlanSms = 132;
 
 // The split length and the chunk count (see forward_kernels.cuh): a row (forward: CSR rows;
 // backward: CSC columns) of more than split_len entries is cut into chunks. With the rows'
@@ -52,15 +45,13 @@ struct SplitPlan {
   int64_t split_len;
   int64_t chunk_bound;  // chunks to size for; 0: no row splits, nothing to launch for splitting
 
-  SplitPlan(int64_t num_rows, int64_t num_slots, int64_t num_loops, int64_t device_sms,
+  SplitPlan(int64_t num_rows, int64_t num_slots, int64_t num_loops, int64_t sms,
             const Hubs& hubs) {
-    const int64_t sms = at::globalContext().deterministicAlgorithms() ? kDeterministicPlanSms
-                                                                      : device_sms;
     const int64_t entries = num_slots + num_loops;
     split_len = std::max<int64_t>(
         256, std::min(4 * ceil_div(entries, num_rows), ceil_div(entries, 8 * sms)));
     // No work item is longer than split_len: the kernels count its entries in 32 bits.
-    TORCH_CHECK(split_len <= std::numeric_limits<int32_t>::max(), "fastgat: graph too large "
+    FASTGAT_CHECK(split_len <= std::numeric_limits<int32_t>::max(), "graph too large "
                 "for the split plan (split length ", split_len, ")");
     if (hubs.has_value()) {
       chunk_bound = 0;
@@ -80,12 +71,12 @@ struct SplitPlan {
 // chunk_ptr of the rows of `ptr` (int64, num_rows + 1): each row's chunk count when it splits
 // (0 otherwise), counted and scanned on the device, so no host sync.
 template <typename Index, typename Device>
-at::Tensor chunk_table(const Device& device, const Index* ptr, int64_t num_rows, int64_t num_loops,
-                       int64_t split_len, const at::Tensor& like) {
-  at::Tensor counts = device.empty({num_rows + 1}, like.options().dtype(at::kLong));
+Tensor chunk_table(const Device& device, const Index* ptr, int64_t num_rows, int64_t num_loops,
+                       int64_t split_len, const Tensor& like) {
+  Tensor counts = device.empty({num_rows + 1}, kLong, like);
   device.launch(count_chunks_kernel<Index>, blocks_for(num_rows, kBlock), kBlock, ptr, num_rows,
-                num_loops, split_len, counts.data_ptr<int64_t>());
-  return counts.cumsum(0);
+                num_loops, split_len, counts.mutable_data_ptr<int64_t>());
+  return cumsum(counts, 0);
 }
 
 inline bool is_aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -93,31 +84,31 @@ inline bool is_aligned_16(const void* p) { return reinterpret_cast<uintptr_t>(p)
 // GAT's score input or gradient `x` (absent when not given) as a ScoreArray of T: T's, or
 // float beside bfloat16 / float16 T.
 template <typename Elem>
-ScoreArray<Elem> score_array(const c10::optional<at::Tensor>& x) {
+ScoreArray<Elem> score_array(const std::optional<Tensor>& x) {
   using T = std::remove_const_t<Elem>;
   ScoreArray<Elem> array{nullptr, nullptr};
   if (!x.has_value()) return array;
   if constexpr (ScoreArray<Elem>::kMayWiden) {
-    if (x->scalar_type() == at::kFloat) {
-      array.wide = x->data_ptr<float>();
+    if (x->scalar_type() == kFloat) {
+      array.wide = x->mutable_data_ptr<float>();
       return array;
     }
   }
-  array.narrow = x->data_ptr<T>();
+  array.narrow = x->mutable_data_ptr<T>();
   return array;
 }
 
-inline Dropout make_dropout(double dropout, const c10::optional<at::Tensor>& seed) {
-  return Dropout{dropout > 0.0 ? seed->data_ptr<int64_t>() : nullptr,
+inline Dropout make_dropout(double dropout, const std::optional<Tensor>& seed) {
+  return Dropout{dropout > 0.0 ? seed->mutable_data_ptr<int64_t>() : nullptr,
                  dropout_threshold(dropout), 1.0 / (1.0 - dropout), dropout > 0.0};
 }
 
 // Runs fn(T{}, Index{}) for the floating dtype of `values` and the index dtype of `rowptr`:
 // the dtype dispatch of every rule's forward and backward.
 template <typename Fn>
-void dispatch_types(const at::Tensor& values, const at::Tensor& rowptr, Fn&& fn) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "fastgat", [&] {
-    AT_DISPATCH_INDEX_TYPES(rowptr.scalar_type(), "fastgat", [&] { fn(scalar_t{}, index_t{}); });
+void dispatch_types(const Tensor& values, const Tensor& rowptr, Fn&& fn) {
+  dispatch_floating(values.scalar_type(), [&](auto type) {
+    dispatch_index(rowptr.scalar_type(), [&](auto index) { fn(type, index); });
   });
 }
 
@@ -126,18 +117,18 @@ void dispatch_types(const at::Tensor& values, const at::Tensor& rowptr, Fn&& fn)
 // allow 16-byte loads (C % VEC and out are checked here).
 template <typename Index, typename Rule, typename Device>
 void launch_forward(const Device& device, const Rule& rule, bool aligned,
-                    const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops,
-                    double dropout, const c10::optional<at::Tensor>& seed, const Hubs& hubs,
-                    at::Tensor& out, at::Tensor& lse) {
+                    const Tensor& rowptr, const Tensor& col, int64_t num_loops,
+                    double dropout, const std::optional<Tensor>& seed, const Hubs& hubs,
+                    Tensor& out, Tensor& lse) {
   using T = typename Rule::T;
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   constexpr int VEC = vec_width<T>();
   ForwardArgs<Rule, Index> a{};
   a.rule = rule;
-  a.rowptr = rowptr.data_ptr<Index>();
-  a.col = col.data_ptr<Index>();
-  a.out = out.data_ptr<T>();
-  a.lse = lse.data_ptr<A>();
+  a.rowptr = rowptr.mutable_data_ptr<Index>();
+  a.col = col.mutable_data_ptr<Index>();
+  a.out = out.mutable_data_ptr<T>();
+  a.lse = lse.mutable_data_ptr<A>();
   a.num_dst = out.size(0);
   a.num_slots = col.numel();
   a.num_loops = num_loops;
@@ -147,18 +138,16 @@ void launch_forward(const Device& device, const Rule& rule, bool aligned,
   a.tiles = channel_tiles(a.channels, a.group_size, VEC);
   a.dropout = make_dropout(dropout, seed);
 
-  const int64_t sms = device.sms();
-  const SplitPlan plan(a.num_dst, a.num_slots, num_loops, sms, hubs);
+  const SplitPlan plan(a.num_dst, a.num_slots, num_loops, device.plan_sms(), hubs);
   a.split_len = plan.split_len;
-  at::Tensor chunk_ptr, part_out, part_lse;
+  Tensor chunk_ptr, part_out, part_lse;
   if (plan.chunk_bound > 0) {
     chunk_ptr = chunk_table(device, a.rowptr, a.num_dst, num_loops, a.split_len, rowptr);
-    const auto acc_options = out.options().dtype(lse.scalar_type());
-    part_out = device.empty({plan.chunk_bound, a.heads, a.channels}, acc_options);
-    part_lse = device.empty({plan.chunk_bound, a.heads}, acc_options);
-    a.chunk_ptr = chunk_ptr.data_ptr<int64_t>();
-    a.part_out = part_out.data_ptr<A>();
-    a.part_lse = part_lse.data_ptr<A>();
+    part_out = device.empty({plan.chunk_bound, a.heads, a.channels}, lse.scalar_type(), out);
+    part_lse = device.empty({plan.chunk_bound, a.heads}, lse.scalar_type(), out);
+    a.chunk_ptr = chunk_ptr.mutable_data_ptr<int64_t>();
+    a.part_out = part_out.mutable_data_ptr<A>();
+    a.part_lse = part_lse.mutable_data_ptr<A>();
   }
 
   aligned = aligned && a.channels % VEC == 0 && is_aligned_16(a.out);
@@ -170,7 +159,7 @@ void launch_forward(const Device& device, const Rule& rule, bool aligned,
 
   // Chunk groups and merge threads: at most one wave (kWave blocks per SM), striding over the
   // chunks that exist, so where nothing splits they exit at once.
-  const int64_t wave = kWave * sms;
+  const int64_t wave = kWave * device.sms();
   const int64_t chunk_blocks =
       std::min(blocks_for(plan.chunk_bound * a.heads * a.tiles, per_block), wave);
   device.launch(aligned ? chunk_kernel<true, Rule, Index> : chunk_kernel<false, Rule, Index>,
@@ -186,33 +175,32 @@ void launch_forward(const Device& device, const Rule& rule, bool aligned,
 // launch(T{}, Index{}, out, lse) for the dtypes of `like` and `rowptr` (nothing to launch for
 // N_dst = 0 or H = 0).
 template <typename Device, typename Launch>
-std::tuple<at::Tensor, at::Tensor> forward_outputs(const Device& device, const at::Tensor& like,
-                                                   const at::Tensor& rowptr, Launch&& launch) {
+std::tuple<Tensor, Tensor> forward_outputs(const Device& device, const Tensor& like,
+                                                   const Tensor& rowptr, Launch&& launch) {
   const int64_t num_dst = rowptr.numel() - 1, heads = like.size(1), channels = like.size(2);
-  at::Tensor out = device.empty({num_dst, heads, channels}, like.options());
-  at::Tensor lse = device.empty({num_dst, heads},
-                                like.options().dtype(lse_dtype_for(like.scalar_type())));
+  Tensor out = device.empty({num_dst, heads, channels}, like.scalar_type(), like);
+  Tensor lse = device.empty({num_dst, heads}, lse_dtype_for(like.scalar_type()), like);
   if (num_dst == 0 || heads == 0) return {out, lse};
   dispatch_types(like, rowptr, [&](auto type, auto index) { launch(type, index, out, lse); });
   return {out, lse};
 }
 
 template <typename Device>
-std::tuple<at::Tensor, at::Tensor> fused_forward(
-    const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
-    const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
-    const at::Tensor& rowptr, const at::Tensor& col, int64_t num_loops, double negative_slope,
-    double dropout, const c10::optional<at::Tensor>& seed, const Hubs& row_hubs) {
+std::tuple<Tensor, Tensor> fused_forward(
+    const Tensor& h, const Tensor& s, const Tensor& d,
+    const std::optional<Tensor>& t, const std::optional<Tensor>& t_loop,
+    const Tensor& rowptr, const Tensor& col, int64_t num_loops, double negative_slope,
+    double dropout, const std::optional<Tensor>& seed, const Hubs& row_hubs) {
   check_forward_inputs(h, s, d, t, t_loop, rowptr, col, num_loops, dropout, seed);
   check_hubs(row_hubs, "row_hubs");
-  const typename Device::Guard guard(h.device());
+  const typename Device::Guard guard(h);
   const Device device;
-  return forward_outputs(device, h, rowptr, [&](auto type, auto index, at::Tensor& out,
-                                                at::Tensor& lse) {
+  return forward_outputs(device, h, rowptr, [&](auto type, auto index, Tensor& out,
+                                                Tensor& lse) {
     using T = decltype(type);
-    using A = at::opmath_type<T>;
+    using A = acc_type<T>;
     GatRule<T> rule{};
-    rule.values = h.data_ptr<T>();
+    rule.values = h.mutable_data_ptr<T>();
     rule.s = score_array<const T>(s);
     rule.d = score_array<const T>(d);
     rule.t = score_array<const T>(t);
@@ -235,43 +223,43 @@ void zero_dead_slots(const Device& device, const Index* rowptr, int64_t num_dst,
 }
 
 template <typename T, typename Index, typename Device>
-void launch_backward(const Device& device, const at::Tensor& dout, const at::Tensor& out,
-                     const at::Tensor& lse, const at::Tensor& h, const at::Tensor& s,
-                     const at::Tensor& d, const c10::optional<at::Tensor>& t,
-                     const c10::optional<at::Tensor>& t_loop, const at::Tensor& rowptr,
-                     const at::Tensor& col, const at::Tensor& colptr, const at::Tensor& csc_row,
-                     const at::Tensor& csc_eid, int64_t num_loops, double negative_slope,
-                     double dropout, const c10::optional<at::Tensor>& seed,
-                     const Hubs& col_hubs, at::Tensor& dh, at::Tensor& ds, at::Tensor& dd,
-                     at::Tensor& dt, at::Tensor& dt_loop) {
-  using A = at::opmath_type<T>;
+void launch_backward(const Device& device, const Tensor& dout, const Tensor& out,
+                     const Tensor& lse, const Tensor& h, const Tensor& s,
+                     const Tensor& d, const std::optional<Tensor>& t,
+                     const std::optional<Tensor>& t_loop, const Tensor& rowptr,
+                     const Tensor& col, const Tensor& colptr, const Tensor& csc_row,
+                     const Tensor& csc_eid, int64_t num_loops, double negative_slope,
+                     double dropout, const std::optional<Tensor>& seed,
+                     const Hubs& col_hubs, Tensor& dh, Tensor& ds, Tensor& dd,
+                     Tensor& dt, Tensor& dt_loop) {
+  using A = acc_type<T>;
   constexpr int VEC = vec_width<T>();
-  at::Tensor D = device.empty({d.size(0), d.size(1)}, lse.options());
-  at::Tensor dz = device.empty({col.numel(), h.size(1)}, lse.options());
-  at::Tensor dz_loop = device.empty({num_loops, h.size(1)}, lse.options());
+  Tensor D = device.empty({d.size(0), d.size(1)}, lse.scalar_type(), lse);
+  Tensor dz = device.empty({col.numel(), h.size(1)}, lse.scalar_type(), lse);
+  Tensor dz_loop = device.empty({num_loops, h.size(1)}, lse.scalar_type(), lse);
   BackwardArgs<T, Index> a{};
-  a.dout = dout.data_ptr<T>();
-  a.out = out.data_ptr<T>();
-  a.lse = lse.data_ptr<A>();
-  a.h = h.data_ptr<T>();
+  a.dout = dout.mutable_data_ptr<T>();
+  a.out = out.mutable_data_ptr<T>();
+  a.lse = lse.mutable_data_ptr<A>();
+  a.h = h.mutable_data_ptr<T>();
   a.s = score_array<const T>(s);
   a.d = score_array<const T>(d);
   a.t = score_array<const T>(t);
   a.t_loop = score_array<const T>(t_loop);
-  a.rowptr = rowptr.data_ptr<Index>();
-  a.col = col.data_ptr<Index>();
-  a.colptr = colptr.data_ptr<Index>();
-  a.csc_row = csc_row.data_ptr<Index>();
-  a.csc_eid = csc_eid.data_ptr<Index>();
-  a.D = D.data_ptr<A>();
-  a.dz = dz.data_ptr<A>();
-  a.dz_loop = dz_loop.data_ptr<A>();
-  a.dh = dh.data_ptr<T>();
+  a.rowptr = rowptr.mutable_data_ptr<Index>();
+  a.col = col.mutable_data_ptr<Index>();
+  a.colptr = colptr.mutable_data_ptr<Index>();
+  a.csc_row = csc_row.mutable_data_ptr<Index>();
+  a.csc_eid = csc_eid.mutable_data_ptr<Index>();
+  a.D = D.mutable_data_ptr<A>();
+  a.dz = dz.mutable_data_ptr<A>();
+  a.dz_loop = dz_loop.mutable_data_ptr<A>();
+  a.dh = dh.mutable_data_ptr<T>();
   a.ds = score_array<T>(ds);
   a.dd = score_array<T>(dd);
-  a.dt = score_array<T>(t.has_value() ? c10::optional<at::Tensor>(dt) : c10::nullopt);
-  a.dt_loop = score_array<T>(t_loop.has_value() ? c10::optional<at::Tensor>(dt_loop)
-                                                : c10::nullopt);
+  a.dt = score_array<T>(t.has_value() ? std::optional<Tensor>(dt) : std::nullopt);
+  a.dt_loop = score_array<T>(t_loop.has_value() ? std::optional<Tensor>(dt_loop)
+                                                : std::nullopt);
   a.num_src = h.size(0);
   a.num_dst = d.size(0);
   a.num_slots = col.numel();
@@ -294,22 +282,21 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
   zero_dead_slots(device, a.rowptr, a.num_dst, a.num_slots, a.heads, a.dt.wide);
   zero_dead_slots(device, a.rowptr, a.num_dst, a.num_slots, a.heads, a.dt.narrow);
   if (a.num_src > 0) {  // CSC pass: dz per slot (dt, dt_loop), ds, dh; long columns split
-    const int64_t sms = device.sms();
-    const SplitPlan plan(a.num_src, a.num_slots, num_loops, sms, col_hubs);
+    const SplitPlan plan(a.num_src, a.num_slots, num_loops, device.plan_sms(), col_hubs);
     a.split_len = plan.split_len;
-    at::Tensor chunk_ptr, part_dh, part_ds;
+    Tensor chunk_ptr, part_dh, part_ds;
     if (plan.chunk_bound > 0) {
       chunk_ptr = chunk_table(device, a.colptr, a.num_src, num_loops, a.split_len, colptr);
-      part_dh = device.empty({plan.chunk_bound, a.heads, a.channels}, lse.options());
-      part_ds = device.empty({plan.chunk_bound, a.heads}, lse.options());
-      a.chunk_ptr = chunk_ptr.data_ptr<int64_t>();
-      a.part_dh = part_dh.data_ptr<A>();
-      a.part_ds = part_ds.data_ptr<A>();
+      part_dh = device.empty({plan.chunk_bound, a.heads, a.channels}, lse.scalar_type(), lse);
+      part_ds = device.empty({plan.chunk_bound, a.heads}, lse.scalar_type(), lse);
+      a.chunk_ptr = chunk_ptr.mutable_data_ptr<int64_t>();
+      a.part_dh = part_dh.mutable_data_ptr<A>();
+      a.part_ds = part_ds.mutable_data_ptr<A>();
     }
     device.launch(aligned ? csc_kernel<true, T, Index> : csc_kernel<false, T, Index>,
                   blocks_for(a.num_src * a.heads * a.tiles, per_block), kBlock, a);
     if (plan.chunk_bound > 0) {
-      const int64_t wave = kWave * sms;
+      const int64_t wave = kWave * device.sms();
       device.launch(aligned ? csc_chunk_kernel<true, T, Index> : csc_chunk_kernel<false, T, Index>,
                     std::min(blocks_for(plan.chunk_bound * a.heads * a.tiles, per_block), wave),
                     kBlock, a);
@@ -325,28 +312,28 @@ void launch_backward(const Device& device, const at::Tensor& dout, const at::Ten
 }
 
 template <typename Device>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_backward(
-    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse,
-    const at::Tensor& h, const at::Tensor& s, const at::Tensor& d,
-    const c10::optional<at::Tensor>& t, const c10::optional<at::Tensor>& t_loop,
-    const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& colptr,
-    const at::Tensor& csc_row, const at::Tensor& csc_eid, int64_t num_loops,
-    double negative_slope, double dropout, const c10::optional<at::Tensor>& seed,
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fused_backward(
+    const Tensor& dout, const Tensor& out, const Tensor& lse,
+    const Tensor& h, const Tensor& s, const Tensor& d,
+    const std::optional<Tensor>& t, const std::optional<Tensor>& t_loop,
+    const Tensor& rowptr, const Tensor& col, const Tensor& colptr,
+    const Tensor& csc_row, const Tensor& csc_eid, int64_t num_loops,
+    double negative_slope, double dropout, const std::optional<Tensor>& seed,
     const Hubs& row_hubs, const Hubs& col_hubs) {
   check_backward_inputs(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid,
                         num_loops, dropout, seed);
   check_hubs(row_hubs, "row_hubs");  // GAT's backward splits columns only
   check_hubs(col_hubs, "col_hubs");
-  const typename Device::Guard guard(dout.device());
+  const typename Device::Guard guard(dout);
   const Device device;
-  at::Tensor dh = device.empty(h.sizes(), h.options());
-  at::Tensor ds = device.empty(s.sizes(), s.options());
-  at::Tensor dd = device.empty(d.sizes(), d.options());
+  Tensor dh = device.empty(h.sizes(), h.scalar_type(), h);
+  Tensor ds = device.empty(s.sizes(), s.scalar_type(), s);
+  Tensor dd = device.empty(d.sizes(), d.scalar_type(), d);
   // The score gradients take the scores' dtype (h's, or float32 beside 16-bit h).
-  at::Tensor dt = device.empty(t.has_value() ? t->sizes() : at::IntArrayRef{0},
-                               t.has_value() ? t->options() : h.options());
-  at::Tensor dt_loop = device.empty(t_loop.has_value() ? t_loop->sizes() : at::IntArrayRef{0},
-                                    t_loop.has_value() ? t_loop->options() : h.options());
+  Tensor dt = t.has_value() ? device.empty(t->sizes(), t->scalar_type(), h)
+                            : device.empty({0}, h.scalar_type(), h);
+  Tensor dt_loop = t_loop.has_value() ? device.empty(t_loop->sizes(), t_loop->scalar_type(), h)
+                                      : device.empty({0}, h.scalar_type(), h);
   if (h.size(1) == 0) return {dh, ds, dd, dt, dt_loop};
   dispatch_types(h, rowptr, [&](auto type, auto index) {
     launch_backward<decltype(type), decltype(index)>(

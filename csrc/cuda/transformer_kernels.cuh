@@ -38,7 +38,7 @@ namespace cuda {
 template <typename T_>
 struct TransformerRule {
   using T = T_;
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   static constexpr int VEC = vec_width<T>();
   struct Value {
     Pack<T, VEC> v, e;  // e is zero without edge values
@@ -108,7 +108,7 @@ struct Segments {
 
 template <typename T, typename Index>
 struct TransformerBackwardArgs {
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   const T* dout;
   const T* out;
   const A* lse;
@@ -187,7 +187,7 @@ template <bool ALIGNED, typename T, typename Index>
 __device__ __forceinline__ void csr_item(const TransformerBackwardArgs<T, Index>& a,
                                          const Group& g, int64_t i, int head, int64_t tile,
                                          int64_t begin, int64_t end, int64_t chunk) {
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   constexpr int VEC = vec_width<T>();
   const int heads = a.heads;
   const int64_t row_head = i * heads + head;
@@ -281,7 +281,7 @@ template <bool ALIGNED, typename T, typename Index>
 __device__ __forceinline__ void csc_item(const TransformerBackwardArgs<T, Index>& a,
                                          const Group& g, int64_t j, int head, int64_t tile,
                                          int64_t begin, int64_t end, int64_t chunk) {
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   constexpr int VEC = vec_width<T>();
   const int heads = a.heads;
   const int64_t col_head = j * heads + head;
@@ -399,10 +399,10 @@ __global__ void __launch_bounds__(kBlock, kOneBlock)
 // split rows r: a thread per (chunk, value), striding over the chunk count on the device; the
 // thread of a row's first chunk adds (deterministic).
 template <typename T>
-__global__ void sum_chunks_kernel(const at::opmath_type<T>* __restrict__ part,
+__global__ void sum_chunks_kernel(const acc_type<T>* __restrict__ part,
                                   const int64_t* __restrict__ chunk_ptr, int64_t count,
                                   int64_t width, T* __restrict__ out) {
-  using A = at::opmath_type<T>;
+  using A = acc_type<T>;
   const int64_t work = chunk_ptr[count] * width;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; index < work;

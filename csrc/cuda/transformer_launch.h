@@ -13,23 +13,23 @@ namespace fastgat {
 namespace cuda {
 
 template <typename Device>
-std::tuple<at::Tensor, at::Tensor> transformer_forward(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const c10::optional<at::Tensor>& e, const at::Tensor& rowptr, const at::Tensor& col,
-    double scale, double dropout, const c10::optional<at::Tensor>& seed, const Hubs& row_hubs) {
+std::tuple<Tensor, Tensor> transformer_forward(
+    const Tensor& q, const Tensor& k, const Tensor& v,
+    const std::optional<Tensor>& e, const Tensor& rowptr, const Tensor& col,
+    double scale, double dropout, const std::optional<Tensor>& seed, const Hubs& row_hubs) {
   check_transformer_inputs(q, k, v, e, rowptr, col, dropout, seed);
   check_hubs(row_hubs, "row_hubs");
-  const typename Device::Guard guard(q.device());
+  const typename Device::Guard guard(q);
   const Device device;
-  return forward_outputs(device, q, rowptr, [&](auto type, auto index, at::Tensor& out,
-                                                at::Tensor& lse) {
+  return forward_outputs(device, q, rowptr, [&](auto type, auto index, Tensor& out,
+                                                Tensor& lse) {
     using T = decltype(type);
     TransformerRule<T> rule{};
-    rule.q = q.data_ptr<T>();
-    rule.k = k.data_ptr<T>();
-    rule.v = v.data_ptr<T>();
-    rule.e = e.has_value() ? e->data_ptr<T>() : nullptr;
-    rule.scale = static_cast<at::opmath_type<T>>(scale);
+    rule.q = q.mutable_data_ptr<T>();
+    rule.k = k.mutable_data_ptr<T>();
+    rule.v = v.mutable_data_ptr<T>();
+    rule.e = e.has_value() ? e->mutable_data_ptr<T>() : nullptr;
+    rule.scale = static_cast<acc_type<T>>(scale);
     const bool aligned = is_aligned_16(rule.q) && is_aligned_16(rule.k) &&
                          is_aligned_16(rule.v) && (rule.e == nullptr || is_aligned_16(rule.e));
     launch_forward<decltype(index)>(device, rule, aligned, rowptr, col, /*num_loops=*/0, dropout,
@@ -42,13 +42,13 @@ std::tuple<at::Tensor, at::Tensor> transformer_forward(
 // row splits.
 template <typename Index, typename Device>
 int64_t plan_chunks(const Device& device, Segments<Index>& s, int64_t num_slots,
-                    const at::Tensor& ptr, const Hubs& hubs, at::Tensor& chunk_ptr) {
-  const SplitPlan plan(s.count, num_slots, /*num_loops=*/0, device.sms(), hubs);
+                    const Tensor& ptr, const Hubs& hubs, Tensor& chunk_ptr) {
+  const SplitPlan plan(s.count, num_slots, /*num_loops=*/0, device.plan_sms(), hubs);
   s.split_len = plan.split_len;
   s.chunk_ptr = nullptr;
   if (plan.chunk_bound == 0) return 0;
   chunk_ptr = chunk_table(device, s.ptr, s.count, int64_t{0}, s.split_len, ptr);
-  s.chunk_ptr = chunk_ptr.data_ptr<int64_t>();
+  s.chunk_ptr = chunk_ptr.mutable_data_ptr<int64_t>();
   return plan.chunk_bound;
 }
 
@@ -57,18 +57,18 @@ int64_t plan_chunks(const Device& device, Segments<Index>& s, int64_t num_slots,
 // output (dq, or dk and dv).
 template <bool CSC, typename T, typename Index, typename Device>
 void launch_pass(const Device& device, TransformerBackwardArgs<T, Index>& a, bool aligned,
-                 int64_t num_slots, const at::Tensor& ptr, const Hubs& hubs,
-                 std::initializer_list<std::pair<at::Tensor*, at::opmath_type<T>**>> outs) {
-  using A = at::opmath_type<T>;
+                 int64_t num_slots, const Tensor& ptr, const Hubs& hubs,
+                 std::initializer_list<std::pair<Tensor*, acc_type<T>**>> outs) {
+  using A = acc_type<T>;
   Segments<Index>& s = CSC ? a.columns : a.rows;
   if (s.count == 0) return;
-  at::Tensor chunk_ptr;
+  Tensor chunk_ptr;
   const int64_t chunk_bound = plan_chunks(device, s, num_slots, ptr, hubs, chunk_ptr);
-  std::vector<at::Tensor> parts;
+  std::vector<Tensor> parts;
   for (const auto& [out, field] : outs) {
     parts.push_back(device.empty({chunk_bound, a.heads, a.channels},
-                                 out->options().dtype(c10::CppTypeToScalarType<A>::value)));
-    *field = parts.back().template data_ptr<A>();
+                                 scalar_type_of<A>, *out));
+    *field = parts.back().template mutable_data_ptr<A>();
   }
   const int64_t per_block = kBlock / a.group_size;
   device.launch(aligned ? transformer_row_kernel<true, CSC, T, Index>
@@ -84,47 +84,47 @@ void launch_pass(const Device& device, TransformerBackwardArgs<T, Index>& a, boo
   for (const auto& [out, field] : outs) {
     device.launch(sum_chunks_kernel<T>, std::min(blocks_for(chunk_bound * width, kBlock), wave),
                   kBlock, static_cast<const A*>(*field), static_cast<const int64_t*>(s.chunk_ptr),
-                  s.count, width, out->template data_ptr<T>());
+                  s.count, width, out->template mutable_data_ptr<T>());
   }
 }
 
 template <typename T, typename Index, typename Device>
-void launch_transformer_backward(const Device& device, const at::Tensor& dout,
-                                 const at::Tensor& out, const at::Tensor& lse,
-                                 const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                 const c10::optional<at::Tensor>& e, const at::Tensor& rowptr,
-                                 const at::Tensor& col, const at::Tensor& colptr,
-                                 const at::Tensor& csc_row, const at::Tensor& csc_eid,
+void launch_transformer_backward(const Device& device, const Tensor& dout,
+                                 const Tensor& out, const Tensor& lse,
+                                 const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const std::optional<Tensor>& e, const Tensor& rowptr,
+                                 const Tensor& col, const Tensor& colptr,
+                                 const Tensor& csc_row, const Tensor& csc_eid,
                                  double scale, double dropout,
-                                 const c10::optional<at::Tensor>& seed, const Hubs& row_hubs,
-                                 const Hubs& col_hubs, at::Tensor& dq, at::Tensor& dk,
-                                 at::Tensor& dv, at::Tensor& de) {
-  using A = at::opmath_type<T>;
+                                 const std::optional<Tensor>& seed, const Hubs& row_hubs,
+                                 const Hubs& col_hubs, Tensor& dq, Tensor& dk,
+                                 Tensor& dv, Tensor& de) {
+  using A = acc_type<T>;
   constexpr int VEC = vec_width<T>();
   const int64_t num_slots = col.numel();
-  at::Tensor dz = device.empty({num_slots, q.size(1)}, lse.options());
-  at::Tensor w = device.empty({num_slots, q.size(1)}, lse.options());
+  Tensor dz = device.empty({num_slots, q.size(1)}, lse.scalar_type(), lse);
+  Tensor w = device.empty({num_slots, q.size(1)}, lse.scalar_type(), lse);
   TransformerBackwardArgs<T, Index> a{};
-  a.dout = dout.data_ptr<T>();
-  a.out = out.data_ptr<T>();
-  a.lse = lse.data_ptr<A>();
-  a.q = q.data_ptr<T>();
-  a.k = k.data_ptr<T>();
-  a.v = v.data_ptr<T>();
-  a.e = e.has_value() ? e->data_ptr<T>() : nullptr;
-  a.col = col.data_ptr<Index>();
-  a.csc_row = csc_row.data_ptr<Index>();
-  a.csc_eid = csc_eid.data_ptr<Index>();
-  a.rows.ptr = rowptr.data_ptr<Index>();
+  a.dout = dout.mutable_data_ptr<T>();
+  a.out = out.mutable_data_ptr<T>();
+  a.lse = lse.mutable_data_ptr<A>();
+  a.q = q.mutable_data_ptr<T>();
+  a.k = k.mutable_data_ptr<T>();
+  a.v = v.mutable_data_ptr<T>();
+  a.e = e.has_value() ? e->mutable_data_ptr<T>() : nullptr;
+  a.col = col.mutable_data_ptr<Index>();
+  a.csc_row = csc_row.mutable_data_ptr<Index>();
+  a.csc_eid = csc_eid.mutable_data_ptr<Index>();
+  a.rows.ptr = rowptr.mutable_data_ptr<Index>();
   a.rows.count = q.size(0);
-  a.columns.ptr = colptr.data_ptr<Index>();
+  a.columns.ptr = colptr.mutable_data_ptr<Index>();
   a.columns.count = k.size(0);
-  a.dz = dz.data_ptr<A>();
-  a.w = w.data_ptr<A>();
-  a.dq = dq.data_ptr<T>();
-  a.dk = dk.data_ptr<T>();
-  a.dv = dv.data_ptr<T>();
-  a.de = e.has_value() ? de.data_ptr<T>() : nullptr;
+  a.dz = dz.mutable_data_ptr<A>();
+  a.w = w.mutable_data_ptr<A>();
+  a.dq = dq.mutable_data_ptr<T>();
+  a.dk = dk.mutable_data_ptr<T>();
+  a.dv = dv.mutable_data_ptr<T>();
+  a.de = e.has_value() ? de.mutable_data_ptr<T>() : nullptr;
   a.channels = q.size(2);
   a.heads = static_cast<int>(q.size(1));
   a.group_size = group_size(a.channels, VEC);
@@ -133,7 +133,7 @@ void launch_transformer_backward(const Device& device, const at::Tensor& dout,
   a.dropout = make_dropout(dropout, seed);
 
   bool aligned = a.channels % VEC == 0;
-  for (const at::Tensor* x : std::initializer_list<const at::Tensor*>{&dout, &out, &q, &k, &v,
+  for (const Tensor* x : std::initializer_list<const Tensor*>{&dout, &out, &q, &k, &v,
                                                                      &dq, &dk, &dv}) {
     aligned = aligned && is_aligned_16(x->data_ptr());
   }
@@ -148,23 +148,23 @@ void launch_transformer_backward(const Device& device, const at::Tensor& dout,
 }
 
 template <typename Device>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> transformer_backward(
-    const at::Tensor& dout, const at::Tensor& out, const at::Tensor& lse,
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const c10::optional<at::Tensor>& e, const at::Tensor& rowptr, const at::Tensor& col,
-    const at::Tensor& colptr, const at::Tensor& csc_row, const at::Tensor& csc_eid, double scale,
-    double dropout, const c10::optional<at::Tensor>& seed, const Hubs& row_hubs,
+std::tuple<Tensor, Tensor, Tensor, Tensor> transformer_backward(
+    const Tensor& dout, const Tensor& out, const Tensor& lse,
+    const Tensor& q, const Tensor& k, const Tensor& v,
+    const std::optional<Tensor>& e, const Tensor& rowptr, const Tensor& col,
+    const Tensor& colptr, const Tensor& csc_row, const Tensor& csc_eid, double scale,
+    double dropout, const std::optional<Tensor>& seed, const Hubs& row_hubs,
     const Hubs& col_hubs) {
   check_transformer_backward_inputs(dout, out, lse, q, k, v, e, rowptr, col, colptr, csc_row,
                                     csc_eid, dropout, seed);
   check_hubs(row_hubs, "row_hubs");
   check_hubs(col_hubs, "col_hubs");
-  const typename Device::Guard guard(dout.device());
+  const typename Device::Guard guard(dout);
   const Device device;
-  at::Tensor dq = device.empty(q.sizes(), q.options());
-  at::Tensor dk = device.empty(k.sizes(), k.options());
-  at::Tensor dv = device.empty(v.sizes(), v.options());
-  at::Tensor de = device.empty(e.has_value() ? e->sizes() : at::IntArrayRef{0}, q.options());
+  Tensor dq = device.empty(q.sizes(), q.scalar_type(), q);
+  Tensor dk = device.empty(k.sizes(), k.scalar_type(), k);
+  Tensor dv = device.empty(v.sizes(), v.scalar_type(), v);
+  Tensor de = device.empty(e.has_value() ? e->sizes() : Sizes{0}, q.scalar_type(), q);
   if (q.size(1) == 0 || q.size(2) == 0) return {dq, dk, dv, de};
   dispatch_types(q, rowptr, [&](auto type, auto index) {
     launch_transformer_backward<decltype(type), decltype(index)>(

@@ -3,12 +3,12 @@
 #pragma once
 #include "simt.h"  // first: it defines the CUDA keywords the kernel headers use
 
-#include <ATen/ops/empty.h>
-
 #include <atomic>
 #include <limits>
 #include <stdexcept>
 #include <utility>
+
+#include "../common/stable.h"
 
 namespace fastgat {
 namespace emulated {
@@ -20,10 +20,11 @@ inline std::atomic<int64_t> num_launches{0};
 
 struct EmulatedDevice {
   struct Guard {  // CPU tensors: no device to make current
-    explicit Guard(c10::Device) {}
+    explicit Guard(const Tensor&) {}
   };
 
   int64_t sms() const { return num_sms.load(); }
+  int64_t plan_sms() const { return num_sms.load(); }
 
   template <typename... P, typename... Args>
   void launch(void (*kernel)(P...), int64_t blocks, int threads, Args&&... args) const {
@@ -32,19 +33,20 @@ struct EmulatedDevice {
       simt::launch(kernel, simt::Dim3{static_cast<unsigned>(blocks)},
                    simt::Dim3{static_cast<unsigned>(threads)}, std::forward<Args>(args)...);
     } catch (const std::runtime_error& error) {
-      TORCH_CHECK(false, error.what());
+      FASTGAT_CHECK(false, error.what());
     }
   }
 
   // Exactly sized host buffers, poisoned so that an element no thread writes shows up: NaN
   // for floating point, a huge value for indices (an out-of-bounds read if used).
-  at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) const {
-    at::Tensor buffer = at::empty(sizes, options);
-    if (at::isFloatingType(buffer.scalar_type())) {
-      buffer.fill_(std::numeric_limits<double>::quiet_NaN());
+  Tensor empty(Sizes sizes, ScalarType dtype, const Tensor& like) const {
+    Tensor buffer = fastgat::empty(sizes, dtype, like);
+    if (is_floating(dtype)) {
+      torch::stable::fill_(buffer, std::numeric_limits<double>::quiet_NaN());
     } else {
-      buffer.fill_(buffer.scalar_type() == at::kLong ? int64_t{0x7a7a7a7a7a7a7a7a}
-                                                     : int64_t{0x7a7a7a7a});
+      // fill_ takes a double: the int64 poison is 0x7a7a...7a rounded to 53 bits, still huge.
+      const double poison = dtype == kLong ? double(0x7a7a7a7a7a7a7a7a) : double(0x7a7a7a7a);
+      torch::stable::fill_(buffer, poison);
     }
     return buffer;
   }

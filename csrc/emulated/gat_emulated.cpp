@@ -5,8 +5,6 @@
 // under AddressSanitizer and UndefinedBehaviorSanitizer); it is not part of the wheel.
 #include "emulated_device.h"  // first: simt.h defines the CUDA keywords the kernel headers use
 
-#include <torch/library.h>
-
 #include "../common/schema.h"
 #include "../cuda/launch.h"
 
@@ -15,7 +13,7 @@ namespace emulated {
 namespace {
 
 int64_t set_num_sms(int64_t sms) {
-  TORCH_CHECK(sms >= 1, "fastgat_emulated: the SM count must be positive, got ", sms);
+  FASTGAT_CHECK(sms >= 1, "the emulated SM count must be positive, got ", sms);
   return num_sms.exchange(sms);
 }
 
@@ -25,15 +23,21 @@ int64_t launch_count() { return num_launches.load(); }
 }  // namespace emulated
 }  // namespace fastgat
 
-TORCH_LIBRARY(fastgat_emulated, m) {
+STABLE_TORCH_LIBRARY(fastgat_emulated, m) {
   m.def(fastgat::kForwardSchema);
   m.def(fastgat::kBackwardSchema);
-  m.def("set_num_sms(int sms) -> int", &fastgat::emulated::set_num_sms);
-  m.def("launch_count() -> int", &fastgat::emulated::launch_count);
+  m.def("set_num_sms(int sms) -> int");
+  m.def("launch_count() -> int");
 }
 
-TORCH_LIBRARY_IMPL(fastgat_emulated, CPU, m) {
+// No tensor argument to dispatch on: one kernel for every key.
+STABLE_TORCH_LIBRARY_IMPL(fastgat_emulated, CompositeExplicitAutograd, m) {
+  m.impl("set_num_sms", TORCH_BOX(&fastgat::emulated::set_num_sms));
+  m.impl("launch_count", TORCH_BOX(&fastgat::emulated::launch_count));
+}
+
+STABLE_TORCH_LIBRARY_IMPL(fastgat_emulated, CPU, m) {
   using fastgat::emulated::EmulatedDevice;
-  m.impl("fused_forward", &fastgat::cuda::fused_forward<EmulatedDevice>);
-  m.impl("fused_backward", &fastgat::cuda::fused_backward<EmulatedDevice>);
+  m.impl("fused_forward", TORCH_BOX(&fastgat::cuda::fused_forward<EmulatedDevice>));
+  m.impl("fused_backward", TORCH_BOX(&fastgat::cuda::fused_backward<EmulatedDevice>));
 }

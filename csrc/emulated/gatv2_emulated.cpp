@@ -4,18 +4,16 @@
 // kernel bodies and launch plan (docs/design.md §8). Test-only, as gat_emulated.cpp.
 #include "emulated_device.h"  // first: simt.h defines the CUDA keywords the kernel headers use
 
-#include <torch/library.h>
-
 #include "../common/schema.h"
 #include "../cuda/gatv2_launch.h"
 
-TORCH_LIBRARY_FRAGMENT(fastgat_emulated, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(fastgat_emulated, m) {
   m.def(fastgat::kGatv2ForwardSchema);
   m.def(fastgat::kGatv2BackwardSchema);
 }
 
-TORCH_LIBRARY_IMPL(fastgat_emulated, CPU, m) {
+STABLE_TORCH_LIBRARY_IMPL(fastgat_emulated, CPU, m) {
   using fastgat::emulated::EmulatedDevice;
-  m.impl("gatv2_fused_forward", &fastgat::cuda::gatv2_fused_forward<EmulatedDevice>);
-  m.impl("gatv2_fused_backward", &fastgat::cuda::gatv2_fused_backward<EmulatedDevice>);
+  m.impl("gatv2_fused_forward", TORCH_BOX(&fastgat::cuda::gatv2_fused_forward<EmulatedDevice>));
+  m.impl("gatv2_fused_backward", TORCH_BOX(&fastgat::cuda::gatv2_fused_backward<EmulatedDevice>));
 }

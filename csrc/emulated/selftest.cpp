@@ -3,13 +3,11 @@
 // shuffles that a GPU leaves undefined, which the emulator must report.
 #include "simt.h"  // first: it defines the CUDA keywords the kernel headers use
 
-#include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
-#include <torch/library.h>
-
+#include <limits>
 #include <stdexcept>
 #include <string>
 
+#include "../common/stable.h"
 #include "../cuda/gat_cuda.cuh"
 
 namespace fastgat {
@@ -76,34 +74,36 @@ __global__ void uneven_trips_kernel(double* out) {
   out[threadIdx.x] = v;
 }
 
-at::Tensor group_collective(const at::Tensor& x, const at::Tensor& trips, int64_t size,
-                            int64_t collective) {
-  TORCH_CHECK(x.scalar_type() == at::kDouble && trips.scalar_type() == at::kLong &&
-              x.is_contiguous() && trips.is_contiguous() && x.numel() % size == 0 &&
-              trips.numel() == x.numel() / size, "group_collective: bad arguments");
-  at::Tensor out = at::empty_like(x).fill_(std::numeric_limits<double>::quiet_NaN());
+Tensor group_collective(const Tensor& x, const Tensor& trips, int64_t size, int64_t collective) {
+  FASTGAT_CHECK(x.scalar_type() == kDouble && trips.scalar_type() == kLong &&
+                    x.is_contiguous() && trips.is_contiguous() && x.numel() % size == 0 &&
+                    trips.numel() == x.numel() / size,
+                "group_collective: bad arguments");
+  Tensor out = torch::stable::empty_like(x);
+  torch::stable::fill_(out, std::numeric_limits<double>::quiet_NaN());
   const int64_t n = x.numel(), blocks = (n + cuda::kBlock - 1) / cuda::kBlock;
   simt::launch(group_kernel, simt::Dim3{static_cast<unsigned>(blocks)},
-               simt::Dim3{static_cast<unsigned>(cuda::kBlock)}, x.data_ptr<double>(),
-               trips.data_ptr<int64_t>(), out.data_ptr<double>(), static_cast<int>(size),
-               collective, n);
+               simt::Dim3{static_cast<unsigned>(cuda::kBlock)}, x.mutable_data_ptr<double>(),
+               trips.mutable_data_ptr<int64_t>(), out.mutable_data_ptr<double>(),
+               static_cast<int>(size), collective, n);
   return out;
 }
 
 // Runs one of the undefined-behaviour kernels; the emulator's report becomes a RuntimeError.
 void misuse(const std::string& name) {
-  at::Tensor out = at::zeros({64}, at::kDouble);
+  Tensor out = torch::stable::empty({64}, kDouble);
+  torch::stable::zero_(out);
   void (*kernel)(double*) = name == "exited_partner"        ? exited_partner_kernel
                             : name == "other_shuffle"       ? other_shuffle_kernel
                             : name == "mask_omits_self"     ? mask_omits_self_kernel
                             : name == "source_outside_mask" ? source_outside_mask_kernel
                             : name == "uneven_trips"        ? uneven_trips_kernel
                                                             : nullptr;
-  TORCH_CHECK(kernel != nullptr, "misuse: unknown kernel ", name);
+  FASTGAT_CHECK(kernel != nullptr, "misuse: unknown kernel ", name);
   try {
-    simt::launch(kernel, simt::Dim3{1}, simt::Dim3{64}, out.data_ptr<double>());
+    simt::launch(kernel, simt::Dim3{1}, simt::Dim3{64}, out.mutable_data_ptr<double>());
   } catch (const std::runtime_error& error) {
-    TORCH_CHECK(false, error.what());
+    FASTGAT_CHECK(false, error.what());
   }
 }
 
@@ -111,8 +111,16 @@ void misuse(const std::string& name) {
 }  // namespace emulated
 }  // namespace fastgat
 
-TORCH_LIBRARY_FRAGMENT(fastgat_emulated, m) {
-  m.def("group_collective(Tensor x, Tensor trips, int size, int collective) -> Tensor",
-        &fastgat::emulated::group_collective);
-  m.def("misuse(str name) -> ()", &fastgat::emulated::misuse);
+STABLE_TORCH_LIBRARY_FRAGMENT(fastgat_emulated, m) {
+  m.def("group_collective(Tensor x, Tensor trips, int size, int collective) -> Tensor");
+  m.def("misuse(str name) -> ()");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(fastgat_emulated, CPU, m) {
+  m.impl("group_collective", TORCH_BOX(&fastgat::emulated::group_collective));
+}
+
+// No tensor argument to dispatch on: one kernel for every key.
+STABLE_TORCH_LIBRARY_IMPL(fastgat_emulated, CompositeExplicitAutograd, m) {
+  m.impl("misuse", TORCH_BOX(&fastgat::emulated::misuse));
 }

@@ -4,18 +4,16 @@
 // (csrc/cuda/transformer_launch.h) as the GPU build. Test-only, as gat_emulated.cpp.
 #include "emulated_device.h"  // first: simt.h defines the CUDA keywords the kernel headers use
 
-#include <torch/library.h>
-
 #include "../common/schema.h"
 #include "../cuda/transformer_launch.h"
 
-TORCH_LIBRARY_FRAGMENT(fastgat_emulated, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(fastgat_emulated, m) {
   m.def(fastgat::kTransformerForwardSchema);
   m.def(fastgat::kTransformerBackwardSchema);
 }
 
-TORCH_LIBRARY_IMPL(fastgat_emulated, CPU, m) {
+STABLE_TORCH_LIBRARY_IMPL(fastgat_emulated, CPU, m) {
   using fastgat::emulated::EmulatedDevice;
-  m.impl("transformer_forward", &fastgat::cuda::transformer_forward<EmulatedDevice>);
-  m.impl("transformer_backward", &fastgat::cuda::transformer_backward<EmulatedDevice>);
+  m.impl("transformer_forward", TORCH_BOX(&fastgat::cuda::transformer_forward<EmulatedDevice>));
+  m.impl("transformer_backward", TORCH_BOX(&fastgat::cuda::transformer_backward<EmulatedDevice>));
 }
