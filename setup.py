@@ -1,5 +1,6 @@
-"""Builds fastgat._C: C++ CPU kernels always, CUDA kernels when a CUDA toolkit and a CUDA build
-of torch are present (or FORCE_CUDA=1). Environment knobs, read here and nowhere else:
+"""Builds fastgat._C (C++ CPU kernels) always, and fastgat._cuda (CUDA kernels) when a CUDA
+toolkit and a CUDA build of torch are present (or FORCE_CUDA=1). Environment knobs, read here and
+nowhere else:
   FORCE_CUDA=1            build the CUDA kernels even if torch sees no GPU (wheels, CI)
   FASTGAT_CPU_ONLY=1      never build the CUDA kernels
   TORCH_CUDA_ARCH_LIST    GPU targets, default "8.0;9.0+PTX" (A100, H100, PTX for newer)
@@ -33,22 +34,27 @@ LIMITED_API_TAG = "cp310"
 STABLE_ABI_MACRO = "-DTORCH_TARGET_VERSION=0x020b000000000000"
 
 
-def extension():
-    sources = ["csrc/fastgat.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+def extensions():
+    """fastgat._C (the op schemas and the CPU kernels) and, with CUDA, fastgat._cuda (the CUDA
+    kernels): a library of their own, since they link the CUDA runtime and torch's CUDA library,
+    which a CPU build of torch lacks; _C loads everywhere (fastgat/_extension.py)."""
     # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 for 2.14).
     cxx = ["-O3", "-fopenmp", LIMITED_API_MACRO, STABLE_ABI_MACRO]
-    kwargs = dict(extra_link_args=["-fopenmp"], py_limited_api=True)
+    cpu = CppExtension("fastgat._C", ["csrc/fastgat.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))],
+                       extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
+                       py_limited_api=True)
     if not build_cuda():
-        return CppExtension("fastgat._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
+        return [cpu]
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
-    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", STABLE_ABI_MACRO]
-    return CUDAExtension("fastgat._C", sources + sorted(glob.glob("csrc/cuda/*.cu")),
-                         extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc},
-                         **kwargs)
+    # USE_CUDA: the C shim then declares its CUDA entries (csrc/cuda/cuda_device.cuh's stream).
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", STABLE_ABI_MACRO, "-DUSE_CUDA"]
+    cuda = CUDAExtension("fastgat._cuda", sorted(glob.glob("csrc/cuda/*.cu")),
+                         extra_compile_args={"cxx": cxx, "nvcc": nvcc}, py_limited_api=True)
+    return [cpu, cuda]
 
 
 setup(
-    ext_modules=[extension()],
+    ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": LIMITED_API_TAG}},
 )

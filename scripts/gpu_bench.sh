@@ -33,11 +33,6 @@ git log -1 --format='fastgat commit %h %s' >>"$LOG" 2>&1 || true
 
 step "build (pip install --no-build-isolation --no-deps -e .)"
 CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc)")")}
-if [ ! -e "$CUDA_HOME/include/cusparse.h" ]; then  # torch's headers need the library headers
-  nvidia_include=$($PY -c "import nvidia, os
-print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'include'))" 2>>"$LOG")
-  if [ -d "$nvidia_include" ]; then export CPATH=$nvidia_include${CPATH:+:$CPATH}; fi
-fi
 export CUDA_HOME FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 if ! MAX_JOBS=${MAX_JOBS:-16} timeout 240 $PY -m pip install --no-build-isolation --no-deps \
     --no-cache-dir -e . >>"$LOG" 2>&1; then

@@ -4,7 +4,9 @@
 # network needed (tested setup: torch 2.11 cu130, triton 3.6, PyG 2.8.1, nvcc 13.0). From the
 # repository root:
 #   OUT=/some/folder bash scripts/gpu_check.sh
-# 1. builds fastgat in place for this GPU (TORCH_CUDA_ARCH_LIST, default 9.0);
+# 1. builds fastgat in place for this GPU (TORCH_CUDA_ARCH_LIST, default 9.0), or with
+#    FASTGAT_PREBUILT=1 uses the libraries already in fastgat/ (built elsewhere, against any
+#    torch from 2.11 on: they are built on torch's stable ABI, docs/design.md §9);
 # 2. `pytest -m gpu` on the GPU;
 # 3. the CUDA backend's GPU tests under compute-sanitizer memcheck (every tensor its own
 #    cudaMalloc, so an out-of-bounds access is not hidden inside a cached block);
@@ -38,14 +40,9 @@ run() {  # run NAME SECONDS CMD...: log to $out/NAME.log, remember the exit stat
   > "$out/machine.log" 2>&1
 cat "$out/machine.log"
 
-# Torch's CUDA headers include cusparse.h / cublas_v2.h: if the toolkit lacks them, use the
-# pip-installed nvidia/cu13/include folder beside torch.
-include=$("$python" -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'include'))" 2>/dev/null)
-if [ ! -f "$CUDA_HOME/include/cusparse.h" ] && [ -f "$include/cusparse.h" ]; then
-  export CPATH="$include${CPATH:+:$CPATH}"
-fi
-
-if ! run build 180 env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
+if [ "${FASTGAT_PREBUILT:-0}" = 1 ]; then
+  summary+=("build=prebuilt($(ls fastgat/_*.so | xargs -n 1 basename | tr '\n' ' '))")
+elif ! run build 180 env FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" \
     MAX_JOBS="${MAX_JOBS:-16}" "$python" -m pip install --no-build-isolation --no-deps -v -e .; then
   echo "gpu_check: ${summary[*]}"
   exit 1

@@ -222,6 +222,24 @@ def test_package_without_compiled_library_says_why(monkeypatch):
     assert fastgat.available_backends("cpu")["cpu"] == "available"
 
 
+@pytest.mark.parametrize("built, cuda_torch, reason", [
+    (False, "13.0", "built without its CUDA kernels"),
+    (True, None, "need a CUDA build of torch; this torch is CPU-only"),
+])
+def test_cuda_library_says_why_it_is_not_loaded(monkeypatch, built, cuda_torch, reason):
+    """fastgat._cuda, apart from _C so that a CPU-only torch still loads the CPU kernels, is not
+    loaded where it cannot be, and says why."""
+    import importlib
+
+    import fastgat._extension as extension
+    find_spec = importlib.util.find_spec
+    library = types.SimpleNamespace(origin="/nonexistent/_cuda.abi3.so")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (
+        (library if built else None) if name == "fastgat._cuda" else find_spec(name, *args)))
+    monkeypatch.setattr(torch.version, "cuda", cuda_torch)
+    assert reason in extension._load_cuda_kernels()
+
+
 def test_backends_is_the_subpackage_and_the_old_call_still_works():
     import fastgat
     import fastgat.backends as backends

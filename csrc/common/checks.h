@@ -24,8 +24,8 @@ inline void check_hubs(const Hubs& hubs, const char* name) {
   if (!hubs.has_value()) return;
   FASTGAT_CHECK(hubs->is_cpu() && hubs->scalar_type() == kLong && hubs->dim() == 2 &&
                   hubs->size(1) == 2 && hubs->is_contiguous(),
-              name, " must be a contiguous CPU int64 (k, 2) tensor, got ",
-              hubs->scalar_type(), " ", shape_of(hubs->sizes()), " on ", device_of(*hubs));
+                name, " must be a contiguous CPU int64 (k, 2) tensor, got ",
+                hubs->scalar_type(), " ", shape_of(hubs->sizes()), " on ", device_of(*hubs));
 }
 
 // `like` is the op's first tensor input (h for GAT, q for TransformerConv), named `like_name`.
@@ -41,7 +41,7 @@ inline void check_tensor(const Tensor& x, const char* name, const Tensor& like,
 inline void check_float(const Tensor& x, const char* name, const Tensor& h,
                         std::initializer_list<int64_t> shape, const char* like_name = "h") {
   FASTGAT_CHECK(x.scalar_type() == h.scalar_type(), name, " has dtype ",
-              x.scalar_type(), " but ", like_name, " has ", h.scalar_type());
+                x.scalar_type(), " but ", like_name, " has ", h.scalar_type());
   check_tensor(x, name, h, shape, like_name);
 }
 
@@ -49,17 +49,17 @@ inline void check_index(const Tensor& x, const char* name, const Tensor& rowptr,
                         const Tensor& h, std::initializer_list<int64_t> shape,
                         const char* like_name = "h") {
   FASTGAT_CHECK(x.scalar_type() == rowptr.scalar_type(), name, " has dtype ",
-              x.scalar_type(), " but rowptr has ", rowptr.scalar_type(),
-              " (all index tensors share one dtype)");
+                x.scalar_type(), " but rowptr has ", rowptr.scalar_type(),
+                " (all index tensors share one dtype)");
   check_tensor(x, name, h, shape, like_name);
 }
 
 // rowptr 1-D, int32 or int64, with at least one entry; returns N_dst.
 inline int64_t check_rowptr(const Tensor& rowptr) {
   FASTGAT_CHECK(rowptr.dim() == 1 && rowptr.numel() >= 1,
-              "rowptr must be 1-D of length N_dst + 1, got shape ", shape_of(rowptr.sizes()));
+                "rowptr must be 1-D of length N_dst + 1, got shape ", shape_of(rowptr.sizes()));
   FASTGAT_CHECK(rowptr.scalar_type() == kInt || rowptr.scalar_type() == kLong,
-              "index tensors must be int32 or int64, got ", rowptr.scalar_type());
+                "index tensors must be int32 or int64, got ", rowptr.scalar_type());
   return rowptr.numel() - 1;
 }
 
@@ -71,10 +71,10 @@ inline void check_dropout(double dropout, const std::optional<Tensor>& seed,
   if (dropout > 0.0) {
     FASTGAT_CHECK(seed.has_value(), "dropout > 0 needs a seed tensor");
     FASTGAT_CHECK(seed->scalar_type() == kLong && seed->numel() == 1,
-                "seed must be a 1-element int64 tensor, got ", seed->scalar_type(),
-                " of shape ", shape_of(seed->sizes()));
+                  "seed must be a 1-element int64 tensor, got ", seed->scalar_type(),
+                  " of shape ", shape_of(seed->sizes()));
     FASTGAT_CHECK(same_device(*seed, like), "seed is on ", device_of(*seed),
-                " but the features are on ", device_of(like));
+                  " but the features are on ", device_of(like));
   }
 }
 
@@ -86,7 +86,7 @@ inline void check_values_and_graph(const Tensor& h, const char* h_name,
                                    const std::optional<Tensor>& seed) {
   FASTGAT_CHECK(h.dim() == 3, h_name, " must be (N_src, H, C), got shape ", shape_of(h.sizes()));
   FASTGAT_CHECK(is_floating(h.scalar_type()), h_name,
-              " must be floating point, got ", h.scalar_type());
+                " must be floating point, got ", h.scalar_type());
   const int64_t num_src = h.size(0), heads = h.size(1);
   const int64_t num_dst = check_rowptr(rowptr);
   FASTGAT_CHECK(col.dim() == 1, "col must be 1-D, got shape ", shape_of(col.sizes()));
@@ -94,8 +94,8 @@ inline void check_values_and_graph(const Tensor& h, const char* h_name,
   check_index(rowptr, "rowptr", rowptr, h, {num_dst + 1});
   check_index(col, "col", rowptr, h, {col.numel()});
   FASTGAT_CHECK(num_loops >= 0 && num_loops <= std::min(num_src, num_dst), "num_loops=",
-              num_loops, " must lie in [0, min(N_src, N_dst)] = [0, ", std::min(num_src, num_dst),
-              "]");
+                num_loops, " must lie in [0, min(N_src, N_dst)] = [0, ", std::min(num_src, num_dst),
+                "]");
   check_dropout(dropout, seed, h);
 }
 
@@ -106,8 +106,8 @@ inline bool half_values(ScalarType h) { return h == kBFloat16 || h == kHalf; }
 inline void check_score_dtype(const Tensor& s, const Tensor& h) {
   FASTGAT_CHECK(s.scalar_type() == h.scalar_type() ||
                   (s.scalar_type() == kFloat && half_values(h.scalar_type())),
-              "s has dtype ", s.scalar_type(), " but h has ", h.scalar_type(),
-              " (the scores take h's dtype, or float32 beside bfloat16 / float16 h)");
+                "s has dtype ", s.scalar_type(), " but h has ", h.scalar_type(),
+                " (the scores take h's dtype, or float32 beside bfloat16 / float16 h)");
 }
 
 // GAT: h (N_src, H, C); s (N_src, H); d (N_dst, H); t (E, H)?; t_loop (num_loops, H)?; the graph.
@@ -157,7 +157,7 @@ inline void check_backward_extras(const Tensor& dout, const Tensor& out,
   check_float(out, "out", h, {num_dst, heads, channels});
   const auto lse_dtype = lse_dtype_for(h.scalar_type());
   FASTGAT_CHECK(lse.scalar_type() == lse_dtype, "lse must be ", lse_dtype, " for ",
-              h.scalar_type(), " h, got ", lse.scalar_type());
+                h.scalar_type(), " h, got ", lse.scalar_type());
   check_tensor(lse, "lse", h, {num_dst, heads});
   check_index(colptr, "colptr", rowptr, h, {num_src + 1});
   check_index(csc_row, "csc_row", rowptr, h, {num_slots});
@@ -185,7 +185,7 @@ inline void check_transformer_inputs(const Tensor& q, const Tensor& k,
                                      double dropout, const std::optional<Tensor>& seed) {
   FASTGAT_CHECK(q.dim() == 3, "q must be (N_dst, H, C), got shape ", shape_of(q.sizes()));
   FASTGAT_CHECK(is_floating(q.scalar_type()), "q must be floating point, got ",
-              q.scalar_type());
+                q.scalar_type());
   const int64_t num_dst = check_rowptr(rowptr);
   const int64_t heads = q.size(1), channels = q.size(2);
   FASTGAT_CHECK(k.dim() == 3, "k must be (N_src, H, C), got shape ", shape_of(k.sizes()));

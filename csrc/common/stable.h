@@ -24,6 +24,8 @@ namespace fastgat {
 using Tensor = torch::stable::Tensor;
 using ScalarType = torch::headeronly::ScalarType;
 using Sizes = torch::headeronly::IntHeaderOnlyArrayRef;
+using torch::stable::empty_like;
+using torch::stable::parallel_for;
 
 constexpr ScalarType kFloat = ScalarType::Float;
 constexpr ScalarType kDouble = ScalarType::Double;

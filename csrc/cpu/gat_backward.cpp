@@ -128,9 +128,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fused_backward(
                         csc_eid, num_loops, dropout, seed);
   const int64_t num_src = h.size(0), num_dst = rowptr.numel() - 1, heads = h.size(1);
   const int64_t num_slots = col.numel();
-  Tensor dh = torch::stable::empty_like(h), ds = torch::stable::empty_like(s), dd = torch::stable::empty_like(d);
-  Tensor dt = t.has_value() ? torch::stable::empty_like(*t) : empty({0}, h.scalar_type(), h);
-  Tensor dt_loop = t_loop.has_value() ? torch::stable::empty_like(*t_loop) : empty({0}, h.scalar_type(), h);
+  Tensor dh = empty_like(h), ds = empty_like(s), dd = empty_like(d);
+  Tensor dt = t.has_value() ? empty_like(*t) : empty({0}, h.scalar_type(), h);
+  Tensor dt_loop = t_loop.has_value() ? empty_like(*t_loop) : empty({0}, h.scalar_type(), h);
   zero_dead_slots(dt, rowptr);
   // dz lives in dt / dt_loop when they hold the accumulation dtype (lse's), else in scratch:
   // dd sums it, and a reduced-precision dz would lose dd, a sum that nearly cancels (§2).
@@ -145,7 +145,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fused_backward(
     dispatch_scores<scalar_t>(s, [&](auto score) {
       using score_t = decltype(score);
       dispatch_index(rowptr.scalar_type(), [&](auto index) {
-    using index_t = decltype(index);
+        using index_t = decltype(index);
         using acc = acc_t<scalar_t>;
         Backward<scalar_t, score_t, index_t> bw{
             dout.const_data_ptr<scalar_t>(),
@@ -167,7 +167,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fused_backward(
             dd.mutable_data_ptr<score_t>(),
             dh.mutable_data_ptr<scalar_t>(),
             ds.mutable_data_ptr<score_t>()};
-        torch::stable::parallel_for(0, num_dst, 256, [&](int64_t b, int64_t e) { bw.row_dots(b, e); });
+        parallel_for(0, num_dst, 256, [&](int64_t b, int64_t e) { bw.row_dots(b, e); });
         const int64_t row_width = heads * h.size(2);  // a source row moves H x C per edge
         parallel_rows(bw.colptr, num_src, [&](int64_t b, int64_t e) { bw.sources(b, e); },
                       row_width);
@@ -181,6 +181,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fused_backward(
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("fused_backward", TORCH_BOX(&fused_backward)); }
+STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) {
+  m.impl("fused_backward", TORCH_BOX(&fused_backward));
+}
 
 }  // namespace fastgat::cpu

@@ -371,7 +371,7 @@ void parallel_rows(const index_t* ptr, int64_t n, const Fn& fn, int64_t row_widt
     }
     bounds[c] = lo;
   }
-  torch::stable::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+  parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
       if (bounds[c] < bounds[c + 1]) fn(bounds[c], bounds[c + 1]);
     }

@@ -57,6 +57,8 @@ std::tuple<Tensor, Tensor> fused_forward(
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("fused_forward", TORCH_BOX(&fused_forward)); }
+STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) {
+  m.impl("fused_forward", TORCH_BOX(&fused_forward));
+}
 
 }  // namespace fastgat::cpu

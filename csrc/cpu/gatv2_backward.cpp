@@ -184,9 +184,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gatv2_fused_backward(
   check_backward_extras(dout, out, lse, xl, rowptr, col, colptr, csc_row, csc_eid);
   const int64_t num_src = xl.size(0), num_dst = rowptr.numel() - 1, heads = xl.size(1);
   const int64_t channels = xl.size(2), num_slots = col.numel();
-  Tensor dxl = torch::stable::empty_like(xl), dxr = torch::stable::empty_like(xr), datt = torch::stable::empty_like(att);
-  Tensor de = e.has_value() ? torch::stable::empty_like(*e) : empty({0}, xl.scalar_type(), xl);
-  Tensor de_loop = e_loop.has_value() ? torch::stable::empty_like(*e_loop) : empty({0}, xl.scalar_type(), xl);
+  Tensor dxl = empty_like(xl), dxr = empty_like(xr), datt = empty_like(att);
+  Tensor de = e.has_value() ? empty_like(*e) : empty({0}, xl.scalar_type(), xl);
+  Tensor de_loop = e_loop.has_value() ? empty_like(*e_loop) : empty({0}, xl.scalar_type(), xl);
   zero_dead_slots(de, rowptr);
   Tensor D = empty({num_dst, heads}, lse.scalar_type(), lse);
   Tensor dz = empty({num_slots + num_loops, heads}, lse.scalar_type(), lse);
@@ -195,7 +195,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gatv2_fused_backward(
   dispatch_floating(xl.scalar_type(), [&](auto scalar) {
     using scalar_t = decltype(scalar);
     dispatch_index(rowptr.scalar_type(), [&](auto index) {
-    using index_t = decltype(index);
+      using index_t = decltype(index);
       using acc = acc_t<scalar_t>;
       Gatv2Backward<scalar_t, index_t> bw{
           dout.const_data_ptr<scalar_t>(),
@@ -218,7 +218,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gatv2_fused_backward(
           dxr.mutable_data_ptr<scalar_t>(),
           dxl.mutable_data_ptr<scalar_t>()};
       const int64_t row_width = heads * channels;  // each edge moves rows of H x C
-      torch::stable::parallel_for(0, num_dst, 256, [&](int64_t b, int64_t e) { bw.row_dots(b, e); });
+      parallel_for(0, num_dst, 256, [&](int64_t b, int64_t e) { bw.row_dots(b, e); });
       parallel_rows(bw.rowptr, num_dst, [&](int64_t b, int64_t e) { bw.destinations(b, e); },
                     row_width);
       parallel_rows(bw.colptr, num_src, [&](int64_t b, int64_t e) { bw.sources(b, e); },
@@ -232,6 +232,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gatv2_fused_backward(
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("gatv2_fused_backward", TORCH_BOX(&gatv2_fused_backward)); }
+STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) {
+  m.impl("gatv2_fused_backward", TORCH_BOX(&gatv2_fused_backward));
+}
 
 }  // namespace fastgat::cpu

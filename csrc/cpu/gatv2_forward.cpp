@@ -47,6 +47,8 @@ std::tuple<Tensor, Tensor> gatv2_fused_forward(
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("gatv2_fused_forward", TORCH_BOX(&gatv2_fused_forward)); }
+STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) {
+  m.impl("gatv2_fused_forward", TORCH_BOX(&gatv2_fused_forward));
+}
 
 }  // namespace fastgat::cpu

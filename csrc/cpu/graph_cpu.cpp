@@ -50,11 +50,11 @@ std::tuple<Tensor, Tensor, Tensor> csr_from_coo(
     const Tensor& src_in, const Tensor& dst_in, int64_t num_src, int64_t num_dst,
     bool drop_self_loops, ScalarType index_dtype) {
   FASTGAT_CHECK(src_in.dim() == 1 && src_in.sizes().equals(dst_in.sizes()),
-              "src and dst must be 1-D tensors of equal length");
+                "src and dst must be 1-D tensors of equal length");
   FASTGAT_CHECK(src_in.scalar_type() == dst_in.scalar_type(),
-              "src and dst must share a dtype");
+                "src and dst must share a dtype");
   FASTGAT_CHECK(index_dtype == kInt || index_dtype == kLong,
-              "index_dtype must be int32 or int64");
+                "index_dtype must be int32 or int64");
   const Tensor src = torch::stable::contiguous(src_in), dst = torch::stable::contiguous(dst_in);
   const int64_t E = src.numel();
   Tensor rowptr = empty({num_dst + 1}, index_dtype, src);
@@ -71,7 +71,7 @@ std::tuple<Tensor, Tensor, Tensor> csr_from_coo(
       check_range(*d_lo, *d_hi, num_dst, "destination");
     }
     dispatch_index(index_dtype, [&](auto index) {
-    using index_t = decltype(index);
+      using index_t = decltype(index);
       build_csr<in_t, index_t>(s, d, E, num_src, num_dst, drop_self_loops,
                                rowptr.mutable_data_ptr<index_t>(),
                                col.mutable_data_ptr<index_t>(),
@@ -89,7 +89,7 @@ std::tuple<Tensor, Tensor, Tensor> csc_from_csr(const Tensor& rowptr,
                                                             int64_t num_src) {
   FASTGAT_CHECK(rowptr.dim() == 1 && col.dim() == 1 && rowptr.scalar_type() == col.scalar_type() &&
                   rowptr.is_contiguous() && col.is_contiguous(),
-              "rowptr and col must be contiguous 1-D tensors of one index dtype");
+                "rowptr and col must be contiguous 1-D tensors of one index dtype");
   const int64_t num_dst = rowptr.numel() - 1, E = col.numel();
   Tensor colptr = empty({num_src + 1}, rowptr.scalar_type(), rowptr);
   Tensor csc_row = empty({E}, col.scalar_type(), col), csc_eid = empty({E}, col.scalar_type(), col);

@@ -134,15 +134,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> transformer_backward(
                                     csc_eid, dropout, seed);
   const int64_t num_dst = q.size(0), num_src = k.size(0), heads = q.size(1);
   const int64_t num_slots = col.numel(), row_width = heads * q.size(2);
-  Tensor dq = torch::stable::empty_like(q), dk = torch::stable::empty_like(k), dv = torch::stable::empty_like(v);
-  Tensor de = e.has_value() ? torch::stable::empty_like(*e) : empty({0}, q.scalar_type(), q);
+  Tensor dq = empty_like(q), dk = empty_like(k), dv = empty_like(v);
+  Tensor de = e.has_value() ? empty_like(*e) : empty({0}, q.scalar_type(), q);
   const int64_t live = zero_dead_slots(de, rowptr);
   Tensor dz = empty({num_slots, heads}, lse.scalar_type(), lse);
   Tensor w = empty({num_slots, heads}, lse.scalar_type(), lse);
   dispatch_floating(q.scalar_type(), [&](auto scalar) {
     using scalar_t = decltype(scalar);
     dispatch_index(rowptr.scalar_type(), [&](auto index) {
-    using index_t = decltype(index);
+      using index_t = decltype(index);
       using acc = acc_t<scalar_t>;
       const TransformerBackward<scalar_t, index_t> bw{
           dout.const_data_ptr<scalar_t>(),
@@ -179,6 +179,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> transformer_backward(
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("transformer_backward", TORCH_BOX(&transformer_backward)); }
+STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) {
+  m.impl("transformer_backward", TORCH_BOX(&transformer_backward));
+}
 
 }  // namespace fastgat::cpu

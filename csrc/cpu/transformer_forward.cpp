@@ -60,6 +60,8 @@ std::tuple<Tensor, Tensor> transformer_forward(
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) { m.impl("transformer_forward", TORCH_BOX(&transformer_forward)); }
+STABLE_TORCH_LIBRARY_IMPL(fastgat, CPU, m) {
+  m.impl("transformer_forward", TORCH_BOX(&transformer_forward));
+}
 
 }  // namespace fastgat::cpu

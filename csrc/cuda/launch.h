@@ -33,7 +33,7 @@ constexpr int64_t kWave = 2048 / kBlock;  // blocks per SM at full occupancy
 inline int64_t blocks_for(int64_t work, int64_t per_block) {
   const int64_t blocks = ceil_div(work, per_block);
   FASTGAT_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "graph too large for one "
-              "launch (", blocks, " blocks)");
+                "launch (", blocks, " blocks)");
   return blocks;
 }
 
@@ -52,7 +52,7 @@ struct SplitPlan {
         256, std::min(4 * ceil_div(entries, num_rows), ceil_div(entries, 8 * sms)));
     // No work item is longer than split_len: the kernels count its entries in 32 bits.
     FASTGAT_CHECK(split_len <= std::numeric_limits<int32_t>::max(), "graph too large "
-                "for the split plan (split length ", split_len, ")");
+                  "for the split plan (split length ", split_len, ")");
     if (hubs.has_value()) {
       chunk_bound = 0;
       const int64_t* hub = hubs->const_data_ptr<int64_t>();

@@ -79,7 +79,7 @@ Tensor group_collective(const Tensor& x, const Tensor& trips, int64_t size, int6
                     x.is_contiguous() && trips.is_contiguous() && x.numel() % size == 0 &&
                     trips.numel() == x.numel() / size,
                 "group_collective: bad arguments");
-  Tensor out = torch::stable::empty_like(x);
+  Tensor out = empty_like(x);
   torch::stable::fill_(out, std::numeric_limits<double>::quiet_NaN());
   const int64_t n = x.numel(), blocks = (n + cuda::kBlock - 1) / cuda::kBlock;
   simt::launch(group_kernel, simt::Dim3{static_cast<unsigned>(blocks)},

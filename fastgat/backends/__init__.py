@@ -2,7 +2,7 @@
 
     torch   scatter ops in plain torch (any device; the float64 reference)
     triton  fused Triton kernels (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)
-    cuda    fused CUDA C++ kernels from fastgat._C
+    cuda    fused CUDA C++ kernels from fastgat._cuda
     cpu     fused C++ CPU kernels from fastgat._C
 """
 import importlib
