@@ -13,11 +13,12 @@
 #   5. cuobjdump --list-elf: the CUDA library holds sm_80 and sm_90 code;
 #   6. neither library names a mangled at::, c10:: or torch:: symbol (nm -D --undefined-only):
 #      they call torch through its stable C ABI only;
-#   7. for each torch of TORCH_VERSIONS (installed in fresh venvs during the build: the build's
-#      own 2.14.1, 2.13.0 for the CPU, and 2.11.0, the oldest supported, a CUDA 13 build),
-#      the same wheel installs with its dependencies and imports outside the source tree: the
-#      'cpu' backend is available, and under a CUDA torch the CUDA kernels of
-#      fastgat::fused_forward / fused_backward are registered (they load without a GPU);
+#   7. under the build's own torch 2.14.1 (in the build venv) and each torch of TORCH_VERSIONS
+#      (fresh venvs, installed during the build: 2.13.0 for the CPU, and 2.11.0, the oldest
+#      supported, a CUDA 13 build), the same wheel installs with its dependencies and imports
+#      outside the source tree: the 'cpu' backend is available, and under a CUDA torch the
+#      CUDA kernels of fastgat::fused_forward / fused_backward are registered (they load
+#      without a GPU);
 #   8. in each, the fused cpu backend's op and layer tests pass against the installed wheel.
 # Build isolation is off: an isolated build would download a second multi-GB torch.
 # Ends with "cuda_wheel: PASS" or "cuda_wheel: FAIL (<step>)" and a matching exit status.
@@ -25,7 +26,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/fastgat-cuda-wheel.XXXXXX")
 step="setup"
-torch_versions=${TORCH_VERSIONS:-2.14.1 2.13.0 2.11.0}
+build_torch=2.14.1
+torch_versions=${TORCH_VERSIONS:-2.13.0 2.11.0}
 trap 'status=$?; [ $status -eq 0 ] || echo "cuda_wheel: FAIL ($step)"
       jobs -p | xargs -r kill 2> /dev/null; wait; rm -rf "$work"' EXIT
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
@@ -41,15 +43,15 @@ log "cloned $(git -C "$work/src" rev-parse --short HEAD)"
 declare -A venv_pid
 for version in $torch_versions; do
   "$python" -m venv "$work/torch-$version"
-  "$work/torch-$version/bin/pip" install -q "torch==$version" pytest \
-    > "$work/torch-$version.log" 2>&1 &
+  "$work/torch-$version/bin/pip" install -q "torch==$version" > "$work/torch-$version.log" 2>&1 &
   venv_pid[$version]=$!
 done
 
 step="build venv"
 "$python" -m venv "$work/build"
-("$work/build/bin/pip" install -q --upgrade pip && "$work/build/bin/pip" install -q torch==2.14.1 \
-  build ninja setuptools nvidia-cuda-cuobjdump) > "$work/build-venv.log" 2>&1 \
+("$work/build/bin/pip" install -q --upgrade pip \
+  && "$work/build/bin/pip" install -q "torch==$build_torch" build ninja setuptools \
+    nvidia-cuda-cuobjdump) > "$work/build-venv.log" 2>&1 \
   || { tail -n 30 "$work/build-venv.log"; false; }
 log "build venv ready: torch $("$work/build/bin/python" -c 'import torch; print(torch.__version__)')"
 
@@ -130,11 +132,15 @@ done
 
 mkdir "$work/wheel-tests"
 cp -r "$work/src/tests" "$work/wheel-tests/"
-for version in $torch_versions; do
+venv_pid[$build_torch]=""
+for version in $build_torch $torch_versions; do
   venv="$work/torch-$version"
+  [ "$version" != "$build_torch" ] || venv="$work/build"
   step="torch $version: install"
-  wait "${venv_pid[$version]}" || { tail -n 30 "$venv.log"; false; }
-  "$venv/bin/pip" install -q "$wheel" >> "$venv.log" 2>&1 || { tail -n 30 "$venv.log"; false; }
+  [ -z "${venv_pid[$version]}" ] || wait "${venv_pid[$version]}" \
+    || { tail -n 30 "$venv.log"; false; }
+  "$venv/bin/pip" install -q "$wheel" pytest >> "$venv.log" 2>&1 \
+    || { tail -n 30 "$venv.log"; false; }
 
   step="torch $version: import check"
   (cd "$work" && "$venv/bin/python" - <<'EOF'
