@@ -23,7 +23,7 @@ using Hubs = std::optional<Tensor>;
 inline void check_hubs(const Hubs& hubs, const char* name) {
   if (!hubs.has_value()) return;
   FASTGAT_CHECK(hubs->is_cpu() && hubs->scalar_type() == kLong && hubs->dim() == 2 &&
-                  hubs->size(1) == 2 && hubs->is_contiguous(),
+                    hubs->size(1) == 2 && hubs->is_contiguous(),
                 name, " must be a contiguous CPU int64 (k, 2) tensor, got ",
                 hubs->scalar_type(), " ", shape_of(hubs->sizes()), " on ", device_of(*hubs));
 }
@@ -66,8 +66,7 @@ inline int64_t check_rowptr(const Tensor& rowptr) {
 // dropout in [0, 1); a 1-element int64 seed on `like`'s device when dropout > 0.
 inline void check_dropout(double dropout, const std::optional<Tensor>& seed,
                           const Tensor& like) {
-  FASTGAT_CHECK(dropout >= 0.0 && dropout < 1.0, "dropout must lie in [0, 1), got ",
-              dropout);
+  FASTGAT_CHECK(dropout >= 0.0 && dropout < 1.0, "dropout must lie in [0, 1), got ", dropout);
   if (dropout > 0.0) {
     FASTGAT_CHECK(seed.has_value(), "dropout > 0 needs a seed tensor");
     FASTGAT_CHECK(seed->scalar_type() == kLong && seed->numel() == 1,
@@ -105,7 +104,7 @@ inline bool half_values(ScalarType h) { return h == kBFloat16 || h == kHalf; }
 
 inline void check_score_dtype(const Tensor& s, const Tensor& h) {
   FASTGAT_CHECK(s.scalar_type() == h.scalar_type() ||
-                  (s.scalar_type() == kFloat && half_values(h.scalar_type())),
+                    (s.scalar_type() == kFloat && half_values(h.scalar_type())),
                 "s has dtype ", s.scalar_type(), " but h has ", h.scalar_type(),
                 " (the scores take h's dtype, or float32 beside bfloat16 / float16 h)");
 }

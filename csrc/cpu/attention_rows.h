@@ -115,8 +115,8 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
 // elements moved. `like` gives out's dtype and device.
 template <typename Rule>
 std::tuple<Tensor, Tensor> attention_forward(const Rule& rule, const Tensor& like,
-                                                     const Tensor& rowptr,
-                                                     const Tensor& col, int64_t num_loops) {
+                                             const Tensor& rowptr,
+                                             const Tensor& col, int64_t num_loops) {
   using acc = typename Rule::acc;
   const int64_t num_dst = rowptr.numel() - 1;
   Tensor out = empty({num_dst, rule.heads, rule.channels}, like.scalar_type(), like);

@@ -85,10 +85,10 @@ std::tuple<Tensor, Tensor, Tensor> csr_from_coo(
 // each source lists its slots in slot order (by destination); dead slots (dropped loops, whose
 // destination is their source) go past colptr[-1].
 std::tuple<Tensor, Tensor, Tensor> csc_from_csr(const Tensor& rowptr,
-                                                            const Tensor& col,
-                                                            int64_t num_src) {
+                                                const Tensor& col,
+                                                int64_t num_src) {
   FASTGAT_CHECK(rowptr.dim() == 1 && col.dim() == 1 && rowptr.scalar_type() == col.scalar_type() &&
-                  rowptr.is_contiguous() && col.is_contiguous(),
+                    rowptr.is_contiguous() && col.is_contiguous(),
                 "rowptr and col must be contiguous 1-D tensors of one index dtype");
   const int64_t num_dst = rowptr.numel() - 1, E = col.numel();
   Tensor colptr = empty({num_src + 1}, rowptr.scalar_type(), rowptr);

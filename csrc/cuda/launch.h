@@ -72,7 +72,7 @@ struct SplitPlan {
 // (0 otherwise), counted and scanned on the device, so no host sync.
 template <typename Index, typename Device>
 Tensor chunk_table(const Device& device, const Index* ptr, int64_t num_rows, int64_t num_loops,
-                       int64_t split_len, const Tensor& like) {
+                   int64_t split_len, const Tensor& like) {
   Tensor counts = device.empty({num_rows + 1}, kLong, like);
   device.launch(count_chunks_kernel<Index>, blocks_for(num_rows, kBlock), kBlock, ptr, num_rows,
                 num_loops, split_len, counts.mutable_data_ptr<int64_t>());
@@ -176,7 +176,7 @@ void launch_forward(const Device& device, const Rule& rule, bool aligned,
 // N_dst = 0 or H = 0).
 template <typename Device, typename Launch>
 std::tuple<Tensor, Tensor> forward_outputs(const Device& device, const Tensor& like,
-                                                   const Tensor& rowptr, Launch&& launch) {
+                                           const Tensor& rowptr, Launch&& launch) {
   const int64_t num_dst = rowptr.numel() - 1, heads = like.size(1), channels = like.size(2);
   Tensor out = device.empty({num_dst, heads, channels}, like.scalar_type(), like);
   Tensor lse = device.empty({num_dst, heads}, lse_dtype_for(like.scalar_type()), like);
