@@ -9,8 +9,12 @@
 //   logit(i, j, slot, h)           the score of edge j -> i in head h, before the softmax;
 //                                  a rule whose scores are contiguous over heads makes it a
 //                                  template logit<V>, V an acc vector of heads h, h + 1, ...
-//   keep(slot, k)                  k[h] = the edge's dropout factor in head h (0 or 1 / (1 - p))
+//   keep(slot, k)                  k[h] = the edge's dropout factor in head h (0 or 1 / (1 - p));
+//                                  without dropout it may leave k as it is (all 1)
 //   gather(part, w, j, slot, h)    part[c] += w * value[c], the edge's value in head h
+//   one_value_row()                whether the value of every edge j -> i is a row of source
+//                                  j alone: value_row(j), its H x C values (then gathers
+//                                  run channel-blocked in registers, gather_rows)
 //   prefetch(j)                    asks for source j's rows ahead of their use
 // so a new layer costs a rule, not a copy of this loop.
 #pragma once
@@ -20,6 +24,53 @@ namespace fastgat::cpu {
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // vector lambdas, always inlined
+// dst[c] += sum over edges q < m of w[edge[q] * H + head of c] * value_row(src[q])[c], for the
+// channels c of one block [c0, c0 + NB W): the block's NB vector sums stay in registers over
+// all the edges, where a per-head axpy loaded and stored them per edge (needs C % W == 0, so
+// that no vector spans two heads). The same products summed in the same order as axpy's.
+template <int NB, typename Rule>
+[[gnu::always_inline]] inline void gather_block(const Rule& rule, const int64_t* src,
+                                                const int64_t* edge, int64_t m,
+                                                const typename Rule::acc* w, int64_t c0,
+                                                typename Rule::acc* dst) {
+  using acc = typename Rule::acc;
+  using V = Lanes<acc>;
+  constexpr int64_t W = kWidth<acc>;
+  const int64_t H = rule.heads;
+  int64_t head[NB];
+  for (int b = 0; b < NB; ++b) head[b] = (c0 + b * W) / rule.channels;
+  V sum[NB] = {};
+  for (int64_t q = 0; q < m; ++q) {
+    const auto* row = rule.value_row(src[q]) + c0;
+    const acc* w_e = w + edge[q] * H;
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; ++b) sum[b] += w_e[head[b]] * load<V>(row + b * W);
+  }
+  for (int b = 0; b < NB; ++b) store(dst + c0 + b * W, load<V>(dst + c0 + b * W) + sum[b]);
+}
+
+// gather_block over all H x C channels: blocks of 8 vectors (8 of AVX2's 16 registers), then
+// 4, 2, 1.
+template <typename Rule>
+[[gnu::always_inline]] inline void gather_rows(const Rule& rule, const int64_t* src,
+                                               const int64_t* edge, int64_t m,
+                                               const typename Rule::acc* w,
+                                               typename Rule::acc* dst) {
+  constexpr int64_t W = kWidth<typename Rule::acc>;
+  const int64_t HC = rule.heads * rule.channels;
+  int64_t c0 = 0;
+  for (; c0 + 8 * W <= HC; c0 += 8 * W) gather_block<8>(rule, src, edge, m, w, c0, dst);
+  if (c0 + 4 * W <= HC) {
+    gather_block<4>(rule, src, edge, m, w, c0, dst);
+    c0 += 4 * W;
+  }
+  if (c0 + 2 * W <= HC) {
+    gather_block<2>(rule, src, edge, m, w, c0, dst);
+    c0 += 2 * W;
+  }
+  if (c0 < HC) gather_block<1>(rule, src, edge, m, w, c0, dst);
+}
+
 template <typename Rule, typename index_t>
 FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, const index_t* col,
                                    int64_t num_loops, typename Rule::scalar_t* out,
@@ -30,8 +81,10 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
   const int64_t H = rule.heads, C = rule.channels, HC = H * C;
   std::vector<acc> x;                         // (edges + loop) x H scores, then weights
   std::vector<acc> row_acc(direct ? 0 : HC);  // float accumulator for reduced dtypes
-  std::vector<acc> m(H), l(H), l_part(H), keep(H);
-  std::vector<acc> part(HC);  // the current chunk's weighted sum (see kChunk)
+  std::vector<acc> m(H), l(H), l_part(H), keep(H, acc(1));
+  std::vector<acc> part(HC);  // a chunk's weighted sum (see kChunk), where not in registers
+  std::vector<int64_t> live, live_src;  // the edges with a weight in any head, their sources
+  const bool blocked = C % kWidth<acc> == 0 && rule.one_value_row();
   const int64_t stop = rowptr[end];
   for (int64_t i = begin; i < end; ++i) {
     const int64_t first = rowptr[i], last = rowptr[i + 1];
@@ -69,8 +122,8 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
         }
       }
     }
-    // Rows longer than kChunk sum chunk by chunk through l_part / part (zero between uses:
-    // flush zeroes them); shorter ones sum straight into l / acc_row, the same bits.
+    // Rows longer than kChunk sum l chunk by chunk through l_part (zero between uses: flush
+    // zeroes it); shorter ones sum straight into l, the same bits.
     const bool chunked = n > kChunk;
     acc* l_sum = chunked ? l_part.data() : l.data();
     for (int64_t e = 0; e < n; ++e) {
@@ -94,18 +147,43 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
       lse[i * H + hd] = l[hd] == acc(1) ? m[hd] : m[hd] + std::log(l[hd]);
       l[hd] = l[hd] > acc(0) ? acc(1) / l[hd] : acc(0);
     }
-    acc* sum = chunked ? part.data() : acc_row;
+    // The weights w = p / l * keep, in x. An edge dropped or masked in every head moves no
+    // bytes: the sum runs over the others, `live`.
+    live.resize(n);
+    live_src.resize(n);
+    int64_t num_live = 0;
     for (int64_t e = 0, k = first; e < n; ++e, ++k) {
-      if (chunked && e % kChunk == 0) flush(acc_row, part.data(), HC);
-      const int64_t j = k < last ? int64_t(col[k]) : i;
-      const int64_t slot = k < last ? k : rule.num_slots + i;
-      rule.keep(slot, keep.data());
-      for (int64_t hd = 0; hd < H; ++hd) {
-        const acc w = x[e * H + hd] * l[hd] * keep[hd];
-        if (w != acc(0)) rule.gather(sum + hd * C, w, j, slot, hd);
-      }
+      rule.keep(k < last ? k : rule.num_slots + i, keep.data());
+      acc* w = x.data() + e * H;
+      each_channel<acc>(H, [&](int64_t hd, auto lanes) __attribute__((always_inline)) {
+        using V = decltype(lanes);
+        store(w + hd, load<V>(w + hd) * load<V>(l.data() + hd) * load<V>(keep.data() + hd));
+      });
+      bool any = false;
+      for (int64_t hd = 0; hd < H; ++hd) any |= w[hd] != acc(0);
+      live[num_live] = e;
+      live_src[num_live] = k < last ? int64_t(col[k]) : i;
+      num_live += any;
     }
-    if (chunked) flush(acc_row, part.data(), HC);
+    // The weighted sum, chunk by chunk of kChunk edges (by e), each chunk's sum then added to
+    // acc_row: the same bits whether the chunk sums in registers or through `part`.
+    for (int64_t q0 = 0, q1; q0 < num_live; q0 = q1) {
+      q1 = chunked ? q0 + 1 : num_live;
+      while (q1 < num_live && live[q1] / kChunk == live[q0] / kChunk) ++q1;
+      if (blocked) {
+        gather_rows(rule, live_src.data() + q0, live.data() + q0, q1 - q0, x.data(), acc_row);
+        continue;
+      }
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t e = live[q], k = first + e;
+        const int64_t slot = k < last ? k : rule.num_slots + i;
+        for (int64_t hd = 0; hd < H; ++hd) {
+          const acc w = x[e * H + hd];
+          if (w != acc(0)) rule.gather(part.data() + hd * C, w, live_src[q], slot, hd);
+        }
+      }
+      flush(acc_row, part.data(), HC);
+    }
     if (!direct) store(out + i * HC, acc_row, HC);
   }
 }

@@ -48,7 +48,7 @@ struct Backward {
   FASTGAT_CLONES void sources(int64_t begin, int64_t end) const {
     constexpr bool direct = std::is_same_v<scalar_t, acc>;  // accumulate in dh itself
     const int64_t H = sc.heads, HC = H * channels, E = sc.num_slots;
-    std::vector<acc> ds_j(H), row_acc(direct ? 0 : HC), keep(H), dalpha(H), w(H);
+    std::vector<acc> ds_j(H), row_acc(direct ? 0 : HC), keep(H, acc(1)), dalpha(H), w(H);
     const int64_t stop = colptr[end];
     for (int64_t j = begin; j < end; ++j) {
       acc* dh_j = row_acc.data();

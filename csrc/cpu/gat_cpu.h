@@ -53,9 +53,12 @@ inline int64_t zero_dead_slots(Tensor& grad, const Tensor& rowptr) {
 template <typename acc>
 struct LanesOf {
   typedef acc type __attribute__((vector_size(32)));
+  typedef acc half __attribute__((vector_size(16)));
 };
 template <typename acc>
 using Lanes = typename LanesOf<acc>::type;
+template <typename acc>
+using HalfLanes = typename LanesOf<acc>::half;  // a loop's last half vector (4 heads of 8)
 template <typename acc>
 constexpr int64_t kWidth = 32 / sizeof(acc);
 
@@ -82,11 +85,15 @@ template <typename acc, typename V>
   std::memcpy(y, &v, sizeof(v));
 }
 
-// body(c, V{}) for every channel c < C: vectors, then the tail one by one.
+// body(c, V{}) for every channel c < C: vectors, a half vector, then the tail one by one.
 template <typename acc, typename Body>
 [[gnu::always_inline]] inline void each_channel(int64_t C, Body&& body) {
   int64_t c = 0;
   for (; c + kWidth<acc> <= C; c += kWidth<acc>) body(c, Lanes<acc>{});
+  if (c + kWidth<acc> / 2 <= C) {
+    body(c, HalfLanes<acc>{});
+    c += kWidth<acc> / 2;
+  }
   for (; c < C; ++c) body(c, acc{});
 }
 
@@ -133,7 +140,11 @@ struct ElementOf<V, std::enable_if_t<!std::is_arithmetic_v<V>>> {
   using type = std::remove_cvref_t<decltype(std::declval<V&>()[0])>;
 };
 
-typedef int32_t Int32Lanes __attribute__((vector_size(32)));  // float lanes' bits
+// The bits of float lanes V: a vector of as many int32.
+template <typename V>
+struct BitsOf {
+  typedef int32_t type __attribute__((vector_size(sizeof(V))));
+};
 
 // exp(x) of the softmax weights, written once for scalars and vector lanes so that a row's
 // vector heads and tail heads agree bitwise, and inlined: libm's expf was a call per edge and
@@ -153,7 +164,8 @@ template <typename V>
       return y;
     }
   } else {
-    using I = std::conditional_t<std::is_arithmetic_v<V>, int32_t, Int32Lanes>;
+    using I = typename std::conditional_t<std::is_arithmetic_v<V>, std::type_identity<int32_t>,
+                                          BitsOf<V>>::type;
     static_assert(sizeof(I) == sizeof(V));
     const V below = x < -87.33654f ? V{} + 1.0f : V{};  // 1 where the result is 0
     x = x > 88.3762626647949f ? V{} + 88.3762626647949f : x;
@@ -203,6 +215,7 @@ constexpr int64_t kPrefetch = 8;
 // that only prefetches free of effects and deletes it before it would inline it.
 [[gnu::always_inline]] inline void prefetch(const void* p, int64_t bytes) {
   const char* at = static_cast<const char*>(p);
+#pragma GCC unroll 8
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(at + b);
 }
 
@@ -267,11 +280,10 @@ struct EdgeDropout {
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // vectors passed to always-inlined helpers only
+  // Without dropout it writes nothing: callers start keep at 1 (a fill per edge cost more
+  // than a small row's gather).
   void keep_heads(int64_t slot, acc* keep) const {
-    if (!on) {
-      std::fill(keep, keep + heads, acc(1));
-      return;
-    }
+    if (!on) return;
     const uint64_t first = static_cast<uint64_t>(slot) * static_cast<uint64_t>(heads);
     for (int64_t h0 = 0; h0 < heads; h0 += 8) {
       u64x8 index;

@@ -27,6 +27,8 @@ struct GatRule {
   void gather(acc* part, acc w, int64_t j, int64_t, int64_t hd) const {
     axpy(part, w, h + (j * heads + hd) * channels, channels);
   }
+  bool one_value_row() const { return true; }
+  const scalar_t* value_row(int64_t j) const { return h + j * heads * channels; }
   [[gnu::always_inline]] void prefetch(int64_t j) const {
     fastgat::cpu::prefetch(sc.s + j * heads, heads * sizeof(score_t));
     fastgat::cpu::prefetch(h + j * heads * channels, heads * channels * sizeof(scalar_t));

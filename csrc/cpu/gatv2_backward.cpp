@@ -85,7 +85,7 @@ struct Gatv2Backward {
   FASTGAT_CLONES void destinations(int64_t begin, int64_t end) const {
     const int64_t H = in.heads, C = in.channels, HC = H * C, E = in.num_slots;
     const acc slope = in.slope;  // locals, not members: stores in the loops cannot alias them
-    std::vector<acc> u(C), du(C), dxr_row(HC), dxr_part(HC), datt_part(HC), keep(H);
+    std::vector<acc> u(C), du(C), dxr_row(HC), dxr_part(HC), datt_part(HC), keep(H, acc(1));
     for (int64_t i = begin; i < end; ++i) {
       acc* datt_row = datt_rows + i * HC;
       std::fill(dxr_row.begin(), dxr_row.end(), acc(0));

@@ -23,6 +23,8 @@ struct Gatv2Rule : Gatv2Inputs<scalar_t_> {
   void gather(acc* part, acc w, int64_t j, int64_t, int64_t hd) const {
     axpy(part, w, this->xl_row(j, hd), this->channels);
   }
+  bool one_value_row() const { return true; }
+  const scalar_t* value_row(int64_t j) const { return this->xl_row(j, 0); }
   [[gnu::always_inline]] void prefetch(int64_t j) const {
     fastgat::cpu::prefetch(this->xl_row(j, 0), this->heads * this->channels * sizeof(scalar_t));
   }

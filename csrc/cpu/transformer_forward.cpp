@@ -32,6 +32,8 @@ struct TransformerRule {
     axpy(part, w, v + (j * heads + hd) * channels, channels);
     if (e != nullptr) axpy(part, w, e + (slot * heads + hd) * channels, channels);
   }
+  bool one_value_row() const { return e == nullptr; }  // else the value is v_j + e_slot
+  const scalar_t* value_row(int64_t j) const { return v + j * heads * channels; }
   [[gnu::always_inline]] void prefetch(int64_t j) const {
     fastgat::cpu::prefetch(k + j * heads * channels, heads * channels * sizeof(scalar_t));
     fastgat::cpu::prefetch(v + j * heads * channels, heads * channels * sizeof(scalar_t));
