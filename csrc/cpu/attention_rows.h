@@ -24,53 +24,6 @@ namespace fastgat::cpu {
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // vector lambdas, always inlined
-// dst[c] += sum over edges q < m of w[edge[q] * H + head of c] * value_row(src[q])[c], for the
-// channels c of one block [c0, c0 + NB W): the block's NB vector sums stay in registers over
-// all the edges, where a per-head axpy loaded and stored them per edge (needs C % W == 0, so
-// that no vector spans two heads). The same products summed in the same order as axpy's.
-template <int NB, typename Rule>
-[[gnu::always_inline]] inline void gather_block(const Rule& rule, const int64_t* src,
-                                                const int64_t* edge, int64_t m,
-                                                const typename Rule::acc* w, int64_t c0,
-                                                typename Rule::acc* dst) {
-  using acc = typename Rule::acc;
-  using V = Lanes<acc>;
-  constexpr int64_t W = kWidth<acc>;
-  const int64_t H = rule.heads;
-  int64_t head[NB];
-  for (int b = 0; b < NB; ++b) head[b] = (c0 + b * W) / rule.channels;
-  V sum[NB] = {};
-  for (int64_t q = 0; q < m; ++q) {
-    const auto* row = rule.value_row(src[q]) + c0;
-    const acc* w_e = w + edge[q] * H;
-#pragma GCC unroll 8
-    for (int b = 0; b < NB; ++b) sum[b] += w_e[head[b]] * load<V>(row + b * W);
-  }
-  for (int b = 0; b < NB; ++b) store(dst + c0 + b * W, load<V>(dst + c0 + b * W) + sum[b]);
-}
-
-// gather_block over all H x C channels: blocks of 8 vectors (8 of AVX2's 16 registers), then
-// 4, 2, 1.
-template <typename Rule>
-[[gnu::always_inline]] inline void gather_rows(const Rule& rule, const int64_t* src,
-                                               const int64_t* edge, int64_t m,
-                                               const typename Rule::acc* w,
-                                               typename Rule::acc* dst) {
-  constexpr int64_t W = kWidth<typename Rule::acc>;
-  const int64_t HC = rule.heads * rule.channels;
-  int64_t c0 = 0;
-  for (; c0 + 8 * W <= HC; c0 += 8 * W) gather_block<8>(rule, src, edge, m, w, c0, dst);
-  if (c0 + 4 * W <= HC) {
-    gather_block<4>(rule, src, edge, m, w, c0, dst);
-    c0 += 4 * W;
-  }
-  if (c0 + 2 * W <= HC) {
-    gather_block<2>(rule, src, edge, m, w, c0, dst);
-    c0 += 2 * W;
-  }
-  if (c0 < HC) gather_block<1>(rule, src, edge, m, w, c0, dst);
-}
-
 template <typename Rule, typename index_t>
 FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, const index_t* col,
                                    int64_t num_loops, typename Rule::scalar_t* out,
@@ -147,17 +100,19 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
       lse[i * H + hd] = l[hd] == acc(1) ? m[hd] : m[hd] + std::log(l[hd]);
       l[hd] = l[hd] > acc(0) ? acc(1) / l[hd] : acc(0);
     }
-    // The weights w = p / l * keep, in x. An edge dropped or masked in every head moves no
-    // bytes: the sum runs over the others, `live`.
+    // The weights w = p / l * keep. An edge dropped or masked in every head moves no bytes:
+    // the sum runs over the others, the `live` edges, whose weights are packed in x (row q of
+    // x for live edge q <= e: written after edge e's scores are read).
     live.resize(n);
     live_src.resize(n);
     int64_t num_live = 0;
     for (int64_t e = 0, k = first; e < n; ++e, ++k) {
       rule.keep(k < last ? k : rule.num_slots + i, keep.data());
-      acc* w = x.data() + e * H;
+      acc* w = x.data() + num_live * H;
+      const acc* p = x.data() + e * H;
       each_channel<acc>(H, [&](int64_t hd, auto lanes) __attribute__((always_inline)) {
         using V = decltype(lanes);
-        store(w + hd, load<V>(w + hd) * load<V>(l.data() + hd) * load<V>(keep.data() + hd));
+        store(w + hd, load<V>(p + hd) * load<V>(l.data() + hd) * load<V>(keep.data() + hd));
       });
       bool any = false;
       for (int64_t hd = 0; hd < H; ++hd) any |= w[hd] != acc(0);
@@ -171,14 +126,14 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
       q1 = chunked ? q0 + 1 : num_live;
       while (q1 < num_live && live[q1] / kChunk == live[q0] / kChunk) ++q1;
       if (blocked) {
-        gather_rows(rule, live_src.data() + q0, live.data() + q0, q1 - q0, x.data(), acc_row);
+        gather_rows(rule, live_src.data() + q0, q1 - q0, x.data() + q0 * H, acc_row);
         continue;
       }
       for (int64_t q = q0; q < q1; ++q) {
-        const int64_t e = live[q], k = first + e;
+        const int64_t k = first + live[q];
         const int64_t slot = k < last ? k : rule.num_slots + i;
         for (int64_t hd = 0; hd < H; ++hd) {
-          const acc w = x[e * H + hd];
+          const acc w = x[q * H + hd];
           if (w != acc(0)) rule.gather(part.data() + hd * C, w, live_src[q], slot, hd);
         }
       }

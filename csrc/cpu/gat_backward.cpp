@@ -18,6 +18,15 @@ namespace {
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // vector lambdas, always inlined
+// The rows of dout that a source's gradient dh_j gathers (gather_rows).
+template <typename scalar_t>
+struct DoutRows {
+  using acc = acc_t<scalar_t>;
+  const scalar_t* dout;
+  int64_t heads, channels;
+  const scalar_t* value_row(int64_t i) const { return dout + i * heads * channels; }
+};
+
 // Gradients of the scores (ds, dd, dt, dt_loop) are score_t: h's dtype or float32.
 template <typename scalar_t, typename score_t, typename index_t>
 struct Backward {
@@ -48,7 +57,12 @@ struct Backward {
   FASTGAT_CLONES void sources(int64_t begin, int64_t end) const {
     constexpr bool direct = std::is_same_v<scalar_t, acc>;  // accumulate in dh itself
     const int64_t H = sc.heads, HC = H * channels, E = sc.num_slots;
-    std::vector<acc> ds_j(H), row_acc(direct ? 0 : HC), keep(H, acc(1)), dalpha(H), w(H);
+    std::vector<acc> ds_j(H), row_acc(direct ? 0 : HC), keep(H, acc(1)), dalpha(H);
+    // Per edge with a weight in any head: its destination and alpha keep per head, for dh_j.
+    std::vector<int64_t> live;
+    std::vector<acc> w;
+    const DoutRows<scalar_t> rows{dout, H, channels};
+    const bool blocked = channels % kWidth<acc> == 0;
     const int64_t stop = colptr[end];
     for (int64_t j = begin; j < end; ++j) {
       acc* dh_j = row_acc.data();
@@ -59,10 +73,15 @@ struct Backward {
       // Out-edges in CSC order, then the self loop (slot E + j); no lambda, so the loop body
       // is compiled into each FASTGAT_CLONES version.
       const int64_t first = colptr[j], last = colptr[j + 1];
-      for (int64_t e = first; e < last + (j < num_loops); ++e) {
+      const int64_t n = last - first + (j < num_loops);
+      live.resize(n);
+      w.resize(n * H);
+      int64_t num_live = 0;
+      for (int64_t e = first; e < first + n; ++e) {
         const int64_t i = e < last ? int64_t(csc_row[e]) : j;
         const int64_t slot = e < last ? int64_t(csc_eid[e]) : E + j;
         acc* dz_e = slot < E ? dz + slot * H : dz_loop + j * H;
+        acc* w_e = w.data() + num_live * H;
         const scalar_t* dout_i = dout + i * HC;
         if (e + kPrefetch < stop) {
           const int64_t ahead = csc_row[e + kPrefetch];
@@ -86,10 +105,23 @@ struct Backward {
                       sc.slope_at(z);
           store(dz_e + hd, g);
           store(ds_j.data() + hd, load<V>(ds_j.data() + hd) + g);
-          store(w.data() + hd, alpha * load<V>(keep.data() + hd));
+          store(w_e + hd, alpha * load<V>(keep.data() + hd));
         });
-        for (int64_t hd = 0; hd < H; ++hd) {
-          if (w[hd] != acc(0)) axpy(dh_j + hd * channels, w[hd], dout_i + hd * channels, channels);
+        bool any = false;
+        for (int64_t hd = 0; hd < H; ++hd) any |= w_e[hd] != acc(0);
+        live[num_live] = i;
+        num_live += any;
+      }
+      // dh_j = sum of alpha keep dout_i, the same products in the same order either way.
+      if (blocked) {
+        gather_rows(rows, live.data(), num_live, w.data(), dh_j);
+      } else {
+        for (int64_t q = 0; q < num_live; ++q) {
+          for (int64_t hd = 0; hd < H; ++hd) {
+            const acc w_q = w[q * H + hd];
+            const scalar_t* dout_q = rows.value_row(live[q]) + hd * channels;
+            if (w_q != acc(0)) axpy(dh_j + hd * channels, w_q, dout_q, channels);
+          }
         }
       }
       if constexpr (!direct) store(dh + j * HC, dh_j, HC);

@@ -251,6 +251,57 @@ inline void row_dots(const scalar_t* dout, const scalar_t* out, acc_t<scalar_t>*
   }
 }
 
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // vectors kept in always-inlined helpers
+// Weighted sums of gathered rows, for `rows` with heads, channels, an accumulation type acc and
+// value_row(j), source j's H x C values:
+// dst[c] += sum over q < m of w[q * H + head of c] * value_row(src[q])[c], for the channels c
+// of one block [c0, c0 + NB W). The block's NB vector sums stay in registers over all the
+// rows, where a per-head axpy loaded and stored them per row (needs C % W == 0, so that no
+// vector spans two heads). The same products summed in the same order as axpy's.
+template <int NB, typename Rows>
+[[gnu::always_inline]] inline void gather_block(const Rows& rows, const int64_t* src, int64_t m,
+                                                const typename Rows::acc* w, int64_t c0,
+                                                typename Rows::acc* dst) {
+  using acc = typename Rows::acc;
+  using V = Lanes<acc>;
+  constexpr int64_t W = kWidth<acc>;
+  const int64_t H = rows.heads;
+  int64_t head[NB];
+  for (int b = 0; b < NB; ++b) head[b] = (c0 + b * W) / rows.channels;
+  V sum[NB] = {};
+  for (int64_t q = 0; q < m; ++q) {
+    const auto* row = rows.value_row(src[q]) + c0;
+    const acc* w_e = w + q * H;
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; ++b) sum[b] += w_e[head[b]] * load<V>(row + b * W);
+  }
+  for (int b = 0; b < NB; ++b) store(dst + c0 + b * W, load<V>(dst + c0 + b * W) + sum[b]);
+}
+
+// gather_block over all H x C channels: blocks of 8 vectors (8 of AVX2's 16 registers), then
+// 4, 2, 1.
+template <typename Rows>
+[[gnu::always_inline]] inline void gather_rows(const Rows& rows, const int64_t* src, int64_t m,
+                                               const typename Rows::acc* w,
+                                               typename Rows::acc* dst) {
+  constexpr int64_t W = kWidth<typename Rows::acc>;
+  const int64_t HC = rows.heads * rows.channels;
+  int64_t c0 = 0;
+  for (; c0 + 8 * W <= HC; c0 += 8 * W) gather_block<8>(rows, src, m, w, c0, dst);
+  if (c0 + 4 * W <= HC) {
+    gather_block<4>(rows, src, m, w, c0, dst);
+    c0 += 4 * W;
+  }
+  if (c0 + 2 * W <= HC) {
+    gather_block<2>(rows, src, m, w, c0, dst);
+    c0 += 2 * W;
+  }
+  if (c0 < HC) gather_block<1>(rows, src, m, w, c0, dst);
+}
+
+#pragma GCC diagnostic pop
+
 // Attention dropout of every rule (fastgat/dropout.py): edge slot k, head h keeps with the
 // Philox draw at index k * H + h and is scaled by 1 / (1 - p); node i's self loop is slot E + i.
 template <typename acc>
