@@ -20,7 +20,9 @@ kept) at width heads·channels, as CSR (`spmm`) and as COO (`spmm-coo`). "fwd / 
 "fwd+bwd / floor" are a time over the faster floor's.
 
 Timing: medians over repeats after warm-up (at least `min_repeats`, more while the time budget
-per measurement lasts); on CUDA each repeat is bracketed by CUDA events after a synchronize.
+per measurement lasts); on CUDA each repeat is bracketed by CUDA events after a synchronize. The
+implementations of a case run interleaved, one call of each per round, so that a change in the
+machine's speed during the run hits all of them alike (time_interleaved).
 
 Peak memory is the extra memory of one training step after warm-up, above what the inputs,
 the module and fastgat's cached graph already hold:
@@ -281,19 +283,17 @@ def measure_task(spec: dict, case: Case) -> None:
     # Model workloads are GAT models: no floor, and no other layer's rows.
     impls = [impl for impl in spec["impls"] if impl not in FLOORS and PYG in (impl, pyg_of(impl))]
     rounds = spec["warmup"] + spec["max_repeats"]
-    count = 2 * rounds + 4  # timed steps, the peak's two steps, margin
+    count = rounds + 4  # timed steps (or forwards), the peak's step, margin
     batches = task_batches(case.workload, spec["seed"], count)
     with torch.inference_mode():
         infer = [dict(b, edge_index=b["edge_index"].clone()) for b in batches]
     runners = {impl: TaskRunner(case, impl, batches, infer, spec["seed"]) for impl in impls}
+    timing = _timing(spec)
     times = {impl: ([], []) for impl in impls}
-    for r in range(rounds):
-        for impl, runner in runners.items():
-            for fn, out in ((runner.forward, times[impl][0]), (runner.step, times[impl][1])):
-                tic = time.perf_counter()
-                fn()
-                if r >= spec["warmup"]:
-                    out.append((time.perf_counter() - tic) * 1e3)
+    for kind in (0, 1):
+        fns = {impl: (runner.forward, runner.step)[kind] for impl, runner in runners.items()}
+        for impl, repeats in time_interleaved(fns, **timing).items():
+            times[impl][kind].extend(repeats)
     size = dict(num_nodes=round(statistics.mean(b["x"].size(0) for b in batches)),
                 num_edges=round(statistics.mean(b["edge_index"].size(1) for b in batches)))
     for impl in spec["impls"]:
@@ -311,28 +311,55 @@ def measure_task(spec: dict, case: Case) -> None:
 
 
 # -- timing and memory ------------------------------------------------------------------------
-def time_ms(fn: Callable[[], None], device: str, warmup: int, min_repeats: int,
-            max_repeats: int, budget_s: float) -> Tuple[float, int]:
-    """(median milliseconds, repeats) of fn after `warmup` calls."""
-    for _ in range(warmup):
+def _timing(spec: dict) -> dict:
+    return {k: spec[k] for k in ("device", "warmup", "min_repeats", "max_repeats", "budget_s")}
+
+
+def time_once(fn: Callable[[], None], device: str) -> float:
+    """Milliseconds of one call of fn."""
+    if device == "cuda":
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        begin.record()
         fn()
-    times: List[float] = []
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end)
+    tic = time.perf_counter()
+    fn()
+    return (time.perf_counter() - tic) * 1e3
+
+
+def time_interleaved(fns: Dict[str, Callable[[], None]], device: str, warmup: int,
+                     min_repeats: int, max_repeats: int, budget_s: float,
+                     on_error: Optional[Callable[[str, BaseException], None]] = None
+                     ) -> Dict[str, List[float]]:
+    """Milliseconds of each repeat of each fn, after `warmup` rounds. A round calls every fn
+    once, in turn, so a change in the machine's speed (load, clocks) hits all of them alike and
+    their ratios hold still; rounds go on to max_repeats, or stop after min_repeats once
+    budget_s per fn is spent. A fn that raises is dropped and reported to on_error (raised
+    without one)."""
+    fns = dict(fns)
+    times: Dict[str, List[float]] = {name: [] for name in fns}
     start = time.perf_counter()
-    while len(times) < max_repeats and (len(times) < min_repeats
-                                        or time.perf_counter() - start < budget_s):
-        if device == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end))
-        else:
-            tic = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - tic) * 1e3)
-    return statistics.median(times), len(times)
+    for r in range(warmup + max_repeats):
+        if r == warmup:
+            start = time.perf_counter()
+        elif (r >= warmup + min_repeats
+              and time.perf_counter() - start >= budget_s * max(1, len(fns))):
+            break
+        for name, fn in list(fns.items()):
+            try:
+                elapsed = time_once(fn, device)
+            except Exception as error:  # noqa: BLE001  (handed to on_error)
+                if on_error is None:
+                    raise
+                del fns[name], times[name]
+                on_error(name, error)
+                continue
+            if r >= warmup:
+                times[name].append(elapsed)
+    return times
 
 
 def _proc_status_kib(field: str) -> int:
@@ -379,31 +406,42 @@ def measure(spec: dict) -> None:
         limit = _proc_status_kib("VmSize") * 1024 + spec["cpu_mem_limit_mib"] * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     x, edge_index = make_graph(case.workload, spec["seed"], device, dtype)
-    for impl in spec["impls"]:
-        result = {"impl": impl, "status": "ok"}
-        layer = None
-        try:
-            layer = Layer(case, impl, x, edge_index, spec["seed"])
-            timing = dict(device=device, warmup=spec["warmup"], min_repeats=spec["min_repeats"],
-                          max_repeats=spec["max_repeats"], budget_s=spec["budget_s"])
-            result["fwd_ms"], result["fwd_repeats"] = time_ms(layer.forward, **timing)
-            layer.step()  # warm-up of the step before its peak is taken
-            result["peak_mib"] = peak_mib(layer.step, device)
-            result["fwd_bwd_ms"], result["fwd_bwd_repeats"] = time_ms(layer.step, **timing)
-        except Exception as error:  # noqa: BLE001  (recorded in the table, never hidden)
-            if is_oom(error):
-                family = family_of(impl)
-                name = f"PyG {family.pyg_class}" if impl == family.pyg else impl
-                result = {"impl": impl, "status": "oom", "reason": f"{name} OOM"}
-            else:
-                traceback.print_exc()
-                result = {"impl": impl, "status": "error",
-                          "reason": f"{type(error).__name__}: {error}".splitlines()[0]}
-        del layer
+    results = {impl: {"impl": impl, "status": "ok"} for impl in spec["impls"]}
+    layers: Dict[str, Layer] = {}
+
+    def failed(impl: str, error: BaseException) -> None:  # recorded in the table, never hidden
+        if is_oom(error):
+            family = family_of(impl)
+            name = f"PyG {family.pyg_class}" if impl == family.pyg else impl
+            results[impl] = {"impl": impl, "status": "oom", "reason": f"{name} OOM"}
+        else:
+            traceback.print_exc()
+            results[impl] = {"impl": impl, "status": "error",
+                             "reason": f"{type(error).__name__}: {error}".splitlines()[0]}
+        layers.pop(impl, None)
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
-        print(_RESULT + json.dumps(result), flush=True)
+
+    for impl in spec["impls"]:
+        try:
+            layers[impl] = Layer(case, impl, x, edge_index, spec["seed"])
+        except Exception as error:  # noqa: BLE001
+            failed(impl, error)
+    # All implementations side by side, one call of each per round (time_interleaved).
+    for kind, key in (("forward", "fwd"), ("step", "fwd_bwd")):
+        fns = {impl: getattr(layer, kind) for impl, layer in layers.items()}
+        for impl, repeats in time_interleaved(fns, **_timing(spec), on_error=failed).items():
+            if impl in layers:
+                results[impl][f"{key}_ms"] = statistics.median(repeats)
+                results[impl][f"{key}_repeats"] = len(repeats)
+    for impl in list(layers):
+        try:
+            results[impl]["peak_mib"] = peak_mib(layers[impl].step, device)
+        except Exception as error:  # noqa: BLE001
+            failed(impl, error)
+    for impl in spec["impls"]:
+        print(_RESULT + json.dumps(results[impl]), flush=True)
 
 
 def run_worker(spec: dict, timeout: Optional[float], on_result: Callable[[dict], None]) -> None:
