@@ -38,6 +38,8 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
   std::vector<acc> part(HC);  // a chunk's weighted sum (see kChunk), where not in registers
   std::vector<int64_t> live, live_src;  // the edges with a weight in any head, their sources
   const bool blocked = C % kWidth<acc> == 0 && rule.one_value_row();
+  const std::vector<int64_t> lane_head = blocked ? lane_heads<acc>(H, C)
+                                                 : std::vector<int64_t>();
   const int64_t stop = rowptr[end];
   for (int64_t i = begin; i < end; ++i) {
     const int64_t first = rowptr[i], last = rowptr[i + 1];
@@ -126,7 +128,8 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
       q1 = chunked ? q0 + 1 : num_live;
       while (q1 < num_live && live[q1] / kChunk == live[q0] / kChunk) ++q1;
       if (blocked) {
-        gather_rows(rule, live_src.data() + q0, q1 - q0, x.data() + q0 * H, acc_row);
+        gather_rows(rule, lane_head.data(), live_src.data() + q0, q1 - q0, x.data() + q0 * H,
+                    acc_row);
         continue;
       }
       for (int64_t q = q0; q < q1; ++q) {

@@ -63,6 +63,8 @@ struct Backward {
     std::vector<acc> w;
     const DoutRows<scalar_t> rows{dout, H, channels};
     const bool blocked = channels % kWidth<acc> == 0;
+    const std::vector<int64_t> lane_head = blocked ? lane_heads<acc>(H, channels)
+                                                   : std::vector<int64_t>();
     const int64_t stop = colptr[end];
     for (int64_t j = begin; j < end; ++j) {
       acc* dh_j = row_acc.data();
@@ -114,7 +116,7 @@ struct Backward {
       }
       // dh_j = sum of alpha keep dout_i, the same products in the same order either way.
       if (blocked) {
-        gather_rows(rows, live.data(), num_live, w.data(), dh_j);
+        gather_rows(rows, lane_head.data(), live.data(), num_live, w.data(), dh_j);
       } else {
         for (int64_t q = 0; q < num_live; ++q) {
           for (int64_t hd = 0; hd < H; ++hd) {

@@ -259,16 +259,17 @@ inline void row_dots(const scalar_t* dout, const scalar_t* out, acc_t<scalar_t>*
 // of one block [c0, c0 + NB W). The block's NB vector sums stay in registers over all the
 // rows, where a per-head axpy loaded and stored them per row (needs C % W == 0, so that no
 // vector spans two heads). The same products summed in the same order as axpy's.
+// lane_head[v] is the head of the channels [v W, (v + 1) W) (lane_heads).
 template <int NB, typename Rows>
-[[gnu::always_inline]] inline void gather_block(const Rows& rows, const int64_t* src, int64_t m,
+[[gnu::always_inline]] inline void gather_block(const Rows& rows, const int64_t* lane_head,
+                                                const int64_t* src, int64_t m,
                                                 const typename Rows::acc* w, int64_t c0,
                                                 typename Rows::acc* dst) {
   using acc = typename Rows::acc;
   using V = Lanes<acc>;
   constexpr int64_t W = kWidth<acc>;
   const int64_t H = rows.heads;
-  int64_t head[NB];
-  for (int b = 0; b < NB; ++b) head[b] = (c0 + b * W) / rows.channels;
+  const int64_t* head = lane_head + c0 / W;
   V sum[NB] = {};
   for (int64_t q = 0; q < m; ++q) {
     const auto* row = rows.value_row(src[q]) + c0;
@@ -279,25 +280,35 @@ template <int NB, typename Rows>
   for (int b = 0; b < NB; ++b) store(dst + c0 + b * W, load<V>(dst + c0 + b * W) + sum[b]);
 }
 
+// The head of each vector of W channels in a row of H x C (C % W == 0), made once per kernel
+// call: a division per vector per row cost as much as a short row's sum.
+template <typename acc>
+std::vector<int64_t> lane_heads(int64_t heads, int64_t channels) {
+  std::vector<int64_t> head(heads * channels / kWidth<acc>);
+  for (size_t v = 0; v < head.size(); ++v) head[v] = int64_t(v) * kWidth<acc> / channels;
+  return head;
+}
+
 // gather_block over all H x C channels: blocks of 8 vectors (8 of AVX2's 16 registers), then
 // 4, 2, 1.
 template <typename Rows>
-[[gnu::always_inline]] inline void gather_rows(const Rows& rows, const int64_t* src, int64_t m,
+[[gnu::always_inline]] inline void gather_rows(const Rows& rows, const int64_t* lane_head,
+                                               const int64_t* src, int64_t m,
                                                const typename Rows::acc* w,
                                                typename Rows::acc* dst) {
   constexpr int64_t W = kWidth<typename Rows::acc>;
   const int64_t HC = rows.heads * rows.channels;
   int64_t c0 = 0;
-  for (; c0 + 8 * W <= HC; c0 += 8 * W) gather_block<8>(rows, src, m, w, c0, dst);
+  for (; c0 + 8 * W <= HC; c0 += 8 * W) gather_block<8>(rows, lane_head, src, m, w, c0, dst);
   if (c0 + 4 * W <= HC) {
-    gather_block<4>(rows, src, m, w, c0, dst);
+    gather_block<4>(rows, lane_head, src, m, w, c0, dst);
     c0 += 4 * W;
   }
   if (c0 + 2 * W <= HC) {
-    gather_block<2>(rows, src, m, w, c0, dst);
+    gather_block<2>(rows, lane_head, src, m, w, c0, dst);
     c0 += 2 * W;
   }
-  if (c0 < HC) gather_block<1>(rows, src, m, w, c0, dst);
+  if (c0 < HC) gather_block<1>(rows, lane_head, src, m, w, c0, dst);
 }
 
 #pragma GCC diagnostic pop
