@@ -11,6 +11,7 @@
 //                                  template logit<V>, V an acc vector of heads h, h + 1, ...
 //   keep(slot, k)                  k[h] = the edge's dropout factor in head h (0 or 1 / (1 - p));
 //                                  without dropout it may leave k as it is (all 1)
+//   drops()                        whether attention dropout is on
 //   gather(part, w, j, slot, h)    part[c] += w * value[c], the edge's value in head h
 //   one_value_row()                whether the value of every edge j -> i is a row of source
 //                                  j alone: value_row(j), its H x C values (then gathers
@@ -38,6 +39,7 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
   std::vector<acc> part(HC);  // a chunk's weighted sum (see kChunk), where not in registers
   std::vector<int64_t> live, live_src;  // the edges with a weight in any head, their sources
   const bool blocked = C % kWidth<acc> == 0 && rule.one_value_row();
+  const bool drops = rule.drops();
   const std::vector<int64_t> lane_head = blocked ? lane_heads<acc>(H, C)
                                                  : std::vector<int64_t>();
   const int64_t stop = rowptr[end];
@@ -102,9 +104,10 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
       lse[i * H + hd] = l[hd] == acc(1) ? m[hd] : m[hd] + std::log(l[hd]);
       l[hd] = l[hd] > acc(0) ? acc(1) / l[hd] : acc(0);
     }
-    // The weights w = p / l * keep. An edge dropped or masked in every head moves no bytes:
-    // the sum runs over the others, the `live` edges, whose weights are packed in x (row q of
-    // x for live edge q <= e: written after edge e's scores are read).
+    // The weights w = p / l * keep. Under dropout, an edge dropped in every head moves no
+    // bytes: the sum runs over the others, the `live` edges, whose weights are packed in x (row
+    // q of x for live edge q <= e: written after edge e's scores are read). Without dropout
+    // every edge is live (a weight 0 from a -inf score adds 0 x value, as GATConv's product).
     live.resize(n);
     live_src.resize(n);
     int64_t num_live = 0;
@@ -116,8 +119,8 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
         using V = decltype(lanes);
         store(w + hd, load<V>(p + hd) * load<V>(l.data() + hd) * load<V>(keep.data() + hd));
       });
-      bool any = false;
-      for (int64_t hd = 0; hd < H; ++hd) any |= w[hd] != acc(0);
+      bool any = !drops;
+      for (int64_t hd = 0; hd < H && !any; ++hd) any = w[hd] != acc(0);
       live[num_live] = e;
       live_src[num_live] = k < last ? int64_t(col[k]) : i;
       num_live += any;

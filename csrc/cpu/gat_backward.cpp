@@ -109,8 +109,8 @@ struct Backward {
           store(ds_j.data() + hd, load<V>(ds_j.data() + hd) + g);
           store(w_e + hd, alpha * load<V>(keep.data() + hd));
         });
-        bool any = false;
-        for (int64_t hd = 0; hd < H; ++hd) any |= w_e[hd] != acc(0);
+        bool any = !sc.dropout.on;  // as in the forward (attention_rows.h)
+        for (int64_t hd = 0; hd < H && !any; ++hd) any = w_e[hd] != acc(0);
         live[num_live] = i;
         num_live += any;
       }

@@ -24,6 +24,7 @@ struct GatRule {
     return sc.leaky_relu(sc.template score<V>(j, i, slot, hd));
   }
   void keep(int64_t slot, acc* k) const { sc.dropout.keep_heads(slot, k); }
+  bool drops() const { return sc.dropout.on; }
   void gather(acc* part, acc w, int64_t j, int64_t, int64_t hd) const {
     axpy(part, w, h + (j * heads + hd) * channels, channels);
   }

@@ -20,6 +20,7 @@ struct Gatv2Rule : Gatv2Inputs<scalar_t_> {
     return Gatv2Inputs<scalar_t>::logit(i, j, slot, hd);
   }
   void keep(int64_t slot, acc* k) const { this->dropout.keep_heads(slot, k); }
+  bool drops() const { return this->dropout.on; }
   void gather(acc* part, acc w, int64_t j, int64_t, int64_t hd) const {
     axpy(part, w, this->xl_row(j, hd), this->channels);
   }

@@ -28,6 +28,7 @@ struct TransformerRule {
     return scale * z;
   }
   void keep(int64_t slot, acc* k) const { dropout.keep_heads(slot, k); }
+  bool drops() const { return dropout.on; }
   void gather(acc* part, acc w, int64_t j, int64_t slot, int64_t hd) const {
     axpy(part, w, v + (j * heads + hd) * channels, channels);
     if (e != nullptr) axpy(part, w, e + (slot * heads + hd) * channels, channels);
