@@ -95,10 +95,11 @@ def test_thread_count_does_not_change_a_bit(dtype):
 
 
 # Channel counts a vector width divides take the register-blocked sums (gather_rows in
-# csrc/cpu/gat_cpu.h): blocks of 8, 4, 2 and 1 vectors (float: 8 lanes, double: 4), over a hub
+# csrc/cpu/gat_cpu.h): blocks of 8, 4, 2 and 1 vectors (float and bfloat16: 8 float lanes,
+# double: 4; 2 x 4 in bfloat16 takes the per-head path), over a hub
 # row long enough to be summed in chunks, with and without dropout (which packs out edges
 # dropped in every head).
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("heads,channels", [(4, 32), (3, 40), (1, 8), (2, 4)])
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_blocked_sums_match_reference(dtype, heads, channels, dropout):
