@@ -169,8 +169,10 @@ def csr_by_destination(edge_index: torch.Tensor, num_nodes: int):
 def sample_neighbors(rowptr: torch.Tensor, col: torch.Tensor, seeds: torch.Tensor,
                      fanouts: Tuple[int, ...], generator: torch.Generator):
     """(node ids, local edge_index) of a uniform neighbour sample without replacement, PyG's
-    NeighborLoader layout: seeds first, then each hop's new nodes; edges point to the node
-    that sampled them. Vectorised: per frontier node, its in-edges ordered by random keys."""
+    NeighborLoader layout: seeds first, then each hop's new nodes in the order they were first
+    sampled (as pyg-lib's sampler numbers them), so the sources of consecutive rows are mostly
+    consecutive rows of x; edges point to the node that sampled them. Vectorised: per frontier
+    node, its in-edges ordered by random keys."""
     num_nodes = rowptr.numel() - 1
     local = torch.full((num_nodes,), -1, dtype=torch.long)
     local[seeds] = torch.arange(seeds.numel())
@@ -185,13 +187,21 @@ def sample_neighbors(rowptr: torch.Tensor, col: torch.Tensor, seeds: torch.Tenso
         keep = offset < fanout  # the rank of order[k] within its owner's group is offset[k]
         picked = order[keep]
         src = col[start[owner[picked]] + offset[picked]]
-        fresh = torch.unique(src[local[src] < 0])
+        fresh = first_appearances(src[local[src] < 0])
         local[fresh] = torch.arange(fresh.numel()) + sum(n.numel() for n in nodes)
         srcs.append(local[src])
         dsts.append(local[frontier[owner[picked]]])
         nodes.append(fresh)
         frontier = fresh
     return torch.cat(nodes), torch.stack([torch.cat(srcs), torch.cat(dsts)])
+
+
+def first_appearances(ids: torch.Tensor) -> torch.Tensor:
+    """The distinct values of `ids` in the order of their first occurrence."""
+    distinct, inverse = torch.unique(ids, return_inverse=True)
+    first = torch.full((distinct.numel(),), ids.numel(), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(ids.numel()), "amin")
+    return distinct[torch.argsort(first)]
 
 
 def molecule_batch(count: int, in_channels: int, generator: torch.Generator):

@@ -123,6 +123,12 @@ def test_neighbor_sampler_follows_in_edges_within_fanouts():
     sampled = torch.bincount(local[1], minlength=nodes.numel())
     assert torch.equal(sampled[:40], in_degree[seeds].clamp(max=5))  # without replacement
     assert int(sampled[40:].max()) <= 3
+    # pyg-lib's numbering: each new node takes the next id when it is first sampled.
+    seen = []
+    for s in local[0].tolist():
+        if s >= 40 and s not in seen:
+            seen.append(s)
+    assert seen == list(range(40, nodes.numel()))
 
 
 def test_model_workloads_run_pyg_and_fastgat_alike():
