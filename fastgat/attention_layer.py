@@ -83,6 +83,15 @@ def check_features(x, name: str) -> None:
         raise FeatureTypeError(f"{name} must be floating point, got {x.dtype}")
 
 
+def add_term(out: Tensor, term: Tensor) -> Tensor:
+    """out + term, in place where no autograd graph records it (inference: out is a fresh
+    output of this layer, and a second N x HC allocation and pass cost as much as the add) and
+    the sum keeps out's dtype (a float32 bias beside half-precision out promotes, as in PyG)."""
+    if not torch.is_grad_enabled() and torch.result_type(out, term) == out.dtype:
+        return out.add_(term)
+    return out + term
+
+
 class AttentionLayer:
     """The steps of a fused attention layer's forward that do not depend on its score."""
 
@@ -208,10 +217,9 @@ class AttentionLayer:
         if drop_all:
             out = out * 0.0
         out = out.reshape(-1, self.heads * self.out_channels) if self.concat else out.mean(dim=1)
-        if res is not None:
-            out = out + res
-        if self.bias is not None:
-            out = out + self.bias
+        for term in (res, self.bias):
+            if term is not None:
+                out = add_term(out, term)
         return out
 
     def _attention_weights(self, edge_index, graph: Graph,

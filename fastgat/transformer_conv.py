@@ -16,8 +16,9 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing, TransformerConv
 from torch_geometric.utils import softmax
 
-from .attention_layer import (AttentionLayer, check_dropout_and_backend, check_features, count,
-                              in_channels_of, is_sparse_tensor, is_torch_sparse)
+from .attention_layer import (AttentionLayer, add_term, check_dropout_and_backend,
+                              check_features, count, in_channels_of, is_sparse_tensor,
+                              is_torch_sparse)
 from .backends import resolve
 from .graph import Graph
 from .ops import transformer_attention
@@ -114,7 +115,7 @@ class FastTransformerConv(AttentionLayer, TransformerConv):
             return out
         x_r = self.lin_skip(x_dst)
         if self.lin_beta is None:
-            return out + x_r
+            return add_term(out, x_r)
         beta = self.lin_beta(torch.cat([out, x_r, out - x_r], dim=-1)).sigmoid()
         return beta * x_r + (1 - beta) * out
 

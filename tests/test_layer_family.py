@@ -160,6 +160,30 @@ def test_gradient_penalty_matches_pyg(family, backend, config):
 
 @pytest.mark.parametrize("family,backend", per_family(
     (f, b, b) for f in FAMILIES for b in f.backends))
+def test_inference_matches_pyg(family, backend):
+    """Without autograd the layers add bias, residual and root terms in place: the same
+    numbers as PyG for every option, and, under bfloat16 autocast (bfloat16 heads beside a
+    float32 bias), PyG's promoted dtype."""
+    src, dst, num_nodes, _ = random_graph("duplicates", 21)
+    edge_index = torch.stack([src, dst])
+    x, edge_attr = features(21, num_nodes, num_nodes, src.numel(), False)
+    for config in family.configs:
+        pyg, fast = family.pair(config, backend=backend)
+        attr = edge_attr if "edge_dim" in config else None
+        for context in (torch.no_grad, torch.inference_mode):
+            with context():
+                torch.testing.assert_close(fast(x, edge_index, attr), pyg(x, edge_index, attr),
+                                           rtol=1e-10, atol=1e-10)
+    pyg, fast = family.pair(family.edge_config, backend=backend, dtype=torch.float32)
+    attr = edge_attr.float()
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        got, want = fast(x.float(), edge_index, attr), pyg(x.float(), edge_index, attr)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("family,backend", per_family(
+    (f, b, b) for f in FAMILIES for b in f.backends))
 def test_dropout_one_zeroes_attention_like_pyg(family, backend):
     """dropout=1 in training drops every attention weight PyG drops (GAT and GATv2 return the
     weights after dropout, TransformerConv before), and parameters whose gradients are zero
