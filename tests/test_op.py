@@ -340,6 +340,33 @@ def test_non_contiguous_inputs_are_rejected_by_the_contract(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS + GPU_BACKENDS)
+@pytest.mark.parametrize("heads,channels", [(HEADS, CHANNELS), (2, 8)])
+def test_rows_of_one_edge(backend, device, heads, channels):
+    """A row of one edge (rows 2-9: the self loop alone; row 0 without its loop) gives that
+    edge weight 1: out = h_j and lse = its score, exactly; scored -inf (row 6, one head of row
+    7) it weighs nothing, as a row without in-edges."""
+    if unavailable_reason(backend, device):
+        pytest.skip(unavailable_reason(backend, device))
+    graph = Graph.from_coo(torch.tensor([1, 3, 1]).to(device), torch.tensor([0, 1, 1]).to(device),
+                           10, 10, drop_self_loops=True, num_loops=10)
+    g = torch.Generator().manual_seed(heads)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(device)  # noqa: E731
+    h, s, d = rand(10, heads, channels), rand(10, heads), rand(10, heads)
+    t, t_loop = rand(graph.num_edges, heads), rand(10, heads)
+    t_loop[0] = float("-inf")  # row 0 keeps its edge from node 1 only
+    t_loop[6] = float("-inf")
+    t_loop[7, 0] = float("-inf")
+    out, lse = run_op((h, s, d, t, t_loop), graph, backend)
+    score = torch.nn.functional.leaky_relu(s + d + t_loop, 0.2)
+    ones = [2, 3, 4, 5, 8, 9]
+    assert torch.equal(out[ones], h[ones]) and torch.equal(lse[ones], score[ones])
+    assert torch.equal(out[0], h[1])
+    assert (out[6] == 0).all() and torch.isneginf(lse[6]).all()
+    assert (out[7, 0] == 0).all() and torch.equal(out[7, 1:], h[7, 1:])
+    assert_close(out, reference((h, s, d, t, t_loop), graph)[0], torch.float64)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS + GPU_BACKENDS)
 @pytest.mark.parametrize("hub", [3, 150])  # 150: a row split over chunks, merged
 def test_row_of_only_minus_inf_scores_is_empty(backend, device, hub):
     """One rule everywhere: a row whose every score is -inf (masked through t and t_loop)

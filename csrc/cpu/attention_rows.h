@@ -79,51 +79,68 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
         }
       }
     }
-    // Rows longer than kChunk sum l chunk by chunk through l_part (zero between uses: flush
-    // zeroes it); shorter ones sum straight into l, the same bits.
     const bool chunked = n > kChunk;
-    acc* l_sum = chunked ? l_part.data() : l.data();
-    for (int64_t e = 0; e < n; ++e) {
-      if (chunked && e % kChunk == 0) flush(l.data(), l_part.data(), H);
-      acc* x_e = x.data() + e * H;
-      each_channel<acc>(H, [&](int64_t hd, auto lanes) __attribute__((always_inline)) {
-        using V = decltype(lanes);
-        // A -inf score weighs 0, also in a row of -inf scores only (m = -inf: no NaN), which
-        // ends with l = 0: out = 0 and lse = -inf, as a row without in-edges.
-        const V v = load<V>(x_e + hd);
-        const V p = v == -std::numeric_limits<acc>::infinity()
-            ? V{} : exp_of(v - load<V>(m.data() + hd));
-        store(x_e + hd, p);
-        store(l_sum + hd, load<V>(l_sum + hd) + p);
-      });
-    }
-    if (chunked) flush(l.data(), l_part.data(), H);
-    for (int64_t hd = 0; hd < H; ++hd) {
-      // log(1) = 0: a row of one edge (in a sampled graph, most rows: the self loop) needs no
-      // log call.
-      lse[i * H + hd] = l[hd] == acc(1) ? m[hd] : m[hd] + std::log(l[hd]);
-      l[hd] = l[hd] > acc(0) ? acc(1) / l[hd] : acc(0);
-    }
-    // The weights w = p / l * keep. Under dropout, an edge dropped in every head moves no
-    // bytes: the sum runs over the others, the `live` edges, whose weights are packed in x (row
-    // q of x for live edge q <= e: written after edge e's scores are read). Without dropout
-    // every edge is live (a weight 0 from a -inf score adds 0 x value, as GATConv's product).
     live.resize(n);
     live_src.resize(n);
     int64_t num_live = 0;
-    for (int64_t e = 0, k = first; e < n; ++e, ++k) {
-      rule.keep(k < last ? k : rule.num_slots + i, keep.data());
-      acc* w = x.data() + num_live * H;
-      const acc* p = x.data() + e * H;
-      each_channel<acc>(H, [&](int64_t hd, auto lanes) __attribute__((always_inline)) {
-        using V = decltype(lanes);
-        store(w + hd, load<V>(p + hd) * load<V>(l.data() + hd) * load<V>(keep.data() + hd));
-      });
+    // A row of one edge with finite scores (in a sampled graph most rows: the self loop alone)
+    // has p = exp(0) = 1, l = 1, lse = its score and weight keep: the general path's bits,
+    // without its exp, log and weight passes.
+    bool single = n == 1;
+    for (int64_t hd = 0; hd < H && single; ++hd) single = std::isfinite(x[hd]);
+    if (single) {
+      const int64_t slot = first < last ? first : rule.num_slots + i;
+      std::copy(x.data(), x.data() + H, lse + i * H);
+      rule.keep(slot, keep.data());
+      std::copy(keep.begin(), keep.end(), x.begin());
       bool any = !drops;
-      for (int64_t hd = 0; hd < H && !any; ++hd) any = w[hd] != acc(0);
-      live[num_live] = e;
-      live_src[num_live] = k < last ? int64_t(col[k]) : i;
-      num_live += any;
+      for (int64_t hd = 0; hd < H && !any; ++hd) any = x[hd] != acc(0);
+      live[0] = 0;
+      live_src[0] = first < last ? int64_t(col[first]) : i;
+      num_live = any;
+    } else {
+      // Rows longer than kChunk sum l chunk by chunk through l_part (zero between uses: flush
+      // zeroes it); shorter ones sum straight into l, the same bits.
+      acc* l_sum = chunked ? l_part.data() : l.data();
+      for (int64_t e = 0; e < n; ++e) {
+        if (chunked && e % kChunk == 0) flush(l.data(), l_part.data(), H);
+        acc* x_e = x.data() + e * H;
+        each_channel<acc>(H, [&](int64_t hd, auto lanes) __attribute__((always_inline)) {
+          using V = decltype(lanes);
+          // A -inf score weighs 0, also in a row of -inf scores only (m = -inf: no NaN), which
+          // ends with l = 0: out = 0 and lse = -inf, as a row without in-edges.
+          const V v = load<V>(x_e + hd);
+          const V p = v == -std::numeric_limits<acc>::infinity()
+              ? V{} : exp_of(v - load<V>(m.data() + hd));
+          store(x_e + hd, p);
+          store(l_sum + hd, load<V>(l_sum + hd) + p);
+        });
+      }
+      if (chunked) flush(l.data(), l_part.data(), H);
+      for (int64_t hd = 0; hd < H; ++hd) {
+        // log(1) = 0: no log call where one edge holds all of a head's weight.
+        lse[i * H + hd] = l[hd] == acc(1) ? m[hd] : m[hd] + std::log(l[hd]);
+        l[hd] = l[hd] > acc(0) ? acc(1) / l[hd] : acc(0);
+      }
+      // The weights w = p / l * keep. Under dropout, an edge dropped in every head moves no
+      // bytes: the sum runs over the others, the `live` edges, whose weights are packed in x
+      // (row q of x for live edge q <= e: written after edge e's scores are read). Without
+      // dropout every edge is live (a weight 0 from a -inf score adds 0 x value, as GATConv's
+      // product).
+      for (int64_t e = 0, k = first; e < n; ++e, ++k) {
+        rule.keep(k < last ? k : rule.num_slots + i, keep.data());
+        acc* w = x.data() + num_live * H;
+        const acc* p = x.data() + e * H;
+        each_channel<acc>(H, [&](int64_t hd, auto lanes) __attribute__((always_inline)) {
+          using V = decltype(lanes);
+          store(w + hd, load<V>(p + hd) * load<V>(l.data() + hd) * load<V>(keep.data() + hd));
+        });
+        bool any = !drops;
+        for (int64_t hd = 0; hd < H && !any; ++hd) any = w[hd] != acc(0);
+        live[num_live] = e;
+        live_src[num_live] = k < last ? int64_t(col[k]) : i;
+        num_live += any;
+      }
     }
     // The weighted sum, chunk by chunk of kChunk edges (by e), each chunk's sum then added to
     // acc_row: the same bits whether the chunk sums in registers or through `part`.

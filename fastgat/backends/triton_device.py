@@ -117,8 +117,10 @@ def forward_kernel(h, s, d, att, t, t_loop, ptr, col, seed_ptr, out, lse, ws_m, 
                 h_i = tl.load(h + row * (H * C) + hc, mask=hcmask, other=0.0).to(ACC)
                 m, _ = _loop_logits(s, t_loop, row, h_i, d_i, a, heads, hmask, hc, hcmask,
                                     coef, RULE, H, C, HAS_T_LOOP, ACC)
-                l = tl.full([H_P2], 1.0, ACC)
-                acc = h_i
+                # A loop scored -inf weighs 0, also in a row without other entries.
+                weighs = m != float("-inf")
+                l = tl.where(weighs, 1.0, 0.0).to(ACC)
+                acc = tl.where(weighs[:, None], h_i, 0.0)
                 if DROPOUT:
                     acc *= _keep(seed, (num_slots + row) * H + heads, threshold, scale)[:, None]
         for e0 in range(start, end, BLOCK_E):
