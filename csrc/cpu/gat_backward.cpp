@@ -1,7 +1,9 @@
 // Fused GAT backward on CPU (docs/design.md §2), one gather of the E x H x C operand, and
 // deterministic: every gradient row is summed by one thread in a fixed order, so results do not
 // depend on the thread count and need no atomics.
-//   D pass, per destination i: D_i = <dout_i, out_i> (dense, N_dst x H).
+//   D pass, per destination i: D_i = <dout_i, out_i>, stored beside lse_i and d_i (in acc) in
+//     one row of N_dst x 3H: the per-edge reads of the destination's scalars are one row, where
+//     three arrays took three cache lines per edge.
 //   CSC pass, per source j, over j's out-edges and then its self loop: recompute
 //     alpha = exp(x - lse_i), dz = alpha (keep <dout_i, h_j> - D_i) LeakyReLU'(z), write dz to
 //     the edge's CSR slot, ds_j = sum dz, dh_j = sum alpha keep dout_i. dout_i is the only
@@ -41,7 +43,7 @@ struct Backward {
   const index_t* csc_eid;
   Scores<score_t> sc;
   int64_t num_loops, channels;
-  acc* D;             // (N_dst, H)
+  acc* dst_rows;      // (N_dst, 3H): lse_i, D_i, d_i
   acc* dz;            // (E, H) by CSR slot: dt itself or scratch
   acc* dz_loop;       // (num_loops, H): dt_loop itself or scratch
   score_t* dt;       // dt to fill from the scratch dz (reduced precision), or nullptr
@@ -51,7 +53,15 @@ struct Backward {
   score_t* ds;
 
   FASTGAT_CLONES void row_dots(int64_t begin, int64_t end) const {
-    cpu::row_dots(dout, out, D, sc.heads, channels, begin, end);
+    const int64_t H = sc.heads;
+    cpu::row_dots(dout, out, dst_rows + H, H, channels, begin, end, 3 * H);
+    for (int64_t i = begin; i < end; ++i) {
+      acc* row = dst_rows + i * 3 * H;
+      for (int64_t hd = 0; hd < H; ++hd) {
+        row[hd] = lse[i * H + hd];
+        row[2 * H + hd] = static_cast<acc>(sc.d[i * H + hd]);
+      }
+    }
   }
 
   FASTGAT_CLONES void sources(int64_t begin, int64_t end) const {
@@ -85,12 +95,11 @@ struct Backward {
         acc* dz_e = slot < E ? dz + slot * H : dz_loop + j * H;
         acc* w_e = w.data() + num_live * H;
         const scalar_t* dout_i = dout + i * HC;
+        const acc* row_i = dst_rows + i * 3 * H;  // lse_i, D_i, d_i
         if (e + kPrefetch < stop) {
           const int64_t ahead = csc_row[e + kPrefetch];
           prefetch(dout + ahead * HC, HC * sizeof(scalar_t));
-          prefetch(lse + ahead * H, H * sizeof(acc));
-          prefetch(D + ahead * H, H * sizeof(acc));
-          prefetch(sc.d + ahead * H, H * sizeof(score_t));
+          prefetch(dst_rows + ahead * 3 * H, 3 * H * sizeof(acc));
         }
         sc.dropout.keep_heads(slot, keep.data());
         for (int64_t hd = 0; hd < H; ++hd) {
@@ -101,9 +110,9 @@ struct Backward {
         // The per-head scalars, heads in vector lanes (s, d, t, lse, D are contiguous in h).
         each_channel<acc>(H, [&](int64_t hd, auto lanes) __attribute__((always_inline)) {
           using V = decltype(lanes);
-          const V z = sc.template score<V>(j, i, slot, hd);
-          const V alpha = exp_of(sc.leaky_relu(z) - lse_for_alpha(load<V>(lse + i * H + hd)));
-          const V g = alpha * (load<V>(dalpha.data() + hd) - load<V>(D + i * H + hd)) *
+          const V z = sc.score_with(load<V>(row_i + 2 * H + hd), j, slot, hd);
+          const V alpha = exp_of(sc.leaky_relu(z) - lse_for_alpha(load<V>(row_i + hd)));
+          const V g = alpha * (load<V>(dalpha.data() + hd) - load<V>(row_i + H + hd)) *
                       sc.slope_at(z);
           store(dz_e + hd, g);
           store(ds_j.data() + hd, load<V>(ds_j.data() + hd) + g);
@@ -173,7 +182,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fused_backward(
   const bool dz_in_dt_loop = t_loop.has_value() && in_place;
   Tensor dz = dz_in_dt ? dt : empty({num_slots, heads}, lse.scalar_type(), lse);
   Tensor dz_loop = dz_in_dt_loop ? dt_loop : empty({num_loops, heads}, lse.scalar_type(), lse);
-  Tensor D = empty({num_dst, heads}, lse.scalar_type(), lse);
+  Tensor dst_rows = empty({num_dst, 3 * heads}, lse.scalar_type(), lse);
   dispatch_floating(h.scalar_type(), [&](auto scalar) {
     using scalar_t = decltype(scalar);
     dispatch_scores<scalar_t>(s, [&](auto score) {
@@ -193,7 +202,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> fused_backward(
             Scores<score_t>(s, d, t, t_loop, num_slots, negative_slope, dropout, seed),
             num_loops,
             h.size(2),
-            D.mutable_data_ptr<acc>(),
+            dst_rows.mutable_data_ptr<acc>(),
             dz.mutable_data_ptr<acc>(),
             dz_loop.mutable_data_ptr<acc>(),
             t.has_value() && !dz_in_dt ? dt.mutable_data_ptr<score_t>() : nullptr,

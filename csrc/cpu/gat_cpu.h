@@ -240,13 +240,14 @@ inline void store(scalar_t* y, const acc_t<scalar_t>* x, int64_t n) {
 }
 
 // D_i = <dout_i, out_i> per head for rows [begin, end): the softmax term of every rule's
-// backward (docs/design.md §2), a dense N_dst x H pass.
+// backward (docs/design.md §2), a dense pass. D_i is at D + i * stride (by default H).
 template <typename scalar_t>
 inline void row_dots(const scalar_t* dout, const scalar_t* out, acc_t<scalar_t>* D, int64_t H,
-                     int64_t C, int64_t begin, int64_t end) {
+                     int64_t C, int64_t begin, int64_t end, int64_t stride = 0) {
+  stride = stride > 0 ? stride : H;
   for (int64_t i = begin; i < end; ++i) {
     for (int64_t hd = 0; hd < H; ++hd) {
-      D[i * H + hd] = dot(dout + (i * H + hd) * C, out + (i * H + hd) * C, C);
+      D[i * stride + hd] = dot(dout + (i * H + hd) * C, out + (i * H + hd) * C, C);
     }
   }
 }
@@ -402,7 +403,12 @@ struct Scores {
   // heads h, h + 1, ... in the lanes of V (an acc vector: heads are contiguous in s, d, t).
   template <typename V = acc>
   [[gnu::always_inline]] V score(int64_t j, int64_t i, int64_t slot, int64_t h) const {
-    V z = load<V>(s + j * heads + h) + load<V>(d + i * heads + h);
+    return score_with(load<V>(d + i * heads + h), j, slot, h);
+  }
+  // The same, given d_i's heads (as loaded from d, or a copy in acc).
+  template <typename V>
+  [[gnu::always_inline]] V score_with(V d_i, int64_t j, int64_t slot, int64_t h) const {
+    V z = load<V>(s + j * heads + h) + d_i;
     if (slot < num_slots) {
       if (t != nullptr) z += load<V>(t + slot * heads + h);
     } else if (t_loop != nullptr) {
