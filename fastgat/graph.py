@@ -2,8 +2,9 @@
 
 A `Graph` holds the five index tensors of the op contract (fastgat/ops.py) plus what
 FastGATConv needs to map results back to the caller's edge order. On the CPU both orders are
-counting sorts in the compiled library (csrc/cpu/graph_cpu.cpp: O(E), one thread, no
-comparison sort); elsewhere, without the library and under torch.compile, stable argsorts.
+counting sorts in the compiled library (csrc/cpu/graph_cpu.cpp: one thread; the CSR's rows
+then sorted by source); elsewhere, without the library and under torch.compile, stable
+argsorts.
 The CSC, which only the backward reads, is built on first use (docs/design.md §3).
 `prepare` caches Graphs so a graph passed again is not re-sorted.
 

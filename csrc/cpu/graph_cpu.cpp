@@ -1,7 +1,8 @@
-// Graph preparation on CPU (docs/design.md §3): CSR by destination and CSC by source as counting
-// sorts, O(E + N), on the calling thread. No comparison sort and no thread team: torch's stable
-// argsort runs a parallel radix sort whose barriers stall for hundreds of milliseconds when other
-// processes hold the cores, and a mini-batch pays this once per step.
+// Graph preparation on CPU (docs/design.md §3): CSR by destination as a counting sort with each
+// row's few slots then sorted by source, CSC by source as a counting sort, on the calling
+// thread. No thread team: torch's stable argsort runs a parallel radix sort whose barriers
+// stall for hundreds of milliseconds when other processes hold the cores, and a mini-batch
+// pays this once per step.
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
@@ -20,29 +21,52 @@ void check_range(int64_t low, int64_t high, int64_t bound, const char* what) {
                 ", outside [0, ", bound - 1, "] (", bound, " ", what, " nodes)");
 }
 
-// (rowptr, col, perm): edges sorted by (destination, source), stable, by two counting sorts
-// (least significant key first). With drop_self_loops, loops take key num_dst: dead slots past
-// rowptr[-1].
+// (rowptr, col, perm): edges sorted by (destination, source), stable: one counting sort by
+// destination, then each row's slots sorted by (source, input id), a total order, so the
+// result is unique (short rows by insertion). A first counting sort by source, as the order
+// needs, cost two more passes of random accesses over all edges. With drop_self_loops, loops
+// take key num_dst: dead slots past rowptr[-1], sorted as one more row.
 template <typename in_t, typename index_t>
-void build_csr(const in_t* src, const in_t* dst, int64_t E, int64_t num_src, int64_t num_dst,
+void build_csr(const in_t* src, const in_t* dst, int64_t E, int64_t num_dst,
                bool drop_self_loops, index_t* rowptr, index_t* col, index_t* perm) {
-  std::vector<int64_t> count(std::max(num_src, num_dst + 1) + 1, 0);
-  std::vector<int64_t> by_src(E);
-  for (int64_t e = 0; e < E; ++e) ++count[src[e] + 1];
-  for (int64_t j = 0; j < num_src; ++j) count[j + 1] += count[j];
-  for (int64_t e = 0; e < E; ++e) by_src[count[src[e]]++] = e;
-
   const auto key = [&](int64_t e) -> int64_t {
     return drop_self_loops && src[e] == dst[e] ? num_dst : static_cast<int64_t>(dst[e]);
   };
-  std::fill(count.begin(), count.begin() + num_dst + 2, 0);
-  for (int64_t e = 0; e < E; ++e) ++count[key(e) + 1];
-  for (int64_t i = 0; i <= num_dst; ++i) count[i + 1] += count[i];  // count[i]: row i's start
-  for (int64_t i = 0; i <= num_dst; ++i) rowptr[i] = static_cast<index_t>(count[i]);
-  for (int64_t e : by_src) {
-    const int64_t slot = count[key(e)]++;
-    perm[slot] = static_cast<index_t>(e);
-    col[slot] = static_cast<index_t>(src[e]);
+  std::vector<int64_t> next(num_dst + 2, 0);
+  for (int64_t e = 0; e < E; ++e) ++next[key(e) + 1];
+  for (int64_t i = 0; i <= num_dst; ++i) next[i + 1] += next[i];  // next[i]: row i's start
+  for (int64_t i = 0; i <= num_dst; ++i) rowptr[i] = static_cast<index_t>(next[i]);
+  for (int64_t e = 0; e < E; ++e) perm[next[key(e)]++] = static_cast<index_t>(e);
+  using Item = std::pair<int64_t, index_t>;  // (source, input id) of a slot
+  std::vector<Item> long_row;
+  Item short_row[32];
+  for (int64_t i = 0; i <= num_dst; ++i) {
+    const int64_t first = rowptr[i], last = i < num_dst ? int64_t(rowptr[i + 1]) : E;
+    const int64_t n = last - first;
+    if (n <= 1) {  // most rows of a sampled graph
+      if (n == 1) col[first] = static_cast<index_t>(src[perm[first]]);
+      continue;
+    }
+    Item* row = short_row;
+    if (n > 32) {
+      long_row.resize(n);
+      row = long_row.data();
+    }
+    for (int64_t k = 0; k < n; ++k) row[k] = {src[perm[first + k]], perm[first + k]};
+    if (n > 32) {
+      std::sort(row, row + n);
+    } else {  // insertion sort: few slots, already in a local buffer
+      for (int64_t k = 1; k < n; ++k) {
+        const Item item = row[k];
+        int64_t q = k;
+        for (; q > 0 && item < row[q - 1]; --q) row[q] = row[q - 1];
+        row[q] = item;
+      }
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      col[first + k] = static_cast<index_t>(row[k].first);
+      perm[first + k] = row[k].second;
+    }
   }
 }
 
@@ -72,7 +96,7 @@ std::tuple<Tensor, Tensor, Tensor> csr_from_coo(
     }
     dispatch_index(index_dtype, [&](auto index) {
       using index_t = decltype(index);
-      build_csr<in_t, index_t>(s, d, E, num_src, num_dst, drop_self_loops,
+      build_csr<in_t, index_t>(s, d, E, num_dst, drop_self_loops,
                                rowptr.mutable_data_ptr<index_t>(),
                                col.mutable_data_ptr<index_t>(),
                                perm.mutable_data_ptr<index_t>());
