@@ -29,9 +29,12 @@ the module and fastgat's cached graph already hold:
   cuda  torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory_allocated.
   cpu   the process's peak resident set: the kernel's high-water mark VmHWM (/proc/self/status)
         is reset to the current RSS by writing 5 to /proc/self/clear_refs, and the step's peak is
-        VmHWM minus that baseline. Each layer runs in a fresh worker process with glibc's mmap
-        threshold fixed at 1 MiB (MALLOC_MMAP_THRESHOLD_), so a freed tensor leaves the resident
-        set at once and one implementation's freed memory cannot hide the next one's peak.
+        VmHWM minus that baseline. The peak is taken in a second fresh worker per case, after
+        warm-up, with glibc's mmap threshold fixed at 1 MiB (MALLOC_MMAP_THRESHOLD_), so a freed
+        tensor leaves the resident set at once and one implementation's freed memory cannot hide
+        the next one's peak. The timing worker keeps glibc's default (dynamic) threshold, as a
+        user's process does: under the fixed one every large tensor is a fresh mapping whose
+        pages fault in, which doubled PyG's mini-batch training step (benchmarks/RESULTS.md).
 Out of memory is recorded as such, not a crash: on CUDA torch.OutOfMemoryError; on the CPU each
 worker's address space is capped (--cpu-mem-limit) so an oversized case fails its allocation
 instead of waking the kernel's OOM killer.
@@ -288,9 +291,10 @@ def measure_task(spec: dict, case: Case) -> None:
     with torch.inference_mode():
         infer = [dict(b, edge_index=b["edge_index"].clone()) for b in batches]
     runners = {impl: TaskRunner(case, impl, batches, infer, spec["seed"]) for impl in impls}
+    phase = spec.get("phase", "both")
     timing = _timing(spec)
     times = {impl: ([], []) for impl in impls}
-    for kind in (0, 1):
+    for kind in (0, 1) if phase != "peak" else ():
         fns = {impl: (runner.forward, runner.step)[kind] for impl, runner in runners.items()}
         for impl, repeats in time_interleaved(fns, **timing).items():
             times[impl][kind].extend(repeats)
@@ -303,10 +307,15 @@ def measure_task(spec: dict, case: Case) -> None:
             print(_RESULT + json.dumps({"impl": impl, "status": "skipped", **size,
                                         "reason": reason}), flush=True)
     for impl, runner in runners.items():
-        result = dict(impl=impl, status="ok", **size, fwd_ms=statistics.median(times[impl][0]),
-                      fwd_bwd_ms=statistics.median(times[impl][1]),
-                      fwd_repeats=len(times[impl][0]), fwd_bwd_repeats=len(times[impl][1]))
-        result["peak_mib"] = peak_mib(runner.step, "cpu")
+        result = dict(impl=impl, status="ok", **size)
+        if phase != "peak":
+            result.update(fwd_ms=statistics.median(times[impl][0]),
+                          fwd_bwd_ms=statistics.median(times[impl][1]),
+                          fwd_repeats=len(times[impl][0]), fwd_bwd_repeats=len(times[impl][1]))
+        if phase != "time":
+            for _ in range(spec["warmup"] + 1):
+                runner.step()
+            result["peak_mib"] = peak_mib(runner.step, "cpu")
         print(_RESULT + json.dumps(result), flush=True)
 
 
@@ -428,15 +437,18 @@ def measure(spec: dict) -> None:
             layers[impl] = Layer(case, impl, x, edge_index, spec["seed"])
         except Exception as error:  # noqa: BLE001
             failed(impl, error)
+    phase = spec.get("phase", "both")
     # All implementations side by side, one call of each per round (time_interleaved).
-    for kind, key in (("forward", "fwd"), ("step", "fwd_bwd")):
+    for kind, key in (("forward", "fwd"), ("step", "fwd_bwd")) if phase != "peak" else ():
         fns = {impl: getattr(layer, kind) for impl, layer in layers.items()}
         for impl, repeats in time_interleaved(fns, **_timing(spec), on_error=failed).items():
             if impl in layers:
                 results[impl][f"{key}_ms"] = statistics.median(repeats)
                 results[impl][f"{key}_repeats"] = len(repeats)
-    for impl in list(layers):
+    for impl in list(layers) if phase != "time" else ():
         try:
+            for _ in range(spec["warmup"] + 1 if phase == "peak" else 0):
+                layers[impl].step()
             results[impl]["peak_mib"] = peak_mib(layers[impl].step, device)
         except Exception as error:  # noqa: BLE001
             failed(impl, error)
@@ -446,8 +458,12 @@ def measure(spec: dict) -> None:
 
 def run_worker(spec: dict, timeout: Optional[float], on_result: Callable[[dict], None]) -> None:
     """Runs `measure(spec)` in a fresh interpreter, killed after `timeout` seconds; the
-    implementations it never reported come back as errors carrying its last words."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2**20))
+    implementations it never reported come back as errors carrying its last words. A CPU
+    peak (phase "peak") runs under a fixed 1 MiB mmap threshold, timing under the default."""
+    env = dict(os.environ)
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    if spec["device"] == "cpu" and spec.get("phase") == "peak":
+        env["MALLOC_MMAP_THRESHOLD_"] = str(2**20)
     env.pop("TRITON_INTERPRET", None)  # the interpreter is never benchmarked
     reported = set()
     with tempfile.TemporaryFile("w+") as stderr:
@@ -721,8 +737,23 @@ def run(cases: List[Case], spec: dict, time_budget: Optional[float]) -> List[dic
                     record({"impl": impl, "status": "skipped", "reason": "time budget spent"})
                 continue
             bar.set_postfix_str(case.label)
-            run_worker(dict(spec, workload=asdict(case.workload), heads=case.heads,
-                            out_channels=case.out_channels), left, record)
+            case_spec = dict(spec, workload=asdict(case.workload), heads=case.heads,
+                             out_channels=case.out_channels)
+            if spec["device"] != "cpu":  # CUDA's peak counter ignores the host allocator
+                run_worker(dict(case_spec, phase="both"), left, record)
+                continue
+            timed, peaks = {}, {}
+            run_worker(dict(case_spec, phase="time"), left,
+                       lambda result: timed.__setitem__(result["impl"], result))
+            left = None if time_budget is None else time_budget - (time.monotonic() - start)
+            if left is None or left > 0:
+                run_worker(dict(case_spec, phase="peak"), left,
+                           lambda result: peaks.__setitem__(result["impl"], result))
+            for impl in spec["impls"]:
+                result = timed[impl]
+                if result["status"] == "ok":
+                    result["peak_mib"] = peaks.get(impl, {}).get("peak_mib")
+                record(result)
     return results
 
 

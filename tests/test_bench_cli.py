@@ -147,3 +147,26 @@ def test_model_workloads_run_pyg_and_fastgat_alike():
         outs.append(runner.model(x, edge_index, batch, task.graphs))
         runner.step()
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_workers_time_under_the_default_allocator_and_take_peaks_under_1_mib(monkeypatch):
+    """A fixed 1 MiB mmap threshold makes every large tensor a fresh mapping (page faults in
+    every step): the peak worker needs it, the timing worker must not have it."""
+    from fastgat import bench
+    seen = {}
+
+    class Worker:  # stands in for the worker process: records its environment, reports nothing
+        def __init__(self, cmd, env, **kwargs):
+            seen[json.loads(cmd[-1])["phase"]] = env.get("MALLOC_MMAP_THRESHOLD_")
+            self.stdout, self.returncode = [], 0
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(bench.subprocess, "Popen", Worker)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4096")  # a caller's setting is not inherited
+    reports = []
+    for phase in ("time", "peak"):
+        bench.run_worker(dict(device="cpu", impls=["cpu"], phase=phase), None, reports.append)
+    assert seen == {"time": None, "peak": str(2**20)}
+    assert [r["status"] for r in reports] == ["error", "error"]  # nothing reported: an error
