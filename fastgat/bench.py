@@ -718,6 +718,10 @@ def run(cases: List[Case], spec: dict, time_budget: Optional[float]) -> List[dic
     from tqdm import tqdm
     results: List[dict] = []
     start = time.monotonic()
+
+    def remaining() -> Optional[float]:  # seconds left of the time budget
+        return None if time_budget is None else time_budget - (time.monotonic() - start)
+
     with tqdm(total=len(cases) * len(spec["impls"]), desc="fastgat.bench", unit="run") as bar:
         for case in cases:
             # a Task's worker reports its batches' mean sizes
@@ -731,7 +735,7 @@ def run(cases: List[Case], spec: dict, time_budget: Optional[float]) -> List[dic
                 results.append({**info, **result})
                 bar.update(1)
 
-            left = None if time_budget is None else time_budget - (time.monotonic() - start)
+            left = remaining()
             if left is not None and left <= 0:
                 for impl in spec["impls"]:
                     record({"impl": impl, "status": "skipped", "reason": "time budget spent"})
@@ -745,7 +749,7 @@ def run(cases: List[Case], spec: dict, time_budget: Optional[float]) -> List[dic
             timed, peaks = {}, {}
             run_worker(dict(case_spec, phase="time"), left,
                        lambda result: timed.__setitem__(result["impl"], result))
-            left = None if time_budget is None else time_budget - (time.monotonic() - start)
+            left = remaining()
             if left is None or left > 0:
                 run_worker(dict(case_spec, phase="peak"), left,
                            lambda result: peaks.__setitem__(result["impl"], result))
