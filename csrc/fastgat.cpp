@@ -25,4 +25,7 @@ STABLE_TORCH_LIBRARY_FRAGMENT(fastgat, m) {
   m.def("csr_from_coo(Tensor src, Tensor dst, int num_src, int num_dst, bool drop_self_loops, "
         "ScalarType index_dtype) -> (Tensor, Tensor, Tensor)");
   m.def("csc_from_csr(Tensor rowptr, Tensor col, int num_src) -> (Tensor, Tensor, Tensor)");
+  // GAT's node scores (csrc/cpu/head_dots.cpp, CPU only; fastgat/node_scores.py).
+  m.def("head_dots(Tensor x, Tensor att) -> Tensor");
+  m.def("head_dots_backward(Tensor grad, Tensor x, Tensor att) -> (Tensor, Tensor)");
 }

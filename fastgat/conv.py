@@ -15,6 +15,7 @@ from .attention_layer import (AttentionLayer, check_constructor, check_features,
                               in_channels_of)
 from .backends import resolve
 from .graph import Graph
+from .node_scores import node_scores
 from .ops import gat_attention
 
 
@@ -49,14 +50,14 @@ class FastGATConv(AttentionLayer, GATConv):
         edge_index, graph = self._graph(edge_index, x_src, x_dst, size)
         num_loops = graph.num_loops
 
+        backend = resolve(self.backend, x_src.device.type)
         dtype = score_dtype(x_src.dtype, self.att_src.dtype)
-        s, d = self._node_scores(x_src, x_dst, graph.num_dst, dtype)
+        s, d = self._node_scores(x_src, x_dst, graph.num_dst, dtype, backend)
         t_edges, t_loop = self._edge_scores(edge_attr, graph, dtype)
         t = t_edges.index_select(0, graph.perm) if t_edges is not None else None
 
         p, seed = self._dropout(x_src.device)
         drop_all = p >= 1.0  # as F.dropout(p=1): every weight zeroed, no mask to draw
-        backend = resolve(self.backend, x_src.device.type)
         # The CSC serves only the backward: not built for a call no backward can follow.
         backward = torch.is_grad_enabled() and any(
             x is not None and x.requires_grad for x in (x_src, s, d, t, t_loop))
@@ -101,24 +102,16 @@ class FastGATConv(AttentionLayer, GATConv):
             x_dst = lin_dst(x_dst).view(-1, H, C)
         return x_src, x_dst, res
 
-    def _node_scores(self, x_src, x_dst, num_dst, dtype) -> Tuple[Tensor, Tensor]:
-        """s = <h_src, att_src> and d = <h_dst, att_dst> per head (docs/design.md §2) as one
-        matrix product of h (N x HC) with the attention vectors laid out block-diagonally
-        (HC x 2H): no bmm, no N x H x C temporary, and h stays the contiguous GEMM output.
-        Formed in `dtype` (score_dtype)."""
-        H, C = self.heads, self.out_channels
-        eye = torch.eye(H, dtype=self.att_src.dtype, device=self.att_src.device)
-
-        def blocks(att):  # (HC, H): column k holds att[k] in rows k*C .. k*C + C - 1
-            return (att.view(H, C, 1) * eye.view(H, 1, H)).reshape(H * C, H)
-
+    def _node_scores(self, x_src, x_dst, num_dst, dtype, backend) -> Tuple[Tensor, Tensor]:
+        """s = <h_src, att_src> and d = <h_dst, att_dst> per head (docs/design.md §2), one op
+        over h (fastgat/node_scores.py): no bmm, no N x H x C temporary. Formed in `dtype`
+        (score_dtype)."""
         if x_dst is x_src:
-            sd = scores_matmul(x_src.reshape(-1, H * C), torch.cat(
-                [blocks(self.att_src), blocks(self.att_dst)], dim=1), dtype)
-            return sd[:, :H], sd[:, H:]
-        s = scores_matmul(x_src.reshape(-1, H * C), blocks(self.att_src), dtype)
-        d = (scores_matmul(x_dst.reshape(-1, H * C), blocks(self.att_dst), dtype)
-             if x_dst is not None else s.new_zeros(num_dst, H))
+            att = torch.cat([self.att_src, self.att_dst]).to(dtype)
+            return node_scores(x_src.to(dtype), att, backend).unbind(0)
+        s = node_scores(x_src.to(dtype), self.att_src.to(dtype), backend)[0]
+        d = (node_scores(x_dst.to(dtype), self.att_dst.to(dtype), backend)[0]
+             if x_dst is not None else s.new_zeros(num_dst, self.heads))
         return s, d
 
     def _edge_scores(self, edge_attr, graph: Graph, dtype):

@@ -131,11 +131,14 @@ def _(dout, out, lse, h, s, d, t, t_loop, rowptr, col, colptr, csc_row, csc_eid,
 
 
 def _loop_vmap(op):
-    """A vmap rule that runs `op` once per batch entry: correct for any in_dims, not fast."""
+    """A vmap rule that runs `op` (one tensor or a tuple out) once per batch entry: correct for
+    any in_dims, not fast."""
     def rule(info, in_dims, *args):
         size = info.batch_size
         results = [op(*[x.select(dim, b).contiguous() if dim is not None else x
                         for x, dim in zip(args, in_dims)]) for b in range(size)]
+        if isinstance(results[0], Tensor):
+            return torch.stack(results), 0
         return tuple(torch.stack(parts) for parts in zip(*results)), (0,) * len(results[0])
     return rule
 
