@@ -367,6 +367,29 @@ def test_rows_of_one_edge(backend, device, heads, channels):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS + GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_rows_of_one_edge_under_dropout(backend, device, dtype):
+    """Self loops alone under attention dropout: out_i = keep_i h_i per head, exactly (0 in a
+    row dropped in every head); lse is the score, dropped or not."""
+    if unavailable_reason(backend, device):
+        pytest.skip(unavailable_reason(backend, device))
+    n, heads, p = 64, 2, 0.5
+    none = torch.zeros(0, dtype=torch.long, device=device)
+    graph = Graph.from_coo(none, none, n, n, drop_self_loops=True, num_loops=n)
+    seed = torch.tensor([11], device=device)
+    keep = keep_scale(seed, torch.arange(n, device=device), heads, p, torch.float64)
+    dropped = (keep == 0).all(1)
+    assert 0 < dropped.sum() < n
+    g = torch.Generator().manual_seed(3)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(device)  # noqa: E731
+    h, s, d = rand(n, heads, 8).to(dtype), rand(n, heads).to(dtype), rand(n, heads).to(dtype)
+    out, lse = run_op((h, s, d, None, None), graph, backend, dropout=p, seed=seed)
+    assert torch.equal(out.double(), keep.unsqueeze(-1) * h.double())
+    assert torch.equal(lse, torch.nn.functional.leaky_relu(s.to(lse.dtype) + d.to(lse.dtype),
+                                                           0.2))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS + GPU_BACKENDS)
 @pytest.mark.parametrize("hub", [3, 150])  # 150: a row split over chunks, merged
 def test_row_of_only_minus_inf_scores_is_empty(backend, device, hub):
     """One rule everywhere: a row whose every score is -inf (masked through t and t_loop)

@@ -48,17 +48,15 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
     const bool loop = i < num_loops;
     const int64_t n = last - first + loop;
     acc* acc_row = direct ? reinterpret_cast<acc*>(out + i * HC) : row_acc.data();
-    std::fill(acc_row, acc_row + HC, acc(0));
     if (n == 0) {
-      if (!direct) store(out + i * HC, acc_row, HC);
+      std::fill(out + i * HC, out + (i + 1) * HC, scalar_t(0));
       std::fill(lse + i * H, lse + (i + 1) * H, -std::numeric_limits<acc>::infinity());
       continue;
     }
     // Edge e < n of row i is CSR slot k = first + e, or the self loop (slot E + i) last.
-    // Written out in each loop, not as lambdas, so FASTGAT_CLONES compiles them in.
+    // Written out in each loop, not as lambdas, so FASTGAT_CLONES compiles them in. m starts
+    // at the first edge's scores (a fill per row cost as much as a one-edge row's work).
     x.resize(n * H);
-    std::fill(m.begin(), m.end(), -std::numeric_limits<acc>::infinity());
-    std::fill(l.begin(), l.end(), acc(0));
     for (int64_t e = 0, k = first; e < n; ++e, ++k) {
       const int64_t j = k < last ? int64_t(col[k]) : i;
       const int64_t slot = k < last ? k : rule.num_slots + i;
@@ -69,13 +67,13 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
           using V = decltype(lanes);
           const V v = rule.template logit<V>(i, j, slot, hd);
           store(x_e + hd, v);
-          store(m.data() + hd, max_of(load<V>(m.data() + hd), v));
+          store(m.data() + hd, e == 0 ? v : max_of(load<V>(m.data() + hd), v));
         });
       } else {
         for (int64_t hd = 0; hd < H; ++hd) {
           const acc v = rule.logit(i, j, slot, hd);
           x_e[hd] = v;
-          m[hd] = max_of(m[hd], v);
+          m[hd] = e == 0 ? v : max_of(m[hd], v);
         }
       }
     }
@@ -90,15 +88,26 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
     for (int64_t hd = 0; hd < H && single; ++hd) single = std::isfinite(x[hd]);
     if (single) {
       const int64_t slot = first < last ? first : rule.num_slots + i;
-      std::copy(x.data(), x.data() + H, lse + i * H);
+      const int64_t j = first < last ? int64_t(col[first]) : i;
+      for (int64_t hd = 0; hd < H; ++hd) lse[i * H + hd] = x[hd];
       rule.keep(slot, keep.data());
-      std::copy(keep.begin(), keep.end(), x.begin());
       bool any = !drops;
-      for (int64_t hd = 0; hd < H && !any; ++hd) any = x[hd] != acc(0);
+      for (int64_t hd = 0; hd < H && !any; ++hd) any = keep[hd] != acc(0);
+      if (blocked && any) {  // out_i = 0 + keep h_j as the sum below forms it, without its set-up
+        const auto* row = rule.value_row(j);
+        for (int64_t c = 0; c < HC; c += kWidth<acc>) {
+          using V = Lanes<acc>;
+          store(acc_row + c, acc(0) + keep[lane_head[c / kWidth<acc>]] * load<V>(row + c));
+        }
+        if (!direct) store(out + i * HC, acc_row, HC);
+        continue;
+      }
+      for (int64_t hd = 0; hd < H; ++hd) x[hd] = keep[hd];
       live[0] = 0;
-      live_src[0] = first < last ? int64_t(col[first]) : i;
+      live_src[0] = j;
       num_live = any;
     } else {
+      for (int64_t hd = 0; hd < H; ++hd) l[hd] = acc(0);
       // Rows longer than kChunk sum l chunk by chunk through l_part (zero between uses: flush
       // zeroes it); shorter ones sum straight into l, the same bits.
       acc* l_sum = chunked ? l_part.data() : l.data();
@@ -144,6 +153,7 @@ FASTGAT_CLONES void attention_rows(const Rule& rule, const index_t* rowptr, cons
     }
     // The weighted sum, chunk by chunk of kChunk edges (by e), each chunk's sum then added to
     // acc_row: the same bits whether the chunk sums in registers or through `part`.
+    for (int64_t c = 0; c < HC; ++c) acc_row[c] = acc(0);
     for (int64_t q0 = 0, q1; q0 < num_live; q0 = q1) {
       q1 = chunked ? q0 + 1 : num_live;
       while (q1 < num_live && live[q1] / kChunk == live[q0] / kChunk) ++q1;
