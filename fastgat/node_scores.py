@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .ops import _call, _loop_vmap
+from .ops import _call, differentiable_pair
 
 
 def _check(x: Tensor, att: Tensor) -> None:
@@ -128,18 +128,8 @@ def _backward_setup(ctx, inputs, output):
     ctx.backend = backend
 
 
-node_scores_op.register_autograd(_vjp, setup_context=_setup)
-node_scores_backward_op.register_autograd(_double_vjp, setup_context=_backward_setup)
-node_scores_op.register_vmap(_loop_vmap(node_scores_op))
-node_scores_backward_op.register_vmap(_loop_vmap(node_scores_backward_op))
-
-
-class _NodeScoresBackward(torch.autograd.Function):
-    """The backward op under torch.func (grad of grad, jacrev), as registered."""
-    generate_vmap_rule = True
-    forward = staticmethod(lambda *args: node_scores_backward_op(*args))
-    setup_context = staticmethod(_backward_setup)
-    backward = staticmethod(_double_vjp)
+_NodeScoresBackward = differentiable_pair(node_scores_op, node_scores_backward_op, _vjp, _setup,
+                                          _double_vjp, _backward_setup)
 
 
 class _NodeScores(torch.autograd.Function):

@@ -101,11 +101,12 @@ struct Backward {
           prefetch(dout + ahead * HC, HC * sizeof(scalar_t));
           prefetch(dst_rows + ahead * 3 * H, 3 * H * sizeof(acc));
         }
-        sc.dropout.keep_heads(slot, keep.data());
-        for (int64_t hd = 0; hd < H; ++hd) {
-          dalpha[hd] = keep[hd] != acc(0)
-              ? keep[hd] * dot(dout_i + hd * channels, h_j + hd * channels, channels)
-              : acc(0);
+        dots_per_head(dout_i, h_j, H, channels, dalpha.data());
+        if (sc.dropout.on) {
+          sc.dropout.keep_heads(slot, keep.data());
+          for (int64_t hd = 0; hd < H; ++hd) {
+            dalpha[hd] = keep[hd] != acc(0) ? keep[hd] * dalpha[hd] : acc(0);
+          }
         }
         // The per-head scalars, heads in vector lanes (s, d, t, lse, D are contiguous in h).
         each_channel<acc>(H, [&](int64_t hd, auto lanes) __attribute__((always_inline)) {

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../common/philox.h"
@@ -146,6 +147,79 @@ struct BitsOf {
   typedef int32_t type __attribute__((vector_size(sizeof(V))));
 };
 
+// The integer vector __builtin_shuffle takes for V: lanes of V's element width.
+template <typename V, size_t element_bytes>
+struct ShuffleMask {
+  using Int = std::conditional_t<element_bytes == 4, int32_t, int64_t>;
+  typedef Int type __attribute__((vector_size(sizeof(V))));
+};
+
+// The lane of (a, b) that lane l of pair_sums<span> adds first (low) or second (low + span).
+constexpr int pair_source(int l, int span, int W) {
+  const int unit = l / (2 * span), pos = l % (2 * span);
+  return unit * 2 * span + pos % span + (pos < span ? 0 : W);
+}
+
+// Pairwise sums of adjacent blocks of `span` lanes, a's and b's blocks interleaved: a level of
+// the tree by which lane_sums turns W vectors into one vector of their W lane sums.
+template <int span, typename V, size_t... l>
+[[gnu::always_inline]] inline V pair_sums(V a, V b, std::index_sequence<l...>) {
+  constexpr int W = sizeof...(l);
+  using Mask = typename ShuffleMask<V, sizeof(V) / W>::type;
+  constexpr Mask low{pair_source(l, span, W)...}, high{(pair_source(l, span, W) + span)...};
+  return __builtin_shuffle(a, b, low) + __builtin_shuffle(a, b, high);
+}
+
+// The vector whose lane q is the sum of v[q]'s lanes, for W = kWidth vectors v (v is spent).
+template <typename V, int span = 1>
+[[gnu::always_inline]] inline V lane_sums(V* v) {
+  constexpr int W = sizeof(V) / sizeof(v[0][0]);
+  if constexpr (span == W) {
+    return v[0];
+  } else {
+#pragma GCC unroll 8
+    for (int q = 0; q < W / (2 * span); ++q) {
+      v[q] = pair_sums<span>(v[2 * q], v[2 * q + 1], std::make_index_sequence<W>());
+    }
+    return lane_sums<V, 2 * span>(v);
+  }
+}
+
+
+// out[h] = <a[h, :], b[h, :]> for the H heads of two rows of H x C, summed in acc in a fixed
+// order and stored as out_t (the caller's array, so no copy follows). Where C
+// is a multiple of the vector width and H > 1, a head's channels fold into one vector and W
+// heads' vectors are summed by one lane_sums tree: a dot product per head would end in a lane
+// sum per head (at C = 8, most of the work).
+template <typename scalar_t, typename out_t>
+[[gnu::always_inline]] inline void dots_per_head(const scalar_t* a, const scalar_t* b, int64_t H,
+                                                 int64_t C, out_t* out) {
+  using acc = acc_t<scalar_t>;
+  using V = Lanes<acc>;
+  constexpr int64_t W = kWidth<acc>;
+  if (C % W != 0 || H == 1) {
+    for (int64_t hd = 0; hd < H; ++hd) {
+      out[hd] = static_cast<out_t>(dot(a + hd * C, b + hd * C, C));
+    }
+    return;
+  }
+  V head[W];
+  acc sums[W];
+  for (int64_t h0 = 0; h0 < H; h0 += W) {
+    const int64_t m = std::min<int64_t>(W, H - h0);
+#pragma GCC unroll 8
+    for (int64_t q = 0; q < W; ++q) {
+      head[q] = V{};
+      for (int64_t c = 0; q < m && c < C; c += W) {
+        const int64_t at = (h0 + q) * C + c;
+        head[q] += load<V>(a + at) * load<V>(b + at);
+      }
+    }
+    store(sums, lane_sums(head));
+    for (int64_t q = 0; q < m; ++q) out[h0 + q] = static_cast<out_t>(sums[q]);
+  }
+}
+
 // exp(x) of the softmax weights, written once for scalars and vector lanes so that a row's
 // vector heads and tail heads agree bitwise, and inlined: libm's expf was a call per edge and
 // head, a large part of the forward at few channels per head. float: Cody-Waite reduction by
@@ -246,9 +320,7 @@ inline void row_dots(const scalar_t* dout, const scalar_t* out, acc_t<scalar_t>*
                      int64_t C, int64_t begin, int64_t end, int64_t stride = 0) {
   stride = stride > 0 ? stride : H;
   for (int64_t i = begin; i < end; ++i) {
-    for (int64_t hd = 0; hd < H; ++hd) {
-      D[i * stride + hd] = dot(dout + (i * H + hd) * C, out + (i * H + hd) * C, C);
-    }
+    dots_per_head(dout + i * H * C, out + i * H * C, H, C, D + i * stride);
   }
 }
 

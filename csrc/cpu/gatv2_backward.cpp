@@ -86,6 +86,7 @@ struct Gatv2Backward {
     const int64_t H = in.heads, C = in.channels, HC = H * C, E = in.num_slots;
     const acc slope = in.slope;  // locals, not members: stores in the loops cannot alias them
     std::vector<acc> u(C), du(C), dxr_row(HC), dxr_part(HC), datt_part(HC), keep(H, acc(1));
+    std::vector<acc> dots(H);  // <dout_i, xl_j> per head
     for (int64_t i = begin; i < end; ++i) {
       acc* datt_row = datt_rows + i * HC;
       std::fill(dxr_row.begin(), dxr_row.end(), acc(0));
@@ -104,11 +105,11 @@ struct Gatv2Backward {
         const int64_t j = k < last ? int64_t(col[k]) : i;
         const int64_t slot = k < last ? k : E + i;
         in.dropout.keep_heads(slot, keep.data());
+        dots_per_head(dout_i, in.xl_row(j, 0), H, C, dots.data());
         for (int64_t hd = 0; hd < H; ++hd) {
           const acc z = in.logit(i, j, slot, hd, u.data());
           const acc alpha = exp_of(z - lse_for_alpha(lse[i * H + hd]));
-          const acc dalpha = keep[hd] != acc(0)
-              ? keep[hd] * dot(dout_i + hd * C, in.xl_row(j, hd), C) : acc(0);
+          const acc dalpha = keep[hd] != acc(0) ? keep[hd] * dots[hd] : acc(0);
           const acc g = alpha * (dalpha - D[i * H + hd]);
           dz[slot * H + hd] = g;
           w[slot * H + hd] = alpha * keep[hd];

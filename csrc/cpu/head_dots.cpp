@@ -1,12 +1,10 @@
 // Per-head dot products of node rows with attention vectors, GAT's node scores s and d
 // (fastgat/node_scores.py): y[k, n, h] = <x[n, h, :], att[k, h, :]>, and their backward.
-// One pass over x each way. As a matrix product against a block-diagonal (H C) x (K H)
-// matrix it spent H times the arithmetic on zeros and, with C = 8, took as long as a third
-// of the layer's own GEMM.
+// One pass over x each way (dots_per_head, gat_cpu.h). As a matrix product against a
+// block-diagonal (H C) x (K H) matrix it spent H times the arithmetic on zeros and, with
+// C = 8, took as long as a third of the layer's own GEMM.
 
 #include "../common/checks.h"
-#include <utility>
-
 #include "gat_cpu.h"
 
 namespace fastgat::cpu {
@@ -31,44 +29,6 @@ struct Shape {
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // vectors passed to always-inlined helpers only
-// The integer vector __builtin_shuffle takes for V: lanes of V's element width.
-template <typename V, size_t element_bytes>
-struct ShuffleMask {
-  using Int = std::conditional_t<element_bytes == 4, int32_t, int64_t>;
-  typedef Int type __attribute__((vector_size(sizeof(V))));
-};
-
-// The lane of (a, b) that lane l of pair_sums<span> adds first (low) or second (low + span).
-constexpr int pair_source(int l, int span, int W) {
-  const int unit = l / (2 * span), pos = l % (2 * span);
-  return unit * 2 * span + pos % span + (pos < span ? 0 : W);
-}
-
-// Pairwise sums of adjacent blocks of `span` lanes, a's and b's blocks interleaved: a level of
-// the tree by which lane_sums turns W vectors into one vector of their W lane sums.
-template <int span, typename V, size_t... l>
-[[gnu::always_inline]] inline V pair_sums(V a, V b, std::index_sequence<l...>) {
-  constexpr int W = sizeof...(l);
-  using Mask = typename ShuffleMask<V, sizeof(V) / W>::type;
-  constexpr Mask low{pair_source(l, span, W)...}, high{(pair_source(l, span, W) + span)...};
-  return __builtin_shuffle(a, b, low) + __builtin_shuffle(a, b, high);
-}
-
-// The vector whose lane q is the sum of v[q]'s lanes, for W = kWidth vectors v (v is spent).
-template <typename V, int span = 1>
-[[gnu::always_inline]] inline V lane_sums(V* v) {
-  constexpr int W = sizeof(V) / sizeof(v[0][0]);
-  if constexpr (span == W) {
-    return v[0];
-  } else {
-#pragma GCC unroll 8
-    for (int q = 0; q < W / (2 * span); ++q) {
-      v[q] = pair_sums<span>(v[2 * q], v[2 * q + 1], std::make_index_sequence<W>());
-    }
-    return lane_sums<V, 2 * span>(v);
-  }
-}
-
 // y[0 ..) = the lanes of v (or v itself), narrowed to scalar_t.
 template <typename scalar_t, typename V>
 [[gnu::always_inline]] inline void store_lanes(scalar_t* y, V v) {
@@ -89,45 +49,10 @@ struct HeadDots {
   Shape n;
 
   FASTGAT_CLONES void forward(scalar_t* y, int64_t begin, int64_t end) const {
-    constexpr int64_t W = kWidth<acc>;
-    // A head's C channels fold into one vector; W heads' vectors then sum lane-wise at once
-    // (a dot product per head would end in a lane sum per head).
-    if (n.C % W != 0 || n.H == 1) return forward_by_dots(y, begin, end);
-    using V = Lanes<acc>;
-    const int64_t HC = n.H * n.C;
-    V head[W];
-    acc sums[W];
-    for (int64_t row = begin; row < end; ++row) {
-      const scalar_t* x_row = x + row * HC;
-      for (int64_t k = 0; k < n.K; ++k) {
-        const scalar_t* a = att + k * HC;
-        for (int64_t h0 = 0; h0 < n.H; h0 += W) {
-          const int64_t m = std::min<int64_t>(W, n.H - h0);
-#pragma GCC unroll 8
-          for (int64_t q = 0; q < W; ++q) {
-            head[q] = V{};
-            for (int64_t c = 0; q < m && c < n.C; c += W) {
-              const int64_t at = (h0 + q) * n.C + c;
-              head[q] += load<V>(x_row + at) * load<V>(a + at);
-            }
-          }
-          store(sums, lane_sums(head));
-          for (int64_t q = 0; q < m; ++q) {
-            y[(k * n.N + row) * n.H + h0 + q] = static_cast<scalar_t>(sums[q]);
-          }
-        }
-      }
-    }
-  }
-
-  void forward_by_dots(scalar_t* y, int64_t begin, int64_t end) const {
     const int64_t HC = n.H * n.C;
     for (int64_t row = begin; row < end; ++row) {
       for (int64_t k = 0; k < n.K; ++k) {
-        for (int64_t hd = 0; hd < n.H; ++hd) {
-          y[(k * n.N + row) * n.H + hd] = static_cast<scalar_t>(
-              dot(x + row * HC + hd * n.C, att + k * HC + hd * n.C, n.C));
-        }
+        dots_per_head(x + row * HC, att + k * HC, n.H, n.C, y + (k * n.N + row) * n.H);
       }
     }
   }
