@@ -106,11 +106,14 @@ class FastGATConv(AttentionLayer, GATConv):
         """s = <h_src, att_src> and d = <h_dst, att_dst> per head (docs/design.md §2), one op
         over h (fastgat/node_scores.py): no bmm, no N x H x C temporary. Formed in `dtype`
         (score_dtype)."""
+        def rows(x):  # the op reads dense rows: a custom `lin` may give a strided view
+            return x.to(dtype).contiguous()
+
         if x_dst is x_src:
             att = torch.cat([self.att_src, self.att_dst]).to(dtype)
-            return node_scores(x_src.to(dtype), att, backend).unbind(0)
-        s = node_scores(x_src.to(dtype), self.att_src.to(dtype), backend)[0]
-        d = (node_scores(x_dst.to(dtype), self.att_dst.to(dtype), backend)[0]
+            return node_scores(rows(x_src), att, backend).unbind(0)
+        s = node_scores(rows(x_src), self.att_src.to(dtype), backend)[0]
+        d = (node_scores(rows(x_dst), self.att_dst.to(dtype), backend)[0]
              if x_dst is not None else s.new_zeros(num_dst, self.heads))
         return s, d
 

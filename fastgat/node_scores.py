@@ -11,8 +11,9 @@ csrc/cpu/head_dots.cpp; every other backend the matrix product with att laid out
 block-diagonally ((H C) x (K H)), which a GPU's GEMM does well and which on the CPU spent H
 times the arithmetic on zeros (a third of the layer's own GEMM time at C = 8).
 
-Both ops are bilinear, so their derivatives of every order are the ops themselves: the
-backward's own backward and the forward-mode rule call them again (no reference path needed).
+Both ops are bilinear, so their reverse-mode derivatives of every order are the ops
+themselves: the backward's own backward calls them again. The forward-mode rule is the same
+products in torch ops, which forward-mode transforms can batch.
 """
 from typing import Optional, Tuple
 
@@ -156,8 +157,9 @@ class _NodeScores(torch.autograd.Function):
 
 
 def node_scores(x: Tensor, att: Tensor, backend: str) -> Tensor:
-    """y[k, n, h] = <x[n, h, :], att[k, h, :]> (module doc), differentiable in reverse and
-    forward mode, to any order, and under torch.func transforms."""
+    """y[k, n, h] = <x[n, h, :], att[k, h, :]> (module doc), differentiable in reverse mode to
+    any order, in forward mode (jvp, jacfwd) and under torch.func's other transforms; not
+    forward-over-reverse (a Hessian by jacfwd(jacrev)), as for the attention ops."""
     return _call(_NodeScores, node_scores_op, x, att, backend)
 
 

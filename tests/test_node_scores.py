@@ -107,3 +107,30 @@ def test_bad_inputs_raise_value_errors(backend):
                            (x[:, :, 0].contiguous(), att)]:   # not (N, H, C)
         with pytest.raises(ValueError, match="must be a contiguous"):
             node_scores(bad_x, bad_att, backend)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_layer_scores_a_strided_lin_output(backend):
+    """A custom `lin` may hand back a row-strided view (here the first half of a wider
+    product); the layer gives the op dense rows and matches GATConv."""
+    from torch_geometric.nn import GATConv
+
+    from fastgat import FastGATConv
+
+    class FirstHalf(torch.nn.Module):
+        def __init__(self, lin):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, x):
+            out = self.lin(x)
+            return torch.cat([out, out], 1)[:, :out.size(1)]
+
+    torch.manual_seed(0)
+    pyg = GATConv(6, 4, heads=2).double()
+    fast = FastGATConv(6, 4, heads=2, backend=backend).double()
+    fast.load_state_dict(pyg.state_dict())
+    pyg.lin, fast.lin = FirstHalf(pyg.lin), FirstHalf(fast.lin)
+    x, edge_index = torch.randn(10, 6, dtype=torch.float64), torch.randint(0, 10, (2, 30))
+    assert not fast.lin(x).is_contiguous()
+    torch.testing.assert_close(fast(x, edge_index), pyg(x, edge_index))
