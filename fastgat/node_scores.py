@@ -129,8 +129,9 @@ def _backward_setup(ctx, inputs, output):
     ctx.backend = backend
 
 
-_NodeScoresBackward = differentiable_pair(node_scores_op, node_scores_backward_op, _vjp, _setup,
-                                          _double_vjp, _backward_setup)
+_NodeScoresBackward = differentiable_pair("NodeScoresBackward", node_scores_op,
+                                          node_scores_backward_op, _vjp, _setup, _double_vjp,
+                                          _backward_setup)
 
 
 class _NodeScores(torch.autograd.Function):

@@ -209,8 +209,8 @@ def _autograd(op, backward_op, layout: _Layout):
         ddout, *dprimals = [next(second) if x is not None else None for x in leaves]
         return (ddout, None, None, *dprimals, *(None,) * (ctx.num_inputs - 3 - layout.n))
 
-    AttentionBackward = differentiable_pair(op, backward_op, vjp, setup_ctx, double_vjp,
-                                            backward_setup_ctx)
+    AttentionBackward = differentiable_pair("AttentionBackward", op, backward_op, vjp, setup_ctx,
+                                            double_vjp, backward_setup_ctx)
 
     class Attention(torch.autograd.Function):
         """The op with torch.func support: the registered backward, a jvp, and vmap through
@@ -238,21 +238,18 @@ def _autograd(op, backward_op, layout: _Layout):
     return Attention
 
 
-def differentiable_pair(op, backward_op, vjp, setup, double_vjp, backward_setup):
+def differentiable_pair(name, op, backward_op, vjp, setup, double_vjp, backward_setup):
     """Registers the autograd of an op and of its backward op (whose vjp is the double
-    backward) and their vmap rules; returns the autograd.Function that applies the backward op
-    under torch.func transforms (grad of grad, jacrev), as registered."""
+    backward) and their vmap rules; returns the autograd.Function `name` (as profiles and
+    tracebacks show it) that applies the backward op under torch.func transforms (grad of
+    grad, jacrev), as registered."""
     op.register_autograd(vjp, setup_context=setup)
     backward_op.register_autograd(double_vjp, setup_context=backward_setup)
     op.register_vmap(_loop_vmap(op))
     backward_op.register_vmap(_loop_vmap(backward_op))
-
-    class Backward(torch.autograd.Function):
-        generate_vmap_rule = True
-        forward = staticmethod(lambda *args: backward_op(*args))
-        setup_context = staticmethod(backward_setup)
-        backward = staticmethod(double_vjp)
-    return Backward
+    return type(name, (torch.autograd.Function,), dict(
+        generate_vmap_rule=True, forward=staticmethod(lambda *args: backward_op(*args)),
+        setup_context=staticmethod(backward_setup), backward=staticmethod(double_vjp)))
 
 
 def _reference_jvp(reference):
